@@ -1,0 +1,104 @@
+"""The ``seqrec`` command line.
+
+Subcommand groups live in ``seqrec/commands/``; plugins add their own through the
+``register_commands`` hook. User mistakes (``SeqrecError``) print a message and exit 1, without
+a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from seqrec import __version__
+from seqrec.config import Workspace, load_workspace
+from seqrec.errors import SeqrecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def project_option(func: F) -> F:
+    """Add ``--project DIR`` (default: $SEQREC_PROJECT or the current directory)."""
+    return click.option(
+        "--project",
+        "-p",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Workspace directory holding seqrec.toml (default: $SEQREC_PROJECT or .).",
+    )(func)
+
+
+def workspace(project: Path | None) -> Workspace:
+    """Load the workspace and point BentoML at its model store before anything imports it."""
+    ws = load_workspace(project)
+    os.environ.setdefault("BENTOML_HOME", str(ws.model_store))
+    os.environ["SEQREC_PROJECT"] = str(ws.root)
+    return ws
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON object on stdout (for ``--json``)."""
+    click.echo(json.dumps(obj, sort_keys=True, default=str))
+
+
+def friendly_errors(func: F) -> F:
+    """Turn SeqrecError into a clean message and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SeqrecError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class SeqrecGroup(click.Group):
+    """A click group whose commands all get friendly error handling."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SeqrecError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=SeqrecGroup)
+@click.version_option(__version__, prog_name="seqrec")
+def cli() -> None:
+    """seqrec: sequence recommendation on a feature store."""
+
+
+def _register_builtin_commands() -> None:
+    from seqrec.commands import events, features, models, project, serve, train
+
+    for module in (project, events, features, models, train, serve):
+        module.register(cli)
+
+
+def build_cli() -> click.Group:
+    """The CLI with built-in commands and every plugin's commands."""
+    if not cli.commands:
+        _register_builtin_commands()
+        from seqrec.plugins import get_plugin_manager
+
+        get_plugin_manager().hook.register_commands(cli=cli)
+    return cli
+
+
+def main() -> None:
+    build_cli()(prog_name="seqrec")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Built-in CLI command groups; each module exposes ``register(cli)``."""

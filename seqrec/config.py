@@ -1,0 +1,233 @@
+"""Workspace configuration: ``seqrec.toml``, validated on load.
+
+A workspace is a directory with a ``seqrec.toml``. Every relative path in it is resolved against
+that directory. The schema below is the single source of truth: ``seqrec init`` writes it,
+``seqrec config`` prints it, and the docs' configuration reference is generated from it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seqrec.errors import SeqrecError
+
+CONFIG_NAME = "seqrec.toml"
+PROFILES = ("embedded", "postgres-redis")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EventsConfig(_Section):
+    """Where behaviour events live (SQLAlchemy URL; relative sqlite paths are workspace-relative)."""
+
+    url: str = Field("sqlite:///data/events.db", description="SQLAlchemy URL of the events DB")
+    batch_size: int = Field(10_000, ge=1, le=1_000_000, description="rows per insert batch")
+
+
+class FeaturesConfig(_Section):
+    """Sequence features and the Feast stores."""
+
+    max_len: int = Field(50, ge=2, le=2048, description="L: items kept per user sequence")
+    feature_service: str = Field("recommender_v1", description="Feast FeatureService to read")
+    repo_dir: str = Field("feature_repo", description="Feast repo (feature_store.yaml)")
+    snapshot_dir: str = Field("data/features", description="Parquet snapshots (offline store)")
+    online_path: str = Field("data/online.db", description="SQLite online store file")
+    registry_path: str = Field("data/registry.db", description="Feast registry file")
+
+
+class ModelsConfig(_Section):
+    """The model store (a BentoML home directory)."""
+
+    store: str = Field("models", description="BENTOML_HOME: where trained models are saved")
+    default: str = Field("gpt2", description="model served and evaluated when none is named")
+
+
+class TrainConfig(_Section):
+    """Defaults for ``seqrec train``; command-line options override them."""
+
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    patience: int = Field(3, ge=1, description="epochs without validation gain before stopping")
+    seed: int = Field(42)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class ServeConfig(_Section):
+    """Defaults for ``seqrec serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65_535)
+    max_k: int = Field(1000, ge=1)
+
+
+class Config(_Section):
+    """The whole ``seqrec.toml``."""
+
+    profile: Literal["embedded", "postgres-redis"] = "embedded"
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    hyperparams: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-model hyperparameters: [hyperparams.gpt2]"
+    )
+
+
+class Workspace:
+    """A loaded workspace: its directory plus validated config, with path helpers."""
+
+    def __init__(self, root: Path, config: Config):
+        self.root = root.resolve()
+        self.config = config
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def events_url(self) -> str:
+        url = os.environ.get("SEQREC_EVENTS_URL") or self.config.events.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith("sqlite:////"):
+            rel = url[len(prefix) :]
+            if rel and rel != ":memory:":
+                return prefix + str(self.path(rel))
+        return url
+
+    @property
+    def model_store(self) -> Path:
+        return self.path(self.config.models.store)
+
+    @property
+    def feature_repo(self) -> Path:
+        return self.path(self.config.features.repo_dir)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.path(self.config.features.snapshot_dir)
+
+
+def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Line number (1-based) of the key at ``loc`` in TOML ``text``, best effort."""
+    if not loc:
+        return None
+    table, key = [str(p) for p in loc[:-1]], str(loc[-1])
+    current: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        m = re.match(r"^\[+([^\]]+)\]+", s)
+        if m:
+            current = [part.strip().strip('"') for part in m.group(1).split(".")]
+            if current == [*table, key]:
+                return lineno
+            continue
+        m = re.match(r'^"?([A-Za-z0-9_\-]+)"?\s*=', s)
+        if m and m.group(1) == key and current == table:
+            return lineno
+    return None
+
+
+def _suggest(loc: tuple[Any, ...]) -> str | None:
+    fields: dict[str, Any] = dict(Config.model_fields)
+    model: Any = Config
+    for part in loc[:-1]:
+        info = fields.get(str(part))
+        ann = getattr(info, "annotation", None)
+        if ann is None or not isinstance(ann, type) or not issubclass(ann, BaseModel):
+            return None
+        model = ann
+        fields = dict(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1)
+    return f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(fields))}"
+
+
+def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
+    """Parse and validate TOML text; errors name the file, line and key."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SeqrecError(f"not valid TOML: {exc}", where=source) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        line = _locate(text, loc)
+        where = f"{source}:{line}" if line else source
+        if err["type"] == "extra_forbidden":
+            raise SeqrecError(f"unknown key '{key}'", where=where, hint=_suggest(loc)) from None
+        value = err.get("input")
+        raise SeqrecError(
+            f"bad value for '{key}': {err['msg']} (got {value!r})", where=where
+        ) from None
+
+
+def find_root(project: str | Path | None) -> Path:
+    """The workspace directory: ``project``, else ``$SEQREC_PROJECT``, else the current one."""
+    raw = project or os.environ.get("SEQREC_PROJECT") or "."
+    return Path(raw).expanduser().resolve()
+
+
+def load_workspace(project: str | Path | None = None) -> Workspace:
+    """Load and validate ``seqrec.toml`` from a workspace directory."""
+    root = find_root(project)
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        raise SeqrecError(
+            f"no {CONFIG_NAME} in {root}",
+            hint=f"create a workspace with `seqrec init {root}` or pass --project DIR",
+        )
+    return Workspace(root, parse_config(path.read_text(), source=str(path)))
+
+
+def render_default_config(profile: str = "embedded") -> str:
+    """The ``seqrec.toml`` that ``seqrec init`` writes: every key, commented, with defaults."""
+    if profile not in PROFILES:
+        raise SeqrecError(f"unknown profile '{profile}'", hint=f"choose one of {', '.join(PROFILES)}")
+    lines = [
+        "# seqrec workspace configuration. Relative paths are relative to this file.",
+        "# Every key is optional; the values below are the defaults.",
+        f'profile = "{profile}"',
+    ]
+    cfg = Config(profile=profile)  # type: ignore[arg-type]
+    for name, section in cfg:
+        if not isinstance(section, BaseModel):
+            continue
+        lines += ["", f"[{name}]"]
+        for key, info in type(section).model_fields.items():
+            value = getattr(section, key)
+            if info.description:
+                lines.append(f"# {info.description}")
+            lines.append(f"{key} = {_toml_value(value)}")
+    lines += [
+        "",
+        "# Per-model hyperparameters, e.g.:",
+        "# [hyperparams.gpt2]",
+        "# n_layer = 2",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,1 @@
+"""Behaviour events in SQL: schema, importers and a synthetic generator."""

@@ -1,0 +1,114 @@
+"""The SQL schema (SQLAlchemy 2 Core): events, item and event-type vocabularies, import log.
+
+Events are stored with integer item and event-type indices (0 is padding, never stored) so that
+sequence features come straight out of SQL window functions. Each user's events have a total
+order: ``(ts_ms, event_id)``; ``event_id`` grows with import order, which is how ties on the
+timestamp are broken (as RecBole does).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+)
+
+from seqrec.errors import SeqrecError
+
+MAX_ID_LEN = 256
+
+metadata = MetaData()
+
+items = Table(
+    "items",
+    metadata,
+    Column("item_idx", Integer, primary_key=True, autoincrement=False),
+    Column("item_id", String(MAX_ID_LEN), nullable=False, unique=True),
+)
+
+event_types = Table(
+    "event_types",
+    metadata,
+    Column("type_idx", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(64), nullable=False, unique=True),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("event_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("user_id", String(MAX_ID_LEN), nullable=False),
+    Column("item_idx", Integer, nullable=False),
+    Column("type_idx", Integer, nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("value", Float, nullable=True),
+    UniqueConstraint("user_id", "item_idx", "type_idx", "ts_ms", name="uq_events_natural"),
+    Index("ix_events_user_order", "user_id", "ts_ms", "event_id"),
+)
+
+imports = Table(
+    "imports",
+    metadata,
+    Column("import_id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(1024), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("format", String(32), nullable=False),
+    Column("rows_read", BigInteger, nullable=False),
+    Column("rows_added", BigInteger, nullable=False),
+    Column("rows_skipped", BigInteger, nullable=False),
+    Column("imported_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL mode and their directory created."""
+    if url.startswith("sqlite:///") and not url.endswith(":memory:"):
+        from pathlib import Path
+
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url)
+    except Exception as exc:  # bad URL or missing driver
+        raise SeqrecError(f"cannot use events database URL {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables that do not exist yet (idempotent)."""
+    metadata.create_all(engine)
+
+
+def require_schema(engine: Engine) -> None:
+    """Fail with a clear message when the events tables are missing."""
+    try:
+        names = set(inspect(engine).get_table_names())
+    except Exception as exc:
+        raise SeqrecError(f"events database unreachable ({engine.url!r}): {exc}") from None
+    missing = [t for t in ("events", "items", "event_types") if t not in names]
+    if missing:
+        raise SeqrecError(
+            f"events database has no table(s) {', '.join(missing)}",
+            hint="import events first: `seqrec events import FILE` or `seqrec events synth`",
+        )
