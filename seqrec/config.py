@@ -200,7 +200,9 @@ def load_workspace(project: str | Path | None = None) -> Workspace:
 def render_default_config(profile: str = "embedded") -> str:
     """The ``seqrec.toml`` that ``seqrec init`` writes: every key, commented, with defaults."""
     if profile not in PROFILES:
-        raise SeqrecError(f"unknown profile '{profile}'", hint=f"choose one of {', '.join(PROFILES)}")
+        raise SeqrecError(
+            f"unknown profile '{profile}'", hint=f"choose one of {', '.join(PROFILES)}"
+        )
     lines = [
         "# seqrec workspace configuration. Relative paths are relative to this file.",
         "# Every key is optional; the values below are the defaults.",

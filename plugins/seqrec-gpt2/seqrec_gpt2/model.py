@@ -1,0 +1,82 @@
+"""GPT-2 next-item model built from a transformers ``GPT2Config`` (no hub download).
+
+Inputs are left-padded: position ids count real events only, so the newest event is always at
+index -1 and its position id is (sequence length - 1). Item embeddings are tied with the output
+layer: scores = hidden @ item_embeddings.T.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import GPT2Config, GPT2Model
+
+from seqrec.models import Batch, ModelContext, SeqModel
+
+DEFAULTS: dict[str, Any] = {
+    "d_model": 64,
+    "n_layer": 2,
+    "n_head": 2,
+    "dropout": 0.2,
+    "use_event_types": True,
+    "label_smoothing": 0.0,
+}
+
+
+class GPT2NextItem(SeqModel):
+    def __init__(self, ctx: ModelContext):
+        super().__init__(ctx)
+        p = ctx.params
+        self.config = GPT2Config(
+            vocab_size=ctx.n_items,
+            n_positions=ctx.max_len,
+            n_embd=p["d_model"],
+            n_layer=p["n_layer"],
+            n_head=p["n_head"],
+            n_inner=4 * p["d_model"],
+            resid_pdrop=p["dropout"],
+            embd_pdrop=p["dropout"],
+            attn_pdrop=p["dropout"],
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+        self.backbone = GPT2Model(self.config)
+        self.type_emb = (
+            nn.Embedding(ctx.n_event_types, p["d_model"], padding_idx=0)
+            if p["use_event_types"]
+            else None
+        )
+        self.label_smoothing = float(p["label_smoothing"])
+
+    def hidden(self, batch: Batch) -> Tensor:
+        """[B, L, d] hidden states; padding positions carry no meaning."""
+        mask = batch.mask
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        emb = self.backbone.wte(batch.items)
+        if self.type_emb is not None:
+            emb = emb + self.type_emb(batch.types)
+        out = self.backbone(
+            inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions
+        )
+        return out.last_hidden_state
+
+    def _logits(self, h: Tensor) -> Tensor:
+        logits = h @ self.backbone.wte.weight.T  # [N, V]
+        pad = torch.zeros_like(logits[0], dtype=torch.bool)
+        pad[0] = True
+        return logits.masked_fill(pad, torch.finfo(logits.dtype).min)
+
+    def loss(self, batch: Batch) -> Tensor:
+        assert batch.targets is not None
+        h = self.hidden(batch)
+        sel = batch.targets > 0
+        return F.cross_entropy(
+            self._logits(h[sel]).float(), batch.targets[sel], label_smoothing=self.label_smoothing
+        )
+
+    def score(self, batch: Batch) -> Tensor:
+        return self._logits(self.hidden(batch)[:, -1])

@@ -1,0 +1,82 @@
+"""``seqrec init``, ``seqrec config``, ``seqrec plugins``, ``seqrec quickstart``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from seqrec.config import CONFIG_NAME, PROFILES, render_default_config
+from seqrec.errors import SeqrecError
+
+
+def init_workspace(directory: Path, profile: str = "embedded", force: bool = False) -> Path:
+    """Create a workspace: seqrec.toml with defaults plus the Feast repo."""
+    from seqrec.config import load_workspace
+    from seqrec.features.store import write_repo
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CONFIG_NAME
+    if path.exists() and not force:
+        raise SeqrecError(f"{path} already exists", hint="use --force to overwrite it")
+    path.write_text(render_default_config(profile))
+    write_repo(load_workspace(directory))
+    return path
+
+
+def register(cli: click.Group) -> None:
+    from seqrec.cli import emit_json, project_option, workspace
+
+    @cli.command()
+    @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+    @click.option("--profile", type=click.Choice(PROFILES), default="embedded", show_default=True)
+    @click.option("--force", is_flag=True, help="Overwrite an existing seqrec.toml.")
+    def init(directory: Path, profile: str, force: bool) -> None:
+        """Create a workspace in DIRECTORY with a seqrec.toml of defaults."""
+        path = init_workspace(directory, profile, force)
+        click.echo(f"wrote {path} (profile {profile}); edit it, then `seqrec events import`")
+
+    @cli.command()
+    @project_option
+    @click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
+    def config(project: Path | None, as_json: bool) -> None:
+        """Validate seqrec.toml and print the resolved configuration."""
+        ws = workspace(project)
+        if as_json:
+            emit_json(ws.config.model_dump())
+        else:
+            click.echo(f"# {ws.root / CONFIG_NAME}: valid")
+            for section, values in ws.config.model_dump().items():
+                click.echo(f"{section} = {values}")
+
+    @cli.command()
+    @click.option("--json", "as_json", is_flag=True)
+    def plugins(as_json: bool) -> None:
+        """List loaded plugins: name, version, hooks (and load errors)."""
+        from seqrec.plugins import get_plugin_manager
+
+        infos = get_plugin_manager().describe()
+        if as_json:
+            emit_json([i.__dict__ for i in infos])
+            return
+        table = Table("plugin", "version", "hooks", "status")
+        for i in infos:
+            status = f"[red]failed: {i.error}[/]" if i.error else ("default" if i.default else "ok")
+            table.add_row(i.name, i.version or "-", ", ".join(i.hooks), status)
+        Console().print(table)
+
+    @cli.command()
+    @project_option
+    @click.option("--users", default=2000, show_default=True)
+    @click.option("--items", default=1000, show_default=True)
+    @click.option("--epochs", default=None, type=int, help="GPT-2 epochs (default 12).")
+    @click.option("--seed", default=7, show_default=True)
+    def quickstart(
+        project: Path | None, users: int, items: int, epochs: int | None, seed: int
+    ) -> None:
+        """Run the whole pipeline on synthetic data in a fresh workspace (default ./demo)."""
+        from seqrec.quickstart import run_quickstart
+
+        run_quickstart(project or Path("demo"), users=users, items=items, epochs=epochs, seed=seed)

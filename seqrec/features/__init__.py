@@ -1,0 +1,1 @@
+"""Sequence features: computed in SQL, registered and served through Feast."""

@@ -1,0 +1,69 @@
+"""The Feast objects: entity ``user``, the sequence source and view, the feature service.
+
+One set of definitions, parameterised by the workspace config (profile, max length, paths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Int64
+
+from seqrec.config import Workspace
+
+VIEW_NAME = "user_sequence"
+SNAPSHOT_FILE = "user_sequence.parquet"
+
+#: feature name -> Feast type; the order is the order of columns in the snapshot
+FEATURES = {
+    "item_seq": Array(Int64),
+    "type_seq": Array(Int64),
+    "ts_seq": Array(Int64),
+    "seq_len": Int64,
+    "n_events": Int64,
+    "n_purchases": Int64,
+    "last_gap_s": Int64,
+}
+
+
+@dataclass
+class Definitions:
+    user: Entity
+    source: FileSource
+    view: FeatureView
+    service: FeatureService
+
+    @property
+    def objects(self) -> list[object]:
+        return [self.user, self.source, self.view, self.service]
+
+
+def build_definitions(ws: Workspace) -> Definitions:
+    """Build the Feast objects for a workspace (no side effects)."""
+    user = Entity(
+        name="user",
+        join_keys=["user_id"],
+        value_type=ValueType.STRING,
+        description="a user whose behaviour events are sequenced",
+    )
+    source = FileSource(
+        name="user_sequence_source",
+        path=str(ws.snapshot_dir / SNAPSHOT_FILE),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created",
+        description="per-event sequence features computed in SQL (Parquet snapshot)",
+    )
+    view = FeatureView(
+        name=VIEW_NAME,
+        entities=[user],
+        ttl=timedelta(0),
+        schema=[Field(name=n, dtype=t) for n, t in FEATURES.items()],
+        source=source,
+        online=True,
+        description=f"last {ws.config.features.max_len} events per user, as of each event",
+        tags={"max_len": str(ws.config.features.max_len)},
+    )
+    service = FeatureService(name=ws.config.features.feature_service, features=[view])
+    return Definitions(user, source, view, service)

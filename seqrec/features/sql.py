@@ -1,0 +1,111 @@
+"""Sequence features computed in SQL with window functions.
+
+One row per user per event: the last L item indices, event types and epoch-second timestamps up
+to and including that event, plus scalar aggregates. Each row's ``order_us`` is the event's time
+in microseconds plus its rank among the user's events with the same millisecond (import order),
+so every user's rows have strictly increasing times and Feast's inclusive point-in-time join
+(feature time <= entity time) can tell apart events that share a timestamp.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, text
+
+from seqrec.data.schema import require_schema
+
+#: More events than this for one user within one millisecond cannot be told apart.
+MAX_TIES_PER_MS = 1000
+
+_ORDERED = """
+ordered AS (
+    SELECT user_id, event_id, item_idx, type_idx, ts_ms,
+           ts_ms * 1000 + (ROW_NUMBER() OVER (PARTITION BY user_id, ts_ms ORDER BY event_id) - 1)
+               AS order_us,
+           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts_ms, event_id) AS pos,
+           COUNT(*) OVER (PARTITION BY user_id) AS n
+    FROM events {where}
+)"""
+
+
+def _agg(dialect: str, col: str) -> str:
+    return f"json_group_array({col})" if dialect == "sqlite" else f"array_agg({col})"
+
+
+def feature_rows_sql(dialect: str, max_len: int, users_filter: bool = False) -> str:
+    """The feature query for ``dialect`` ('sqlite' or 'postgresql')."""
+    where = "WHERE user_id IN (SELECT user_id FROM _users)" if users_filter else ""
+    return f"""
+WITH {_ORDERED.format(where=where)}
+SELECT user_id,
+       order_us,
+       pos AS n_events,
+       {_agg(dialect, "item_idx")} OVER w AS item_seq,
+       {_agg(dialect, "type_idx")} OVER w AS type_seq,
+       {_agg(dialect, "ts_ms / 1000")} OVER w AS ts_seq,
+       SUM(CASE WHEN type_idx = :purchase_idx THEN 1 ELSE 0 END)
+           OVER (PARTITION BY user_id ORDER BY order_us ROWS UNBOUNDED PRECEDING) AS n_purchases,
+       COALESCE((ts_ms - LAG(ts_ms) OVER (PARTITION BY user_id ORDER BY order_us)) / 1000, -1)
+           AS last_gap_s
+FROM ordered
+WINDOW w AS (PARTITION BY user_id ORDER BY order_us ROWS BETWEEN {max_len - 1} PRECEDING AND CURRENT ROW)
+ORDER BY user_id, order_us
+"""
+
+
+def _purchase_idx(engine: Engine) -> int:
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT type_idx FROM event_types WHERE name = 'purchase'")).first()
+    return int(row[0]) if row else -1
+
+
+def compute_feature_rows(engine: Engine, max_len: int) -> pd.DataFrame:
+    """All feature rows, as a DataFrame with list columns and a UTC ``event_timestamp``."""
+    require_schema(engine)
+    dialect = engine.dialect.name
+    sql = feature_rows_sql(dialect, max_len)
+    with engine.connect() as conn:
+        df = pd.read_sql_query(text(sql), conn, params={"purchase_idx": _purchase_idx(engine)})
+    if dialect == "sqlite":
+        for col in ("item_seq", "type_seq", "ts_seq"):
+            df[col] = [json.loads(v) for v in df[col]]
+    return finish_feature_frame(df)
+
+
+def finish_feature_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Add timestamps and derived columns; fix dtypes."""
+    df["seq_len"] = df["item_seq"].map(len).astype("int64")
+    for col in ("n_events", "n_purchases", "last_gap_s", "order_us"):
+        df[col] = df[col].astype("int64")
+    df["event_timestamp"] = pd.to_datetime(df["order_us"], unit="us", utc=True)
+    df["created"] = pd.Timestamp.now(tz="UTC").floor("us")
+    return df
+
+
+def event_positions(engine: Engine) -> pd.DataFrame:
+    """Every event with its per-user position: user_id, item_idx, order_us, pos, n."""
+    require_schema(engine)
+    sql = (
+        f"WITH {_ORDERED.format(where='')} SELECT user_id, item_idx, order_us, pos, n FROM ordered"
+    )
+    with engine.connect() as conn:
+        df = pd.read_sql_query(text(sql), conn)
+    for col in ("item_idx", "order_us", "pos", "n"):
+        df[col] = df[col].astype("int64")
+    return df
+
+
+def left_pad(seqs: Any, length: int) -> np.ndarray:
+    """Lists of ints -> [N, length] int64 array, left-padded with 0 (newest last)."""
+    out = np.zeros((len(seqs), length), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        if s is None or isinstance(s, float):  # missing (None / NaN)
+            continue
+        s = list(s)[-length:]
+        if s:
+            out[i, length - len(s) :] = s
+    return out

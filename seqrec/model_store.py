@@ -1,0 +1,177 @@
+"""Trained models in the BentoML model store.
+
+A stored model is a directory with ``model.safetensors`` + ``seqrec_model.json`` (weights and
+the context to rebuild it), ``vocab.json`` (item id for each index), ``event_types.json``,
+``popularity.json`` (training counts, for cold-start fallback), ``metrics.json`` and
+``seqrec.json`` (plugin name and version, task, feature service, training settings, events
+watermark). Names are ``seqrec-<model>``; ``gpt2`` is short for ``seqrec-gpt2:latest``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import Engine, select
+
+from seqrec.data.schema import event_types, items
+from seqrec.errors import SeqrecError
+from seqrec.models import SeqModel, load_weights, save_weights
+
+PREFIX = "seqrec-"
+
+
+def store_name(model_name: str) -> str:
+    return PREFIX + model_name
+
+
+def resolve_tag(ref: str) -> str:
+    """``gpt2`` -> ``seqrec-gpt2:latest``; ``seqrec-gpt2`` -> ``seqrec-gpt2:latest``."""
+    name, _, ver = ref.partition(":")
+    if not name.startswith(PREFIX):
+        name = PREFIX + name
+    return f"{name}:{ver or 'latest'}"
+
+
+def read_vocab(engine: Engine) -> tuple[list[str], list[str]]:
+    """(item id per index, event type per index); index 0 is padding ('')."""
+    with engine.connect() as conn:
+        item_rows = conn.execute(select(items.c.item_idx, items.c.item_id)).all()
+        type_rows = conn.execute(select(event_types.c.type_idx, event_types.c.name)).all()
+    vocab = [""] * (max((r[0] for r in item_rows), default=0) + 1)
+    for idx, iid in item_rows:
+        vocab[idx] = iid
+    types = [""] * (max((r[0] for r in type_rows), default=0) + 1)
+    for idx, name in type_rows:
+        types[idx] = name
+    return vocab, types
+
+
+def _plugin_version(plugin: str) -> str | None:
+    for dist in (f"seqrec-{plugin}", "seqrec"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def save(
+    model: SeqModel,
+    *,
+    engine: Engine,
+    plugin: str,
+    task: str,
+    feature_service: str,
+    metrics: dict[str, Any],
+    popularity: np.ndarray,
+    train_info: dict[str, Any],
+) -> str:
+    """Save ``model`` and everything serving needs; returns the BentoML tag."""
+    import bentoml
+
+    vocab, types = read_vocab(engine)
+    info = {
+        "model": model.spec_name,
+        "plugin": plugin,
+        "plugin_version": _plugin_version(plugin),
+        "task": task,
+        "feature_service": feature_service,
+        "max_len": model.ctx.max_len,
+        "trained_at": datetime.now(UTC).isoformat(),
+        **train_info,
+    }
+    labels = {"model": model.spec_name, "task": task, "plugin": plugin}
+    with bentoml.models.create(
+        store_name(model.spec_name), labels=labels, metadata={"seqrec": info, "metrics": metrics}
+    ) as bm:
+        path = Path(bm.path)
+        save_weights(model.cpu(), path)
+        (path / "vocab.json").write_text(json.dumps(vocab))
+        (path / "event_types.json").write_text(json.dumps(types))
+        (path / "popularity.json").write_text(json.dumps([float(x) for x in popularity]))
+        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (path / "seqrec.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+        tag = str(bm.tag)
+    return tag
+
+
+@dataclass
+class StoredModel:
+    """A model loaded from the store, with its vocabulary and metadata."""
+
+    tag: str
+    model: SeqModel
+    vocab: list[str]
+    event_types: list[str]
+    popularity: np.ndarray
+    info: dict[str, Any]
+    metrics: dict[str, Any]
+    path: Path
+
+    def item_index(self) -> dict[str, int]:
+        return {iid: i for i, iid in enumerate(self.vocab) if i > 0}
+
+
+def locate(ref: str) -> tuple[str, Path]:
+    """(full tag, directory) of a stored model; a clear error when absent."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = resolve_tag(ref)
+    try:
+        bm = bentoml.models.get(tag)
+    except NotFound:
+        raise SeqrecError(
+            f"no stored model '{tag}'",
+            hint="train one with `seqrec train --model NAME`; `seqrec models list` shows stored ones",
+        ) from None
+    return str(bm.tag), Path(bm.path)
+
+
+def load(ref: str, device: str | torch.device = "cpu") -> StoredModel:
+    """Load a stored model by tag (or short name) onto ``device``."""
+    tag, path = locate(ref)
+    try:
+        model = load_weights(path, device=device)
+        info = json.loads((path / "seqrec.json").read_text())
+        return StoredModel(
+            tag=tag,
+            model=model,
+            vocab=json.loads((path / "vocab.json").read_text()),
+            event_types=json.loads((path / "event_types.json").read_text()),
+            popularity=np.asarray(json.loads((path / "popularity.json").read_text())),
+            info=info,
+            metrics=json.loads((path / "metrics.json").read_text()),
+            path=path,
+        )
+    except SeqrecError:
+        raise
+    except Exception as exc:
+        raise SeqrecError(f"model '{tag}' at {path} failed to load: {exc}") from None
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Stored seqrec models, newest first."""
+    import bentoml
+
+    rows = []
+    for bm in bentoml.models.list():
+        if not bm.tag.name.startswith(PREFIX):
+            continue
+        meta = bm.info.metadata or {}
+        rows.append(
+            {
+                "tag": str(bm.tag),
+                "created": bm.info.creation_time.isoformat(),
+                "labels": dict(bm.info.labels or {}),
+                "valid": (meta.get("metrics") or {}).get("valid", {}),
+            }
+        )
+    return sorted(rows, key=lambda r: r["created"], reverse=True)

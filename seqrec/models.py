@@ -1,0 +1,186 @@
+"""The model contract shared by plugins, the trainer, the evaluator and the service.
+
+A plugin registers a :class:`ModelSpec` whose ``build(ctx)`` returns a :class:`SeqModel`. A
+``SeqModel`` is a ``torch.nn.Module`` with two methods: ``loss(batch)`` for training and
+``score(batch)`` for ranking (next-item scores after the last position). Sequences are
+**left-padded**: position ``-1`` is always the newest event, index 0 is padding everywhere.
+Saving and loading (safetensors + JSON) is done here, once, for every model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from seqrec.errors import SeqrecError
+
+TASKS = ("next-item", "classify")
+WEIGHTS_FILE = "model.safetensors"
+CONTEXT_FILE = "seqrec_model.json"
+
+
+@dataclass
+class Batch:
+    """A batch of left-padded sequences. Shapes: B sequences of length L.
+
+    items, types, times: [B, L] (item index, event-type index, epoch seconds; 0 = padding)
+    targets: [B, L] next item after each position (0 = no target there), next-item training only
+    labels: [B] class index, classification only
+    """
+
+    items: Tensor
+    types: Tensor
+    times: Tensor
+    targets: Tensor | None = None
+    labels: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {
+            f.name: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    @property
+    def mask(self) -> Tensor:
+        """[B, L] bool, True at real (non-padding) positions."""
+        return self.items > 0
+
+
+@dataclass
+class ModelContext:
+    """What a model is built from: vocabulary sizes, sequence length, task, hyperparameters."""
+
+    n_items: int  # item vocabulary size including padding index 0
+    n_event_types: int  # event-type vocabulary size including padding index 0
+    max_len: int
+    task: str = "next-item"
+    n_classes: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise SeqrecError(f"unknown task '{self.task}'", hint=f"choose one of {TASKS}")
+        if self.n_items < 2:
+            raise SeqrecError("the item vocabulary is empty", hint="import events first")
+
+
+class SeqModel(nn.Module):
+    """Base class for models. Subclasses implement ``loss`` and ``score``."""
+
+    #: set by the registry when the model is built
+    spec_name: ClassVar[str] = ""
+
+    def __init__(self, ctx: ModelContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def loss(self, batch: Batch) -> Tensor:
+        """Scalar training loss for ``batch``."""
+        raise NotImplementedError
+
+    def score(self, batch: Batch) -> Tensor:
+        """Next-item task: [B, n_items] scores for the item after the last position.
+
+        Classification task: [B, n_classes] logits.
+        """
+        raise NotImplementedError
+
+    def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
+        """Optional: non-gradient models (popularity) fit here from the training tensors."""
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: name, what it builds, which tasks it supports, default params."""
+
+    name: str
+    build: Callable[[ModelContext], SeqModel]
+    tasks: tuple[str, ...] = ("next-item",)
+    description: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    plugin: str = ""  # filled in by the registry
+
+    def make(self, ctx: ModelContext) -> SeqModel:
+        """Build the model, checking the task and merging default hyperparameters."""
+        if ctx.task not in self.tasks:
+            raise SeqrecError(
+                f"model '{self.name}' does not support task '{ctx.task}'",
+                hint=f"it supports: {', '.join(self.tasks)}",
+            )
+        unknown = sorted(set(ctx.params) - set(self.defaults))
+        if unknown:
+            raise SeqrecError(
+                f"unknown hyperparameter(s) for model '{self.name}': {', '.join(unknown)}",
+                hint=f"known: {', '.join(sorted(self.defaults)) or 'none'}",
+            )
+        ctx = replace(ctx, params={**self.defaults, **ctx.params})
+        model = self.build(ctx)
+        model.spec_name = self.name
+        return model
+
+
+def model_registry(pm: Any = None) -> dict[str, ModelSpec]:
+    """All models registered by loaded plugins, by name."""
+    from seqrec.plugins import get_plugin_manager
+
+    pm = pm or get_plugin_manager()
+    specs: dict[str, ModelSpec] = {}
+
+    for impl in pm.hook.register_models.get_hookimpls():
+
+        def register(spec: ModelSpec, _plugin: str = impl.plugin_name) -> None:
+            if spec.name in specs:
+                raise SeqrecError(
+                    f"model '{spec.name}' registered twice "
+                    f"(plugins '{specs[spec.name].plugin}' and '{_plugin}')"
+                )
+            specs[spec.name] = replace(spec, plugin=_plugin)
+
+        impl.function(register=register)
+    return specs
+
+
+def get_spec(name: str, pm: Any = None) -> ModelSpec:
+    specs = model_registry(pm)
+    if name not in specs:
+        raise SeqrecError(
+            f"no model named '{name}'",
+            hint=f"registered models: {', '.join(sorted(specs)) or 'none'} (see `seqrec models`)",
+        )
+    return specs[name]
+
+
+def save_weights(model: SeqModel, directory: Path) -> None:
+    """Write ``model.safetensors`` and ``seqrec_model.json`` (spec name + context)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / WEIGHTS_FILE))
+    meta = {"model": model.spec_name, "context": asdict(model.ctx)}
+    (directory / CONTEXT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def load_weights(directory: Path, pm: Any = None, device: str | torch.device = "cpu") -> SeqModel:
+    """Rebuild a model from a directory written by :func:`save_weights`."""
+    meta_path = directory / CONTEXT_FILE
+    if not meta_path.is_file():
+        raise SeqrecError(f"not a seqrec model directory: {directory} (no {CONTEXT_FILE})")
+    meta = json.loads(meta_path.read_text())
+    spec = get_spec(meta["model"], pm)
+    ctx = ModelContext(**meta["context"])
+    model = spec.build(ctx)
+    model.spec_name = spec.name
+    load_model(model, str(directory / WEIGHTS_FILE), device=str(device))
+    model.eval()
+    return model.to(device)

@@ -1,0 +1,1 @@
+"""Training: data from the feature store and the shared trainer."""

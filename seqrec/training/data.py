@@ -1,0 +1,166 @@
+"""Training sets from the feature store, point in time, as pre-built tensors.
+
+Next-item, leave-one-out (RecBole's protocol): per user with n >= 3 events in total order, event n
+is the test target, event n-1 the validation target, events 2..n-2 the training targets. Each
+example is an entity row ``(user_id, t - 1us)`` where ``t`` is the target event's order time, so
+Feast's inclusive join returns exactly the events before the target (ties on the timestamp are
+ordered by import order). Training targets are covered by non-overlapping windows of L: the
+window ending before target k predicts every position inside it (causal models) and k itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sqlalchemy import Engine, func, select
+
+from seqrec.config import Workspace
+from seqrec.data.schema import event_types, items, make_engine
+from seqrec.errors import SeqrecError
+from seqrec.features import store as feature_store
+from seqrec.features.sql import event_positions, left_pad
+from seqrec.models import Batch
+
+
+@dataclass
+class SequenceSet:
+    """N examples: left-padded [N, L] inputs plus a label per example."""
+
+    user_ids: np.ndarray  # [N] object
+    items: np.ndarray  # [N, L] int64
+    types: np.ndarray  # [N, L] int64
+    times: np.ndarray  # [N, L] int64 epoch seconds
+    labels: np.ndarray  # [N] target item (next-item) or class index
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def next_item_targets(self) -> np.ndarray:
+        """[N, L]: the item after each position (the label after the last); 0 at padding."""
+        targets = np.concatenate([self.items[:, 1:], self.labels[:, None]], axis=1)
+        targets[self.items == 0] = 0
+        return targets
+
+    def tensors(self, with_targets: bool) -> dict[str, torch.Tensor]:
+        out = {
+            "items": torch.from_numpy(self.items),
+            "types": torch.from_numpy(self.types),
+            "times": torch.from_numpy(self.times),
+            "labels": torch.from_numpy(self.labels),
+        }
+        if with_targets:
+            out["targets"] = torch.from_numpy(self.next_item_targets())
+        return out
+
+    def subset(self, idx: np.ndarray) -> SequenceSet:
+        return SequenceSet(
+            self.user_ids[idx], self.items[idx], self.types[idx], self.times[idx], self.labels[idx]
+        )
+
+
+def iter_batches(
+    tensors: dict[str, torch.Tensor],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[Batch]:
+    """Batches sliced from pre-built tensors (no per-example Python work)."""
+    n = len(tensors["items"])
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield Batch(
+            items=tensors["items"][idx],
+            types=tensors["types"][idx],
+            times=tensors["times"][idx],
+            targets=tensors["targets"][idx] if "targets" in tensors else None,
+            labels=tensors["labels"][idx],
+        )
+
+
+@dataclass
+class NextItemData:
+    """The leave-one-out split, plus what a model is built from."""
+
+    train: SequenceSet
+    valid: SequenceSet
+    test: SequenceSet
+    n_items: int
+    n_event_types: int
+    max_len: int
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "train_examples": len(self.train),
+            "train_positions": int((self.train.next_item_targets() > 0).sum()),
+            "valid_users": len(self.valid),
+            "test_users": len(self.test),
+            "items": self.n_items - 1,
+        }
+
+
+def vocab_sizes(engine: Engine) -> tuple[int, int]:
+    """(item vocab size, event-type vocab size), both including padding index 0."""
+    with engine.connect() as conn:
+        n_items = conn.execute(select(func.max(items.c.item_idx))).scalar() or 0
+        n_types = conn.execute(select(func.max(event_types.c.type_idx))).scalar() or 0
+    return int(n_items) + 1, int(n_types) + 1
+
+
+def leave_one_out_entities(positions: pd.DataFrame, max_len: int) -> pd.DataFrame:
+    """Entity rows (user_id, event_timestamp, label, split) for the leave-one-out protocol."""
+    p = positions
+    has_eval = p["n"] >= 3
+    split = np.full(len(p), "", dtype=object)
+    split[(has_eval & (p["pos"] == p["n"])).to_numpy()] = "test"
+    split[(has_eval & (p["pos"] == p["n"] - 1)).to_numpy()] = "valid"
+    last_train = np.where(has_eval, p["n"] - 2, p["n"])
+    gap = last_train - p["pos"].to_numpy()
+    is_train = (p["pos"].to_numpy() >= 2) & (gap >= 0) & (gap % max_len == 0)
+    split[is_train & (split == "")] = "train"
+    keep = split != ""
+    ent = pd.DataFrame(
+        {
+            "user_id": p["user_id"].to_numpy()[keep],
+            "event_timestamp": pd.to_datetime(
+                p["order_us"].to_numpy()[keep] - 1, unit="us", utc=True
+            ),
+            "label": p["item_idx"].to_numpy()[keep],
+            "split": split[keep],
+        }
+    )
+    ent["row_id"] = np.arange(len(ent))
+    return ent
+
+
+def _to_set(df: pd.DataFrame, max_len: int) -> SequenceSet:
+    return SequenceSet(
+        user_ids=df["user_id"].to_numpy(dtype=object),
+        items=left_pad(df["item_seq"].tolist(), max_len),
+        types=left_pad(df["type_seq"].tolist(), max_len),
+        times=left_pad(df["ts_seq"].tolist(), max_len),
+        labels=df["label"].to_numpy(dtype=np.int64),
+    )
+
+
+def build_next_item_data(ws: Workspace, engine: Engine | None = None) -> NextItemData:
+    """Leave-one-out train/valid/test sets through Feast's point-in-time join."""
+    engine = engine or make_engine(ws.events_url)
+    feature_store.ensure_snapshot(ws, engine)
+    max_len = ws.config.features.max_len
+    entities = leave_one_out_entities(event_positions(engine), max_len)
+    if not (entities["split"] == "train").any():
+        raise SeqrecError(
+            "not enough events to train: every user needs at least 3 events for leave-one-out"
+        )
+    joined = feature_store.historical(ws, entities).sort_values("row_id").reset_index(drop=True)
+    if len(joined) != len(entities):
+        raise SeqrecError(f"feature join returned {len(joined)} rows for {len(entities)} entities")
+    n_items, n_types = vocab_sizes(engine)
+    parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in ("train", "valid", "test")}
+    return NextItemData(parts["train"], parts["valid"], parts["test"], n_items, n_types, max_len)
