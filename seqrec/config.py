@@ -55,12 +55,12 @@ class TrainConfig(_Section):
     """Defaults for ``seqrec train``; command-line options override them."""
 
     epochs: int = Field(30, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    lr: float = Field(1e-3, gt=0, le=1.0)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(5e-3, gt=0, le=1.0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)
-    patience: int = Field(3, ge=1, description="epochs without validation gain before stopping")
+    patience: int = Field(5, ge=1, description="epochs without validation gain before stopping")
     seed: int = Field(42)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")

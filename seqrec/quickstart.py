@@ -104,7 +104,7 @@ def run_quickstart(
     )
 
     results: dict[str, dict[str, Any]] = {}
-    for name, n_epochs in (("popularity", 1), ("gpt2", epochs or 12)):
+    for name, n_epochs in (("popularity", 1), ("gpt2", epochs or 15)):
         t = step(f"4. train {name}")
         out = train_model(ws, name, epochs=n_epochs, seed=seed, data=data)
         metrics = evaluate_model(ws, out.tag, ks=(10, 20), data=data, progress=True)

@@ -71,7 +71,7 @@ def register(cli: click.Group) -> None:
     @project_option
     @click.option("--users", default=2000, show_default=True)
     @click.option("--items", default=1000, show_default=True)
-    @click.option("--epochs", default=None, type=int, help="GPT-2 epochs (default 12).")
+    @click.option("--epochs", default=None, type=int, help="GPT-2 epochs (default 15).")
     @click.option("--seed", default=7, show_default=True)
     def quickstart(
         project: Path | None, users: int, items: int, epochs: int | None, seed: int

@@ -31,12 +31,12 @@ from seqrec.training.data import NextItemData, SequenceSet, iter_batches
 @dataclass
 class TrainSettings:
     epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 64
+    lr: float = 5e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
-    patience: int = 3
+    patience: int = 5
     seed: int = 42
     device: str = "auto"
     num_threads: int = 0

@@ -1,0 +1,621 @@
+"""Import behaviour events from files into the SQL events table.
+
+Three readers turn a file into ``(line_number, RawEvent | reason)`` pairs, streaming it:
+
+* :func:`read_csv`: a CSV file with a header (column names configurable, see :class:`CsvColumns`);
+* :func:`read_movielens`: MovieLens ``u.data`` (``user item rating timestamp``, tab-separated,
+  no header; ``::``-separated ``ratings.dat`` lines are accepted too);
+* :func:`read_recbole`: a RecBole atomic ``.inter`` file with a typed header
+  (``user_id:token\\titem_id:token\\trating:float\\ttimestamp:float``).
+
+:func:`import_events` writes such pairs to the database in ONE transaction per source: with
+``on_error="fail"`` the first bad row aborts the import and nothing of the source is written
+(vocabulary entries included); with ``on_error="skip"`` bad rows are counted and left out.
+Rows whose natural key ``(user_id, item_idx, type_idx, ts_ms)`` already exists are ignored, so
+importing the same file twice adds nothing.
+
+Timestamp rules (CSV ``time_unit``):
+
+* ``"s"``: epoch seconds (may have a fraction); ``"ms"``: epoch milliseconds;
+* ``"iso"``: ISO-8601 as read by :meth:`datetime.fromisoformat` (a trailing ``Z`` is UTC);
+  a datetime WITHOUT an offset is taken as UTC;
+* ``"auto"`` (default): a numeric value >= 1e11 is milliseconds, a smaller one seconds, and a
+  non-numeric one ISO-8601.
+
+Timestamps before 1970-01-01 or more than one day in the future are rejected. Identifiers are
+stripped of surrounding whitespace; empty ones, or ones longer than 256 characters, are rejected.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy.exc import OperationalError
+
+from seqrec.data.schema import MAX_ID_LEN, create_schema, event_types, events, imports, items
+from seqrec.errors import SeqrecError
+
+MAX_TYPE_LEN = 64
+MAX_ERRORS_KEPT = 10
+FUTURE_SLACK_MS = 86_400_000  # timestamps may be at most one day in the future
+MS_THRESHOLD = 1e11  # auto time unit: numbers >= this are milliseconds
+
+Format = Literal["csv", "movielens", "recbole"]
+OnError = Literal["fail", "skip"]
+TimeUnit = Literal["auto", "s", "ms", "iso"]
+Row = tuple[int, "RawEvent | str"]
+
+DEFAULT_EVENT_TYPE: dict[str, str] = {"csv": "view", "movielens": "rating", "recbole": "rating"}
+
+
+@dataclass
+class RawEvent:
+    """One behaviour event before vocabulary mapping."""
+
+    user_id: str
+    item_id: str
+    ts_ms: int
+    event_type: str
+    value: float | None
+
+
+@dataclass
+class CsvColumns:
+    """CSV column names. ``event_type`` and ``value`` are optional: when the header lacks them,
+    every row gets the default event type and no value (unless a name other than the default
+    was asked for, which must then exist). Set them to ``None`` to ignore such columns."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    event_type: str | None = "event_type"
+    value: str | None = "value"
+
+
+@dataclass
+class ImportReport:
+    """What one import did."""
+
+    source: str
+    sha256: str
+    format: str
+    rows_read: int
+    rows_added: int
+    rows_duplicate: int
+    rows_skipped: int
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rows_per_second"] = round(self.rows_per_second, 1)
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# Field parsing
+
+
+def _now_limit_ms() -> int:
+    return int(time.time() * 1000) + FUTURE_SLACK_MS
+
+
+def _parse_number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _parse_iso(text: str) -> int | str:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return f"bad timestamp {text!r} (not a number nor ISO-8601)"
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return round(dt.timestamp() * 1000)
+
+
+def parse_timestamp(text: str, unit: TimeUnit = "auto", *, max_ms: int | None = None) -> int | str:
+    """Epoch milliseconds for ``text``, or a reason why it is not a valid timestamp."""
+    text = text.strip()
+    if not text:
+        return "empty timestamp"
+    if unit == "iso":
+        ms = _parse_iso(text)
+    else:
+        x = _parse_number(text)
+        if x is None:
+            if unit == "auto":
+                ms = _parse_iso(text)
+            else:
+                unit_name = "seconds" if unit == "s" else "milliseconds"
+                return f"bad timestamp {text!r} (expected epoch {unit_name})"
+        elif unit == "ms" or (unit == "auto" and abs(x) >= MS_THRESHOLD):
+            ms = round(x)
+        else:
+            ms = round(x * 1000)
+    if isinstance(ms, str):
+        return ms
+    if ms < 0:
+        return f"timestamp {text!r} is before 1970"
+    limit = _now_limit_ms() if max_ms is None else max_ms
+    if ms > limit:
+        return f"timestamp {text!r} is more than a day in the future"
+    return ms
+
+
+def _make_event(
+    user: str,
+    item: str,
+    ts_text: str,
+    event_type: str,
+    value_text: str | None,
+    unit: TimeUnit,
+    max_ms: int,
+) -> RawEvent | str:
+    user = user.strip()
+    item = item.strip()
+    if not user:
+        return "empty user id"
+    if not item:
+        return "empty item id"
+    if len(user) > MAX_ID_LEN:
+        return f"user id longer than {MAX_ID_LEN} characters"
+    if len(item) > MAX_ID_LEN:
+        return f"item id longer than {MAX_ID_LEN} characters"
+    event_type = event_type.strip()
+    if len(event_type) > MAX_TYPE_LEN:
+        return f"event type longer than {MAX_TYPE_LEN} characters"
+    ts = parse_timestamp(ts_text, unit, max_ms=max_ms)
+    if isinstance(ts, str):
+        return ts
+    value: float | None = None
+    if value_text is not None and value_text.strip():
+        value = _parse_number(value_text)
+        if value is None:
+            return f"bad value {value_text.strip()!r} (not a finite number)"
+    return RawEvent(user, item, ts, event_type, value)
+
+
+def _check_event(ev: RawEvent, max_ms: int) -> str | None:
+    """Cheap checks on events that did not come through a reader (e.g. built in code)."""
+    if not ev.user_id or not ev.item_id:
+        return "empty user id" if not ev.user_id else "empty item id"
+    if len(ev.user_id) > MAX_ID_LEN or len(ev.item_id) > MAX_ID_LEN:
+        return f"id longer than {MAX_ID_LEN} characters"
+    if not ev.event_type or len(ev.event_type) > MAX_TYPE_LEN:
+        return f"event type empty or longer than {MAX_TYPE_LEN} characters"
+    if not 0 <= ev.ts_ms <= max_ms:
+        return f"timestamp {ev.ts_ms} ms out of range"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+
+
+def _open_text(path: Path) -> Any:
+    try:
+        return open(path, encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise SeqrecError("no such file", where=str(path)) from None
+    except IsADirectoryError:
+        raise SeqrecError("is a directory, not a file", where=str(path)) from None
+    except OSError as exc:
+        raise SeqrecError(f"cannot read file: {exc.strerror or exc}", where=str(path)) from None
+
+
+def _lines(path: Path, reader: Iterator[Any], where: Iterator[int] | None = None) -> Iterator[Any]:
+    """``reader``'s items, turning decoding and CSV errors into SeqrecError naming ``path``."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise SeqrecError(f"not valid UTF-8 text ({exc.reason})", where=str(path)) from None
+        except csv.Error as exc:
+            raise SeqrecError(f"malformed CSV: {exc}", where=str(path)) from None
+
+
+def read_csv(
+    path: str | Path,
+    *,
+    columns: CsvColumns | None = None,
+    time_unit: TimeUnit = "auto",
+    delimiter: str = ",",
+    default_event_type: str = "view",
+) -> Iterator[Row]:
+    """Stream a CSV file with a header row as ``(line_number, RawEvent | reason)``.
+
+    Timestamps follow ``time_unit`` (see the module docstring; naive ISO datetimes are UTC).
+    A required column missing from the header raises :class:`SeqrecError`.
+    """
+    path = Path(path)
+    cols = columns or CsvColumns()
+    defaults = CsvColumns()
+    if time_unit not in ("auto", "s", "ms", "iso"):
+        raise SeqrecError(f"unknown time unit {time_unit!r}", hint="use auto, s, ms or iso")
+    if len(delimiter) != 1:
+        raise SeqrecError(f"delimiter must be one character, got {delimiter!r}")
+    max_ms = _now_limit_ms()
+    with _open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        rows = _lines(path, reader)
+        header = next(rows, None)
+        if header is None:
+            raise SeqrecError("empty file: expected a header row", where=str(path))
+        header = [h.strip() for h in header]
+        pos = {name: i for i, name in reversed(list(enumerate(header)))}
+
+        def need(name: str, what: str) -> int:
+            if name not in pos:
+                raise SeqrecError(
+                    f"missing {what} column '{name}' (header: {', '.join(header)})",
+                    where=str(path),
+                    hint="name the columns with --user-col/--item-col/--time-col/--type-col/"
+                    "--value-col, or check --delimiter",
+                )
+            return pos[name]
+
+        i_user = need(cols.user, "user")
+        i_item = need(cols.item, "item")
+        i_ts = need(cols.timestamp, "timestamp")
+        i_type: int | None = None
+        if cols.event_type is not None and (
+            cols.event_type in pos or cols.event_type != defaults.event_type
+        ):
+            i_type = need(cols.event_type, "event type")
+        i_value: int | None = None
+        if cols.value is not None and (cols.value in pos or cols.value != defaults.value):
+            i_value = need(cols.value, "value")
+        width = len(header)
+
+        for row in rows:
+            n = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            if len(row) != width:
+                yield n, f"expected {width} fields, found {len(row)}"
+                continue
+            etype = row[i_type] if i_type is not None else ""
+            yield (
+                n,
+                _make_event(
+                    row[i_user],
+                    row[i_item],
+                    row[i_ts],
+                    etype.strip() or default_event_type,
+                    row[i_value] if i_value is not None else None,
+                    time_unit,
+                    max_ms,
+                ),
+            )
+
+
+def read_movielens(path: str | Path, *, default_event_type: str = "rating") -> Iterator[Row]:
+    """Stream MovieLens ratings: ``user item rating timestamp`` (epoch seconds), no header.
+
+    Fields are tab-separated (``u.data``) or ``::``-separated (``ratings.dat``).
+    """
+    path = Path(path)
+    max_ms = _now_limit_ms()
+    with _open_text(path) as fh:
+        for n, line in enumerate(_lines(path, iter(fh)), 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("::") if "::" in line else line.split("\t")
+            if len(parts) != 4:
+                yield n, f"expected 4 fields (user item rating timestamp), found {len(parts)}"
+                continue
+            user, item, rating, ts = parts
+            if _parse_number(rating) is None:
+                yield n, f"bad rating {rating.strip()!r}"
+                continue
+            yield n, _make_event(user, item, ts, default_event_type, rating, "s", max_ms)
+
+
+def read_recbole(path: str | Path, *, default_event_type: str = "rating") -> Iterator[Row]:
+    """Stream a RecBole atomic ``.inter`` file (tab-separated, typed header ``name:type``).
+
+    Uses ``user_id``, ``item_id``, ``timestamp`` (epoch seconds, may be fractional), and the
+    optional ``rating`` (the event value) and ``event_type`` columns.
+    """
+    path = Path(path)
+    max_ms = _now_limit_ms()
+    with _open_text(path) as fh:
+        lines = _lines(path, iter(fh))
+        first = next(lines, None)
+        if first is None:
+            raise SeqrecError("empty file: expected a typed header row", where=str(path))
+        header = first.rstrip("\r\n").split("\t")
+        names = [h.strip().rsplit(":", 1)[0] if ":" in h else h.strip() for h in header]
+        pos = {name: i for i, name in reversed(list(enumerate(names)))}
+        for required in ("user_id", "item_id", "timestamp"):
+            if required not in pos:
+                raise SeqrecError(
+                    f"missing column '{required}' in RecBole header (header: {', '.join(header)})",
+                    where=str(path),
+                    hint="a .inter header looks like user_id:token<TAB>item_id:token<TAB>"
+                    "rating:float<TAB>timestamp:float",
+                )
+        i_user, i_item, i_ts = pos["user_id"], pos["item_id"], pos["timestamp"]
+        i_rating = pos.get("rating")
+        i_type = pos.get("event_type")
+        width = len(header)
+        for n, line in enumerate(lines, 2):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) != width:
+                yield n, f"expected {width} fields, found {len(parts)}"
+                continue
+            etype = parts[i_type].strip() if i_type is not None else ""
+            yield (
+                n,
+                _make_event(
+                    parts[i_user],
+                    parts[i_item],
+                    parts[i_ts],
+                    etype or default_event_type,
+                    parts[i_rating] if i_rating is not None else None,
+                    "s",
+                    max_ms,
+                ),
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _dialect_insert(engine: Engine) -> Any:
+    """INSERT INTO events ... ON CONFLICT (natural key) DO NOTHING, for this engine's dialect."""
+    name = engine.dialect.name
+    dml: Any
+    if name == "sqlite":
+        from sqlalchemy.dialects import sqlite as dml
+    elif name == "postgresql":
+        from sqlalchemy.dialects import postgresql as dml
+    else:
+        raise SeqrecError(f"unsupported events database '{name}'", hint="use SQLite or PostgreSQL")
+    return dml.insert(events).on_conflict_do_nothing(
+        index_elements=["user_id", "item_idx", "type_idx", "ts_ms"]
+    )
+
+
+def _count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+
+class _Vocab:
+    """An append-only string -> index map backed by a table; new entries wait for ``flush``."""
+
+    def __init__(self, conn: Connection, table: Any, key: str, idx: str):
+        self.table, self.key, self.idx = table, key, idx
+        rows = conn.execute(select(table.c[key], table.c[idx])).all()
+        self.map: dict[str, int] = {k: int(i) for k, i in rows}
+        self.next = max(self.map.values(), default=0) + 1
+        self.pending: list[dict[str, Any]] = []
+
+    def get(self, name: str) -> int:
+        i = self.map.get(name)
+        if i is None:
+            i = self.map[name] = self.next
+            self.next += 1
+            self.pending.append({self.idx: i, self.key: name})
+        return i
+
+    def flush(self, conn: Connection) -> None:
+        if self.pending:
+            conn.execute(insert(self.table), self.pending)
+            self.pending = []
+
+
+def import_events(
+    engine: Engine,
+    rows: Iterable[Row],
+    *,
+    source: str,
+    sha256: str,
+    fmt: str,
+    on_error: OnError = "fail",
+    batch_size: int = 10_000,
+    progress: bool = False,
+) -> ImportReport:
+    """Write ``(line_number, RawEvent | reason)`` rows in one transaction; see the module doc.
+
+    Item ids and event type names get stable indices from 1 in order of first appearance.
+    Returns an :class:`ImportReport`; a bad row with ``on_error="fail"`` raises
+    :class:`SeqrecError` (``"<source>: line N: reason"``) and leaves the database unchanged.
+    """
+    if on_error not in ("fail", "skip"):
+        raise SeqrecError(f"unknown on_error {on_error!r}", hint="use fail or skip")
+    batch_size = max(1, int(batch_size))
+    started = time.perf_counter()
+    create_schema(engine)
+    stmt = _dialect_insert(engine)
+    max_ms = _now_limit_ms()
+    rows_read = rows_skipped = 0
+    errors: list[str] = []
+    it: Iterable[Row] = rows
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(rows, file=sys.stderr, unit=" rows", desc=source[-40:], mininterval=0.5)
+        it = bar
+    try:
+        with engine.begin() as conn:
+            before = _count(conn)
+            item_vocab = _Vocab(conn, items, "item_id", "item_idx")
+            type_vocab = _Vocab(conn, event_types, "name", "type_idx")
+            batch: list[dict[str, Any]] = []
+
+            def flush() -> None:
+                item_vocab.flush(conn)
+                type_vocab.flush(conn)
+                if batch:
+                    conn.execute(stmt, batch)
+                    batch.clear()
+
+            for n, ev in it:
+                rows_read += 1
+                if isinstance(ev, RawEvent):
+                    reason = _check_event(ev, max_ms)
+                    if reason is not None:
+                        ev = reason
+                if isinstance(ev, str):
+                    if on_error == "fail":
+                        raise SeqrecError(f"line {n}: {ev}", where=source)
+                    rows_skipped += 1
+                    if len(errors) < MAX_ERRORS_KEPT:
+                        errors.append(f"line {n}: {ev}")
+                    continue
+                batch.append(
+                    {
+                        "user_id": ev.user_id,
+                        "item_idx": item_vocab.get(ev.item_id),
+                        "type_idx": type_vocab.get(ev.event_type),
+                        "ts_ms": ev.ts_ms,
+                        "value": ev.value,
+                    }
+                )
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
+            added = _count(conn) - before
+            conn.execute(
+                insert(imports).values(
+                    source=source[:1024],
+                    sha256=sha256,
+                    format=fmt,
+                    rows_read=rows_read,
+                    rows_added=added,
+                    rows_skipped=rows_skipped,
+                    imported_at=datetime.now(UTC),
+                )
+            )
+    except OperationalError as exc:
+        raise SeqrecError(
+            f"events database error, nothing imported: {exc.orig}", where=source
+        ) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return ImportReport(
+        source=source,
+        sha256=sha256,
+        format=fmt,
+        rows_read=rows_read,
+        rows_added=added,
+        rows_duplicate=rows_read - rows_skipped - added,
+        rows_skipped=rows_skipped,
+        errors=errors,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256 (streamed); also checks it is UTF-8 text, else SeqrecError."""
+    path = Path(path)
+    h = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    raise SeqrecError(
+                        f"not UTF-8 text (bad byte at offset {offset + exc.start})",
+                        where=str(path),
+                        hint="re-encode the file as UTF-8",
+                    ) from None
+                offset += len(chunk)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise SeqrecError(
+                    "not UTF-8 text (truncated character at the end)", where=str(path)
+                ) from None
+    except FileNotFoundError:
+        raise SeqrecError("no such file", where=str(path)) from None
+    except IsADirectoryError:
+        raise SeqrecError("is a directory, not a file", where=str(path)) from None
+    except OSError as exc:
+        raise SeqrecError(f"cannot read file: {exc.strerror or exc}", where=str(path)) from None
+    return h.hexdigest()
+
+
+def import_file(
+    engine: Engine,
+    path: str | Path,
+    fmt: Format = "csv",
+    *,
+    columns: CsvColumns | None = None,
+    time_unit: TimeUnit = "auto",
+    delimiter: str = ",",
+    default_event_type: str | None = None,
+    on_error: OnError = "fail",
+    batch_size: int = 10_000,
+    progress: bool = False,
+) -> ImportReport:
+    """Import one file (``csv``, ``movielens`` or ``recbole``) in one transaction.
+
+    ``default_event_type`` defaults to ``"view"`` for CSV and ``"rating"`` otherwise.
+    """
+    path = Path(path)
+    if fmt not in DEFAULT_EVENT_TYPE:
+        raise SeqrecError(
+            f"unknown format {fmt!r}", hint=f"use one of {', '.join(DEFAULT_EVENT_TYPE)}"
+        )
+    etype = default_event_type or DEFAULT_EVENT_TYPE[fmt]
+    if len(etype) > MAX_TYPE_LEN:
+        raise SeqrecError(f"event type longer than {MAX_TYPE_LEN} characters: {etype!r}")
+    sha = file_sha256(path)
+    rows: Iterator[Row]
+    if fmt == "csv":
+        rows = read_csv(
+            path,
+            columns=columns,
+            time_unit=time_unit,
+            delimiter=delimiter,
+            default_event_type=etype,
+        )
+    elif fmt == "movielens":
+        rows = read_movielens(path, default_event_type=etype)
+    else:
+        rows = read_recbole(path, default_event_type=etype)
+    return import_events(
+        engine,
+        rows,
+        source=str(path),
+        sha256=sha,
+        fmt=fmt,
+        on_error=on_error,
+        batch_size=batch_size,
+        progress=progress,
+    )
