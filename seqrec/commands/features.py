@@ -48,13 +48,13 @@ def register(cli: click.Group) -> None:
         """Load each user's newest sequence into the online store."""
         from seqrec.features.store import materialize as run
 
-        report = run(workspace(project), incremental=incremental)
+        report = run(workspace(project), incremental=incremental, progress=not as_json)
         if as_json:
             emit_json(asdict(report))
         else:
             click.echo(
                 f"{report.mode} materialization: {report.users_written:,} users written in "
-                f"{report.seconds:.2f}s ({report.rows_per_s:,.0f} rows/s); watermark {report.end}"
+                f"{report.seconds:.2f}s ({report.rows_per_s:,.0f} rows/s); events up to id {report.max_event_id} online"
             )
 
     @features.command()

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 META_FILE = "snapshot.json"
-EPOCH = datetime(1970, 1, 2, tzinfo=UTC)
 
 _GENERATED = "# Generated from seqrec.toml by seqrec; edit seqrec.toml instead.\n"
 
@@ -209,48 +208,83 @@ def _require_applied(store: FeatureStore, ws: Workspace) -> None:
 class MaterializeReport:
     mode: str
     users_written: int
-    start: str
-    end: str
+    max_event_id: int
     seconds: float
     rows_per_s: float
+    watermark: str
+
+
+ONLINE_STATE = "online_state.json"
+
+
+def _read_online_state(ws: Workspace) -> dict[str, Any] | None:
+    path = ws.snapshot_dir / ONLINE_STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def latest_rows(ws: Workspace, users: set[str] | None = None) -> pd.DataFrame:
+    """The newest feature row of each user (optionally only ``users``) from the snapshot."""
+    df = pd.read_parquet(ws.snapshot_dir / SNAPSHOT_FILE)
+    if users is not None:
+        df = df[df["user_id"].isin(users)]
+    return df.sort_values("event_timestamp").groupby("user_id", sort=False).tail(1)
 
 
 def materialize(
-    ws: Workspace, incremental: bool = False, engine: Engine | None = None
+    ws: Workspace,
+    incremental: bool = False,
+    engine: Engine | None = None,
+    *,
+    batch_size: int = 5_000,
+    progress: bool = False,
 ) -> MaterializeReport:
-    """Refresh the snapshot if events changed, then load the newest row per user online."""
+    """Write each user's newest sequence to the online store.
+
+    Incremental runs are driven by an ingestion watermark (the largest ``event_id`` already
+    online), not by event time, so late-arriving events (old timestamps, imported now) are
+    picked up. Writes are upserts of the latest row per user: rerunning, or rerunning after a
+    crash, gives the same online state; the watermark advances only after all writes succeed.
+    """
+    from sqlalchemy import distinct
+
     engine = engine or make_engine(ws.events_url)
-    ensure_snapshot(ws, engine)
+    info = ensure_snapshot(ws, engine)
     store = get_store(ws)
     _require_applied(store, ws)
-    end = datetime.now(UTC)
-    view = store.get_feature_view(VIEW_NAME)
-    last = view.most_recent_end_time if incremental else None
-    start = last if last is not None else EPOCH
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
-    snap = pd.read_parquet(ws.snapshot_dir / SNAPSHOT_FILE, columns=["user_id", "event_timestamp"])
-    in_range = snap[(snap["event_timestamp"] > start) & (snap["event_timestamp"] <= end)]
-    future = int((snap["event_timestamp"] > end).sum())
-    if future:
-        warnings.warn(
-            f"{future} feature rows are in the future and were not materialized", stacklevel=2
-        )
+    state = _read_online_state(ws) if incremental else None
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress on stdout
-        if incremental:
-            store.materialize_incremental(end_date=end)
-        else:
-            store.materialize(start_date=start, end_date=end)
+    users: set[str] | None = None
+    if state is not None:
+        with engine.connect() as conn:
+            users = set(
+                conn.execute(
+                    select(distinct(events.c.user_id)).where(
+                        events.c.event_id > int(state["max_event_id"])
+                    )
+                ).scalars()
+            )
+    rows = latest_rows(ws, users)
+    cols = ["user_id", "event_timestamp", "created", *FEATURES]
+    from tqdm.auto import tqdm
+
+    with contextlib.redirect_stdout(sys.stderr):  # Feast may print progress on stdout
+        for start in tqdm(
+            range(0, len(rows), batch_size), desc="materialize", disable=not progress, unit="batch"
+        ):
+            store.write_to_online_store(VIEW_NAME, rows.iloc[start : start + batch_size][cols])
     secs = time.perf_counter() - t0
-    users = int(in_range["user_id"].nunique())
+    now = datetime.now(UTC).isoformat()
+    new_state = {"max_event_id": info.max_event_id, "at": now}
+    tmp = ws.snapshot_dir / (ONLINE_STATE + ".tmp")
+    tmp.write_text(json.dumps(new_state))
+    os.replace(tmp, ws.snapshot_dir / ONLINE_STATE)
     return MaterializeReport(
-        mode="incremental" if incremental else "full",
-        users_written=users,
-        start=start.isoformat(),
-        end=end.isoformat(),
+        mode="incremental" if state is not None else "full",
+        users_written=len(rows),
+        max_event_id=info.max_event_id,
         seconds=round(secs, 3),
-        rows_per_s=round(users / secs, 1) if secs > 0 else 0.0,
+        rows_per_s=round(len(rows) / secs, 1) if secs > 0 else 0.0,
+        watermark=now,
     )
 
 
@@ -299,17 +333,24 @@ def status(ws: Workspace) -> dict[str, Any]:
         out["events"] = f"unreachable: {exc}"
     try:
         store = get_store(ws)
-        view = store.get_feature_view(VIEW_NAME)
-        end = view.most_recent_end_time
+        store.get_feature_view(VIEW_NAME)
         out["applied"] = True
-        out["online_watermark"] = end.isoformat() if end else None
-        if end is not None:
-            end = end if end.tzinfo else end.replace(tzinfo=UTC)
-            out["staleness_s"] = round((datetime.now(UTC) - end).total_seconds(), 1)
     except SeqrecError as exc:
         out["applied"] = f"error: {exc}"
     except Exception:
         out["applied"] = False
+    state = _read_online_state(ws)
+    out["online_max_event_id"] = state["max_event_id"] if state else None
+    out["online_materialized_at"] = state["at"] if state else None
+    if state and isinstance(out.get("events"), int):
+        try:
+            with make_engine(ws.events_url).connect() as conn:
+                pending = conn.execute(
+                    select(func.count()).where(events.c.event_id > int(state["max_event_id"]))
+                ).scalar()
+            out["events_not_online"] = int(pending or 0)
+        except Exception:
+            out["events_not_online"] = None
     out["online_store"] = str(ws.path(ws.config.features.online_path))
     out["online_reachable"] = ws.path(ws.config.features.online_path).is_file()
     return out

@@ -1,0 +1,47 @@
+"""Shared fixtures: workspaces with real SQLite/DuckDB/Feast stores, and a trained one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from seqrec.config import Workspace
+from seqrec.plugins import reset_plugin_manager
+from seqrec.testing import load_synth, make_workspace
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugins() -> Iterator[None]:
+    """A fresh plugin manager per test."""
+    reset_plugin_manager()
+    yield
+    reset_plugin_manager()
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """An empty workspace with fast settings; BentoML's store inside it."""
+    w = make_workspace(tmp_path / "ws")
+    monkeypatch.setenv("BENTOML_HOME", str(w.model_store))
+    return w
+
+
+@pytest.fixture(scope="session")
+def trained_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A workspace with synthetic events, features online, and gpt2 + popularity trained."""
+    from seqrec.features import store as fs
+    from seqrec.pipeline import train_model
+
+    root = tmp_path_factory.mktemp("trained") / "ws"
+    w = make_workspace(root)
+    os.environ["BENTOML_HOME"] = str(w.model_store)
+    load_synth(w, users=120, items=60)
+    fs.apply(w)
+    fs.materialize(w)
+    reset_plugin_manager()
+    train_model(w, "popularity", progress=False)
+    train_model(w, "gpt2", epochs=2, progress=False)
+    return w
