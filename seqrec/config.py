@@ -79,11 +79,11 @@ class Config(_Section):
     """The whole ``seqrec.toml``."""
 
     profile: Literal["embedded", "postgres-redis"] = "embedded"
-    events: EventsConfig = Field(default_factory=EventsConfig)
-    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
-    models: ModelsConfig = Field(default_factory=ModelsConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
+    events: EventsConfig = Field(default_factory=lambda: EventsConfig())
+    features: FeaturesConfig = Field(default_factory=lambda: FeaturesConfig())
+    models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
     hyperparams: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-model hyperparameters: [hyperparams.gpt2]"
     )

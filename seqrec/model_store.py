@@ -165,13 +165,13 @@ def list_models() -> list[dict[str, Any]]:
     for bm in bentoml.models.list():
         if not bm.tag.name.startswith(PREFIX):
             continue
-        meta = bm.info.metadata or {}
+        meta: dict[str, Any] = dict(bm.info.metadata or {})
         rows.append(
             {
                 "tag": str(bm.tag),
                 "created": bm.info.creation_time.isoformat(),
                 "labels": dict(bm.info.labels or {}),
-                "valid": (meta.get("metrics") or {}).get("valid", {}),
+                "valid": dict(meta.get("metrics") or {}).get("valid", {}),
             }
         )
     return sorted(rows, key=lambda r: r["created"], reverse=True)

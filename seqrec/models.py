@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -76,12 +76,11 @@ class ModelContext:
 class SeqModel(nn.Module):
     """Base class for models. Subclasses implement ``loss`` and ``score``."""
 
-    #: set by the registry when the model is built
-    spec_name: ClassVar[str] = ""
-
     def __init__(self, ctx: ModelContext):
         super().__init__()
         self.ctx = ctx
+        #: the registered model name; set by ``ModelSpec.make``
+        self.spec_name: str = ""
 
     def loss(self, batch: Batch) -> Tensor:
         """Scalar training loss for ``batch``."""

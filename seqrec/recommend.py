@@ -48,7 +48,7 @@ class Recommender:
         return feature_store.online(self.store, self.service, user_ids)
 
     def popular(self, k: int, exclude: set[int] | None = None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for idx in self._pop_order:
             if len(out) >= k:
                 break

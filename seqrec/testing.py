@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from seqrec.config import Workspace, load_workspace, render_default_config
 
@@ -65,3 +66,73 @@ def load_synth(ws: Workspace, users: int, items: int, seed: int = 3) -> int:
         fmt="synth",
     )
     return report.rows_added
+
+
+def random_batch(ctx: Any, batch_size: int = 8, seed: int = 0) -> Any:
+    """A left-padded batch with a learnable pattern (item i is followed by i + 1)."""
+    import torch
+
+    from seqrec.models import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    L, V = ctx.max_len, ctx.n_items
+    starts = torch.randint(1, V, (batch_size, 1), generator=g)
+    items = (starts + torch.arange(L)) % (V - 1) + 1
+    lengths = torch.randint(2, L + 1, (batch_size,), generator=g)
+    pad = torch.arange(L).unsqueeze(0) < (L - lengths).unsqueeze(1)
+    items = items.masked_fill(pad, 0)
+    types = torch.where(items > 0, 1 + (items % max(1, ctx.n_event_types - 1)), 0)
+    times = torch.where(items > 0, 1_700_000_000 + torch.arange(L), 0)
+    nxt = items[:, -1:] % (V - 1) + 1
+    targets = torch.cat([items[:, 1:], nxt], dim=1).masked_fill(items == 0, 0)
+    return Batch(items=items, types=types, times=times, targets=targets, labels=nxt.squeeze(1))
+
+
+def check_model_contract(
+    name: str, params: dict[str, Any] | None = None, tmp_dir: Path | None = None
+) -> None:
+    """The contract every next-item model plugin must pass (use it in a plugin's tests).
+
+    Checks: the model is registered; scores have shape [B, n_items]; a few optimiser steps on a
+    learnable pattern reduce the loss; save/load through safetensors gives identical scores.
+    """
+    import tempfile
+
+    import torch
+
+    from seqrec.models import ModelContext, get_spec, load_weights, save_weights
+
+    spec = get_spec(name)
+    assert "next-item" in spec.tasks, f"{name}: next-item task not declared"
+    torch.manual_seed(0)
+    ctx = ModelContext(n_items=30, n_event_types=4, max_len=12, params=dict(params or {}))
+    model = spec.make(ctx)
+    assert model.spec_name == name
+    batch = random_batch(ctx)
+    model.eval()
+    with torch.no_grad():
+        scores = model.score(batch)
+    assert tuple(scores.shape) == (8, ctx.n_items), f"{name}: score shape {tuple(scores.shape)}"
+    assert torch.isfinite(scores[:, 1:]).all(), f"{name}: non-finite scores"
+    if model.trainable:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(30):
+            loss = model.loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        assert losses[-1] < 0.7 * losses[0], (
+            f"{name}: loss did not decrease ({losses[0]:.3f} -> {losses[-1]:.3f})"
+        )
+    model.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp_dir or tmp) / "model"
+        save_weights(model, path)
+        loaded = load_weights(path)
+        with torch.no_grad():
+            assert torch.equal(model.score(batch), loaded.score(batch)), (
+                f"{name}: round trip differs"
+            )

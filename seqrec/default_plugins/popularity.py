@@ -14,6 +14,7 @@ class Popularity(SeqModel):
 
     def __init__(self, ctx: ModelContext):
         super().__init__(ctx)
+        self.counts: Tensor
         self.register_buffer("counts", torch.zeros(ctx.n_items, dtype=torch.float32))
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Int64
@@ -17,7 +18,7 @@ VIEW_NAME = "user_sequence"
 SNAPSHOT_FILE = "user_sequence.parquet"
 
 #: feature name -> Feast type; the order is the order of columns in the snapshot
-FEATURES = {
+FEATURES: dict[str, Any] = {
     "item_seq": Array(Int64),
     "type_seq": Array(Int64),
     "ts_seq": Array(Int64),
@@ -36,7 +37,7 @@ class Definitions:
     service: FeatureService
 
     @property
-    def objects(self) -> list[object]:
+    def objects(self) -> list[Any]:
         return [self.user, self.source, self.view, self.service]
 
 

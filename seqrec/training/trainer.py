@@ -152,7 +152,8 @@ def train(
 
     steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

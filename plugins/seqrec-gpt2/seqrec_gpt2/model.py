@@ -59,9 +59,7 @@ class GPT2NextItem(SeqModel):
         emb = self.backbone.wte(batch.items)
         if self.type_emb is not None:
             emb = emb + self.type_emb(batch.types)
-        out = self.backbone(
-            inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions
-        )
+        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions)
         return out.last_hidden_state
 
     def _logits(self, h: Tensor) -> Tensor:
