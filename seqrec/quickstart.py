@@ -86,7 +86,11 @@ def run_quickstart(
     fs.apply(ws)
     mat = fs.materialize(ws, engine=engine)
     steps.append(
-        ("features", time.perf_counter() - t, f"{info.rows:,} rows, {mat.users_written:,} users online")
+        (
+            "features",
+            time.perf_counter() - t,
+            f"{info.rows:,} rows, {mat.users_written:,} users online",
+        )
     )
 
     from seqrec.pipeline import evaluate_model, train_model
@@ -110,7 +114,11 @@ def run_quickstart(
         metrics = evaluate_model(ws, out.tag, ks=(10, 20), data=data, progress=True)
         results[name] = {"tag": out.tag, "train": out, "test": metrics}
         steps.append(
-            (f"train+evaluate {name}", time.perf_counter() - t, f"{out.tag} (best epoch {out.best_epoch})")
+            (
+                f"train+evaluate {name}",
+                time.perf_counter() - t,
+                f"{out.tag} (best epoch {out.best_epoch})",
+            )
         )
 
     from seqrec.recommend import Recommender
@@ -120,14 +128,22 @@ def run_quickstart(
     user = str(data.test.user_ids[0])
     answer = rec.recommend(user, k=5)
     cold = rec.recommend("no-such-user", k=5)
-    steps.append(("recommend", time.perf_counter() - t, f"user {user}: {len(answer['items'])} items"))
+    steps.append(
+        ("recommend", time.perf_counter() - t, f"user {user}: {len(answer['items'])} items")
+    )
 
     table = Table(title="test metrics (leave-one-out, full ranking over all items)")
     table.add_column("model")
     for col in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20"):
         table.add_column(col, justify="right")
     for name, r in results.items():
-        table.add_row(name, *(f"{r['test'][c]:.4f}" for c in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20")))
+        table.add_row(
+            name,
+            *(
+                f"{r['test'][c]:.4f}"
+                for c in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20")
+            ),
+        )
     console.print(table)
 
     recs = Table(title=f"top-5 for user {user} ({rec.tag}, fallback={answer['fallback']})")
@@ -155,7 +171,7 @@ def run_quickstart(
         f"gpt2 NDCG@10 is {gain:.1f}x popularity's. Workspace: {directory}\n"
         f"next: `seqrec serve --project {directory}` then "
         f"`curl -X POST localhost:3000/recommend -H 'content-type: application/json' "
-        f"-d '{{\"user_id\": \"{user}\", \"k\": 5}}'`"
+        f'-d \'{{"user_id": "{user}", "k": 5}}\'`'
     )
     return {
         "results": {n: r["test"] for n, r in results.items()},

@@ -11,9 +11,20 @@ import os
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 MAX_ID_LEN = 256
+MAX_K = 1000
+
+
+class RecommendRequest(bentoml.IODescriptor):
+    """POST /recommend body. Unknown fields are rejected (400), not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    exclude_seen: bool = True
 
 
 @bentoml.service(name="seqrec", traffic={"timeout": 30}, workers=1)
@@ -26,11 +37,11 @@ class SeqrecService:
         self.recommender = Recommender(ws, os.environ.get("SEQREC_MODEL"))
         self.max_k = ws.config.serve.max_k
 
-    @bentoml.api
+    @bentoml.api(input_spec=RecommendRequest)
     def recommend(
         self,
         user_id: Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)],
-        k: Annotated[int, Field(ge=1, le=1000)] = 10,
+        k: Annotated[int, Field(ge=1, le=MAX_K)] = 10,
         exclude_seen: bool = True,
     ) -> dict[str, Any]:
         """Top-k next items for a user from their online sequence (popularity if none)."""

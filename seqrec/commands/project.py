@@ -41,8 +41,14 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @project_option
     @click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
-    def config(project: Path | None, as_json: bool) -> None:
+    @click.option("--reference", is_flag=True, help="Print the Markdown reference of every key.")
+    def config(project: Path | None, as_json: bool, reference: bool) -> None:
         """Validate seqrec.toml and print the resolved configuration."""
+        if reference:
+            from seqrec.config import render_reference
+
+            click.echo(render_reference(), nl=False)
+            return
         ws = workspace(project)
         if as_json:
             emit_json(ws.config.model_dump())
