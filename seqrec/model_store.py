@@ -89,7 +89,7 @@ def save(
     }
     labels = {"model": model.spec_name, "task": task, "plugin": plugin}
     with bentoml.models.create(
-        store_name(model.spec_name), labels=labels, metadata={"seqrec": info, "metrics": metrics}
+        store_name(model.spec_name), labels=labels, metadata=_bento_metadata(info, metrics)
     ) as bm:
         path = Path(bm.path)
         save_weights(model.cpu(), path)
@@ -100,6 +100,21 @@ def save(
         (path / "seqrec.json").write_text(json.dumps(info, indent=2, sort_keys=True))
         tag = str(bm.tag)
     return tag
+
+
+def _bento_metadata(info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """The small, JSON-safe summary BentoML keeps (the full record is in seqrec.json)."""
+    valid = {
+        k: float(v)
+        for k, v in (metrics.get("valid") or {}).items()
+        if isinstance(v, int | float) and v == v  # drop NaN
+    }
+    return {
+        "model": str(info["model"]),
+        "task": str(info["task"]),
+        "plugin": str(info["plugin"]),
+        "valid": valid,
+    }
 
 
 @dataclass
@@ -171,7 +186,7 @@ def list_models() -> list[dict[str, Any]]:
                 "tag": str(bm.tag),
                 "created": bm.info.creation_time.isoformat(),
                 "labels": dict(bm.info.labels or {}),
-                "valid": dict(meta.get("metrics") or {}).get("valid", {}),
+                "valid": dict(meta.get("valid") or {}),
             }
         )
     return sorted(rows, key=lambda r: r["created"], reverse=True)

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
 
 TASKS = ("next-item", "classify")
+
+#: hyperparameters every model accepts; the loss policy belongs to the platform
+COMMON_PARAMS: dict[str, Any] = {"loss": "full", "num_negatives": 256}
 WEIGHTS_FILE = "model.safetensors"
 CONTEXT_FILE = "seqrec_model.json"
 
@@ -74,24 +78,73 @@ class ModelContext:
 
 
 class SeqModel(nn.Module):
-    """Base class for models. Subclasses implement ``loss`` and ``score``."""
+    """Base class for models.
+
+    Next-item models implement ``next_item_loss`` and ``next_item_scores``; classifiers
+    implement ``class_logits`` (the loss is cross-entropy, class-weighted by the trainer for
+    imbalanced labels). ``loss`` and ``score`` dispatch on ``ctx.task``; the trainer, evaluator
+    and service only call those two.
+    """
 
     def __init__(self, ctx: ModelContext):
         super().__init__()
         self.ctx = ctx
         #: the registered model name; set by ``ModelSpec.make``
         self.spec_name: str = ""
+        #: per-class loss weights for classification, set by the trainer
+        self.class_weights: Tensor | None = None
 
     def loss(self, batch: Batch) -> Tensor:
         """Scalar training loss for ``batch``."""
-        raise NotImplementedError
+        if self.ctx.task == "classify":
+            assert batch.labels is not None
+            weight = None
+            if self.class_weights is not None:
+                weight = self.class_weights.to(batch.labels.device)
+            return F.cross_entropy(self.class_logits(batch).float(), batch.labels, weight=weight)
+        return self.next_item_loss(batch)
 
     def score(self, batch: Batch) -> Tensor:
-        """Next-item task: [B, n_items] scores for the item after the last position.
+        """Next-item: [B, n_items] scores for the item after the last position.
+        Classification: [B, n_classes] logits."""
+        if self.ctx.task == "classify":
+            return self.class_logits(batch)
+        return self.next_item_scores(batch)
 
-        Classification task: [B, n_classes] logits.
+    def next_item_loss(self, batch: Batch) -> Tensor:
+        """Next-item training loss; ``batch.targets`` [B, L] holds the item after each position."""
+        raise NotImplementedError(f"{type(self).__name__} has no next-item loss")
+
+    def next_item_scores(self, batch: Batch) -> Tensor:
+        """[B, n_items] scores for the next item after position -1 (column 0 is padding)."""
+        raise NotImplementedError(f"{type(self).__name__} does not rank items")
+
+    def class_logits(self, batch: Batch) -> Tensor:
+        """[B, n_classes] logits for the sequence's label."""
+        raise NotImplementedError(f"{type(self).__name__} does not classify")
+
+    def item_loss(
+        self, hidden: Tensor, targets: Tensor, embeddings: Tensor, bias: Tensor | None = None
+    ) -> Tensor:
+        """Cross-entropy of ``hidden`` [N, d] against item ``targets`` [N] over item
+        ``embeddings`` [V, d] (padding row 0 excluded).
+
+        The loss policy is the platform's, not the plugin's: full softmax by default; with
+        ``ctx.params["loss"] == "sampled"``, a sampled softmax over
+        ``ctx.params["num_negatives"]`` uniform negatives shared by the batch (accidental hits
+        masked) for catalogues too big for a full softmax.
         """
-        raise NotImplementedError
+        smoothing = float(self.ctx.params.get("label_smoothing", 0.0))
+        if self.ctx.params.get("loss", "full") == "sampled":
+            return sampled_softmax_loss(
+                hidden, targets, embeddings, bias, int(self.ctx.params.get("num_negatives", 256))
+            )
+        logits = hidden @ embeddings.T
+        if bias is not None:
+            logits = logits + bias
+        logits = logits.float()
+        logits[:, 0] = torch.finfo(logits.dtype).min
+        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
         """Optional: non-gradient models (popularity) fit here from the training tensors."""
@@ -99,6 +152,28 @@ class SeqModel(nn.Module):
     @property
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
+
+
+def sampled_softmax_loss(
+    hidden: Tensor, targets: Tensor, embeddings: Tensor, bias: Tensor | None, num_negatives: int
+) -> Tensor:
+    """Sampled softmax: the target against ``num_negatives`` uniform items shared by the batch.
+
+    Memory is O(N * num_negatives) instead of O(N * V). Uniform sampling needs no logQ
+    correction; negatives equal to a row's target are masked out (accidental hits).
+    """
+    n_items = embeddings.shape[0]
+    negatives = torch.randint(1, n_items, (num_negatives,), device=hidden.device)
+    pos = (hidden * embeddings[targets]).sum(-1, keepdim=True)  # [N, 1]
+    neg = hidden @ embeddings[negatives].T  # [N, K]
+    if bias is not None:
+        pos = pos + bias[targets].unsqueeze(1)
+        neg = neg + bias[negatives].unsqueeze(0)
+    neg = neg.float().masked_fill(
+        negatives.unsqueeze(0) == targets.unsqueeze(1), torch.finfo(torch.float32).min
+    )
+    logits = torch.cat([pos.float(), neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
 @dataclass(frozen=True)
@@ -119,13 +194,13 @@ class ModelSpec:
                 f"model '{self.name}' does not support task '{ctx.task}'",
                 hint=f"it supports: {', '.join(self.tasks)}",
             )
-        unknown = sorted(set(ctx.params) - set(self.defaults))
+        unknown = sorted(set(ctx.params) - set(self.defaults) - set(COMMON_PARAMS))
         if unknown:
             raise SeqrecError(
                 f"unknown hyperparameter(s) for model '{self.name}': {', '.join(unknown)}",
                 hint=f"known: {', '.join(sorted(self.defaults)) or 'none'}",
             )
-        ctx = replace(ctx, params={**self.defaults, **ctx.params})
+        ctx = replace(ctx, params={**COMMON_PARAMS, **self.defaults, **ctx.params})
         model = self.build(ctx)
         model.spec_name = self.name
         return model

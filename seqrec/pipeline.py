@@ -1,12 +1,14 @@
 """The jobs users run, as functions: train a model and store it; evaluate a stored model.
 
-The CLI, the quickstart and the tests call these; they own no logic of their own.
+The CLI, the quickstart, the benchmarks and the tests call these; the CLI owns no logic.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +16,20 @@ import torch
 
 from seqrec.config import Workspace
 from seqrec.data.schema import make_engine
+from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.features.sql import event_positions
-from seqrec.models import ModelContext, get_spec
-from seqrec.training.data import NextItemData, SequenceSet, build_next_item_data
-from seqrec.training.trainer import TrainSettings, pick_device, rank_targets, train
+from seqrec.models import ModelContext, SeqModel, get_spec
+from seqrec.training.data import (
+    ClassificationData,
+    NextItemData,
+    SequenceSet,
+    build_classification_data,
+    build_next_item_data,
+)
+from seqrec.training.trainer import TrainSettings, pick_device, predict, train
+
+Data = NextItemData | ClassificationData
 
 
 def settings_from(ws: Workspace, **overrides: Any) -> TrainSettings:
@@ -31,52 +42,123 @@ def settings_from(ws: Workspace, **overrides: Any) -> TrainSettings:
 class TrainOutcome:
     tag: str
     model: str
-    valid: dict[str, float]
+    task: str
+    valid: dict[str, Any]
     best_epoch: int
     epochs_run: int
     seconds: float
     seconds_per_epoch: float
-    data: dict[str, int] = field(default_factory=dict)
+    run_dir: str | None = None
+    resumed_from: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def build_data(ws: Workspace, task: str, label: str | None, engine: Any = None) -> Data:
+    """The training data for ``task`` (``label`` is required for classification)."""
+    from seqrec.errors import SeqrecError
+
+    if task == "classify":
+        if not label:
+            raise SeqrecError(
+                "--task classify needs --label",
+                hint="e.g. purchase-within:7d, churn:30d, next-event-type",
+            )
+        return build_classification_data(ws, label, engine)
+    return build_next_item_data(ws, engine)
+
+
+def _validator(data: Data, settings: TrainSettings) -> Any:
+    def validate(model: SeqModel, device: torch.device) -> dict[str, float]:
+        out = predict(model, data.valid, device=device, batch_size=settings.eval_batch_size)
+        if isinstance(data, ClassificationData):
+            m = classification_metrics(data.valid.labels, out["probs"])
+            return {
+                k: float(v) for k, v in m.items() if k in ("accuracy", "f1", "roc_auc", "pr_auc")
+            }
+        return ranking_metrics(out["ranks"], (10, 20))
+
+    return validate
+
+
+def default_run_dir(ws: Workspace, model: str, task: str, label: str | None, seed: int) -> Path:
+    slug = f"{model}-{task}" + (f"-{label.replace(':', '')}" if label else "") + f"-seed{seed}"
+    return ws.path("runs") / slug
 
 
 def train_model(
     ws: Workspace,
     model_name: str,
     *,
+    task: str = "next-item",
+    label: str | None = None,
     epochs: int | None = None,
     seed: int | None = None,
     params: dict[str, Any] | None = None,
+    init_from: Path | None = None,
+    resume: bool = False,
+    run_dir: Path | None = None,
     progress: bool = True,
-    data: NextItemData | None = None,
+    data: Data | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> TrainOutcome:
-    """Build the leave-one-out data, train ``model_name``, store it; returns the tag."""
+    """Build the data, train ``model_name`` with the shared trainer, store it; returns the tag."""
     from seqrec import model_store
+    from seqrec.models import load_weights
 
     engine = make_engine(ws.events_url)
     spec = get_spec(model_name)
-    settings = settings_from(ws, epochs=epochs, seed=seed)
-    data = data or build_next_item_data(ws, engine)
+    settings = settings_from(ws, epochs=epochs, seed=seed, **(overrides or {}))
+    if task == "classify":
+        settings.metric = "roc_auc"
+    data = data or build_data(ws, task, label, engine)
     hyper = {**ws.config.hyperparams.get(model_name, {}), **(params or {})}
     torch.manual_seed(settings.seed)
     ctx = ModelContext(
-        n_items=data.n_items, n_event_types=data.n_event_types, max_len=data.max_len, params=hyper
+        n_items=data.n_items,
+        n_event_types=data.n_event_types,
+        max_len=data.max_len,
+        task=task,
+        n_classes=data.n_classes if isinstance(data, ClassificationData) else 0,
+        params=hyper,
     )
     model = spec.make(ctx)
-    log_dir = ws.path("logs")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"train-{model_name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
-    result = train(model, data, settings, progress=progress, log_path=log_path)
-    targets = data.train.next_item_targets()
-    popularity = np.bincount(targets[targets > 0], minlength=data.n_items).astype(np.float64)
-    metrics = {"valid": result.valid, "history": result.history}
+    if init_from is not None:
+        _init_from(model, init_from, load_weights)
+    if isinstance(data, ClassificationData):
+        counts = np.bincount(data.train.labels, minlength=data.n_classes).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+        model.class_weights = torch.tensor(weights, dtype=torch.float32)
+    run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
+    tensors = data.train.tensors(with_targets=task == "next-item")
+    result = train(
+        model,
+        tensors,
+        _validator(data, settings),
+        settings,
+        progress=progress,
+        run_dir=run_dir,
+        resume=resume,
+    )
+    metrics: dict[str, Any] = {"valid": result.valid, "history": result.history}
+    extra: dict[str, Any] = {}
+    if isinstance(data, ClassificationData):
+        probs = predict(model, data.valid, device=pick_device(settings.device))["probs"]
+        if data.n_classes == 2:
+            extra["threshold"] = best_threshold(data.valid.labels, probs[:, 1])
+        extra["class_names"] = data.class_names
+        extra["label"] = data.label
+        popularity = np.zeros(data.n_items)
+    else:
+        targets = data.train.next_item_targets()
+        popularity = np.bincount(targets[targets > 0], minlength=data.n_items).astype(np.float64)
     tag = model_store.save(
         model,
         engine=engine,
         plugin=spec.plugin,
-        task="next-item",
+        task=task,
         feature_service=ws.config.features.feature_service,
         metrics=metrics,
         popularity=popularity,
@@ -89,18 +171,51 @@ def train_model(
             "seconds_per_epoch": result.seconds_per_epoch,
             "device": result.device,
             "data": data.summary(),
+            "init_from": str(init_from) if init_from else None,
+            **extra,
         },
     )
     return TrainOutcome(
         tag=tag,
         model=model_name,
+        task=task,
         valid=result.valid,
         best_epoch=result.best_epoch,
         epochs_run=result.epochs_run,
         seconds=result.seconds,
         seconds_per_epoch=result.seconds_per_epoch,
+        run_dir=str(run_dir),
+        resumed_from=result.resumed_from,
         data=data.summary(),
     )
+
+
+def _init_from(model: SeqModel, directory: Path, load_weights: Any) -> None:
+    """Warm start from a local checkpoint directory (a stored model or a ``save_weights`` dir)."""
+    from seqrec.errors import SeqrecError
+
+    src = load_weights(Path(directory))
+    if src.ctx.n_items > model.ctx.n_items:
+        raise SeqrecError(f"checkpoint {directory} has a larger item vocabulary than the data")
+    own = model.state_dict()
+    loaded = 0
+    for k, v in src.state_dict().items():
+        if k not in own:
+            continue
+        if own[k].shape == v.shape:
+            own[k].copy_(v)
+            loaded += 1
+        elif (
+            own[k].ndim == v.ndim
+            and own[k].shape[1:] == v.shape[1:]
+            and own[k].shape[0] >= v.shape[0]
+        ):
+            own[k][: v.shape[0]].copy_(v)  # the vocabulary grew: keep known rows
+            loaded += 1
+    if loaded == 0:
+        raise SeqrecError(
+            f"checkpoint {directory} shares no weights with model '{model.spec_name}'"
+        )
 
 
 def seen_items_mask(ws: Workspace, data: SequenceSet, n_items: int, split_offset: int) -> Any:
@@ -121,10 +236,23 @@ def seen_items_mask(ws: Workspace, data: SequenceSet, n_items: int, split_offset
             if seen is None:
                 continue
             upto = len(seen) - 1 - split_offset
-            out[row, torch.from_numpy(seen[:upto])] = True
+            seen = seen[:upto]
+            out[row, torch.from_numpy(seen[seen < n_items])] = True
         return out
 
     return mask
+
+
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of per-user ``values``."""
+    if len(values) == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
 def evaluate_model(
@@ -135,38 +263,70 @@ def evaluate_model(
     exclude_seen: bool = False,
     split: str = "test",
     progress: bool = True,
-    data: NextItemData | None = None,
+    data: Data | None = None,
+    dump_topk: Path | None = None,
+    ci: bool = True,
 ) -> dict[str, Any]:
-    """Full-ranking metrics of a stored model on the leave-one-out test (or valid) targets."""
+    """Metrics of a stored model on the test (or valid) split of the current events."""
     from seqrec import model_store
 
     device = pick_device(ws.config.train.device)
     stored = model_store.load(ref, device=device)
-    data = data or build_next_item_data(ws)
+    task = stored.info.get("task", "next-item")
+    if data is None:
+        data = build_data(ws, task, stored.info.get("label"))
     examples = data.test if split == "test" else data.valid
-    exclude = (
-        seen_items_mask(ws, examples, stored.model.ctx.n_items, 0 if split == "test" else 1)
-        if exclude_seen
-        else None
-    )
-    n_model = stored.model.ctx.n_items
-    if data.n_items > n_model:
-        # items new since training cannot be scored; clamp them out of the inputs
-        examples = _clip_vocab(examples, n_model)
     t0 = time.perf_counter()
-    ranks = rank_targets(
-        stored.model,
-        examples,
-        device=device,
-        batch_size=ws.config.train.eval_batch_size,
-        exclude=exclude,
-        progress=progress,
-    )
-    out: dict[str, Any] = ranking_metrics(ranks, ks)
+    out: dict[str, Any]
+    if task == "classify":
+        probs = predict(stored.model, examples, device=device, progress=progress)["probs"]
+        out = classification_metrics(examples.labels, probs, stored.info.get("threshold"))
+        out["class_names"] = stored.info.get("class_names")
+        out["label"] = stored.info.get("label")
+    else:
+        n_model = stored.model.ctx.n_items
+        if data.n_items > n_model:  # items new since training cannot be scored
+            examples = _clip_vocab(examples, n_model)
+        exclude = (
+            seen_items_mask(ws, examples, n_model, 0 if split == "test" else 1)
+            if exclude_seen
+            else None
+        )
+        res = predict(
+            stored.model,
+            examples,
+            device=device,
+            batch_size=ws.config.train.eval_batch_size,
+            exclude=exclude,
+            topk=max(ks),
+            progress=progress,
+        )
+        ranks, topk = res["ranks"], res["topk"]
+        out = dict(ranking_metrics(ranks, ks))
+        intervals: dict[str, tuple[float, float]] = {}
+        for k in ks:
+            out[f"coverage@{k}"] = float(len(np.unique(topk[:, :k])) / max(1, n_model - 1))
+            if ci:
+                hit = ranks < k
+                ndcg = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+                intervals[f"ndcg@{k}_ci95"] = bootstrap_ci(ndcg)
+                intervals[f"recall@{k}_ci95"] = bootstrap_ci(hit.astype(np.float64))
+        out.update(intervals)
+        if dump_topk is not None:
+            vocab = stored.vocab
+            with Path(dump_topk).open("w") as fh:
+                for u, target, row in zip(examples.user_ids, examples.labels, topk, strict=True):
+                    rec = {
+                        "user_id": str(u),
+                        "target": vocab[int(target)],
+                        "topk": [vocab[int(j)] for j in row],
+                    }
+                    fh.write(json.dumps(rec) + "\n")
     out.update(
         {
             "users": len(examples),
             "tag": stored.tag,
+            "task": task,
             "split": split,
             "exclude_seen": exclude_seen,
             "seconds": round(time.perf_counter() - t0, 3),

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from seqrec import hookspecs
+from seqrec import __version__, hookspecs
 
 GROUP = "seqrec"
 DEFAULT_PLUGINS = ("seqrec.default_plugins.popularity",)
@@ -48,6 +48,7 @@ class PluginManager(pluggy.PluginManager):
             name = modname.rsplit(".", 1)[-1]
             self.register(mod, name=name)
             self.defaults.add(name)
+            self.versions[name] = __version__  # default plugins ship with core
 
     def load_entrypoints(self, only: set[str] | None = None) -> None:
         for ep in entry_points(group=GROUP):
@@ -56,16 +57,33 @@ class PluginManager(pluggy.PluginManager):
             if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
                 continue
             version = ep.dist.version if ep.dist else None
+            registered = False
             try:
                 plugin = ep.load()
                 self.register(plugin, name=ep.name)
+                registered = True
+                self._check_known_hooks(plugin)
             except Exception as exc:  # isolate: a broken plugin must not kill the host
+                if registered:
+                    self.unregister(name=ep.name)
                 msg = f"{type(exc).__name__}: {exc}"
                 self.failures[ep.name] = msg
                 self.versions[ep.name] = version
                 warnings.warn(f"seqrec plugin '{ep.name}' failed to load: {msg}", stacklevel=2)
                 continue
             self.versions[ep.name] = version
+
+    def _check_known_hooks(self, plugin: object) -> None:
+        """Reject a plugin implementing a hook seqrec does not define (``check_pending`` would
+        otherwise fail the whole manager for it); ``optionalhook=True`` impls are allowed."""
+        for caller in self.get_hookcallers(plugin) or []:
+            if caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not impl.optionalhook:
+                    raise pluggy.PluginValidationError(
+                        plugin, f"unknown hook '{caller.name}' (not in seqrec.hookspecs)"
+                    )
 
     def describe(self) -> list[PluginInfo]:
         infos = []

@@ -44,8 +44,8 @@ def register(cli: click.Group) -> None:
         ws = workspace(project)
         tag, _ = model_store.locate(model or ws.config.models.default)  # fail fast, clearly
         env = dict(os.environ, SEQREC_PROJECT=str(ws.root), SEQREC_MODEL=tag)
-        cmd = serve_command(
-            ws.root, tag, host or ws.config.serve.host, port or ws.config.serve.port
-        )
-        click.echo(f"serving {tag} on http://{cmd[5]}:{cmd[7]} (POST /recommend)", err=True)
+        host = host or ws.config.serve.host
+        port = port or ws.config.serve.port
+        cmd = serve_command(ws.root, tag, host, port)
+        click.echo(f"serving {tag} on http://{host}:{port} (POST /recommend)", err=True)
         os.execvpe(cmd[0], cmd, env)

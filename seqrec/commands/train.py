@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -21,42 +22,109 @@ def parse_ks(raw: str) -> tuple[int, ...]:
     return ks
 
 
+def parse_params(items: tuple[str, ...]) -> dict[str, Any]:
+    """``("d_model=128", "loss=sampled")`` -> typed dict (TOML values; bare words are strings)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SeqrecError(f"--param must be KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
+
+
+def _print_classification(res: dict[str, Any], split: str) -> None:
+    cols = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+    table = Table(title=f"{res['tag']} ({res['label']}) on {res['examples']:,} {split} examples")
+    for col in cols:
+        table.add_column(col, justify="right")
+    table.add_row(*(f"{res[c]:.4f}" for c in cols))
+    Console().print(table)
+    click.echo(f"confusion matrix (rows: true {res['class_names']}): {res['confusion_matrix']}")
+
+
+def _print_ranking(res: dict[str, Any], ks: tuple[int, ...], split: str) -> None:
+    title = f"{res['tag']} on {res['users']:,} {split} users"
+    if res["exclude_seen"]:
+        title += " (seen items excluded)"
+    table = Table(title=title)
+    table.add_column("K")
+    metrics = ("recall", "ndcg", "mrr", "coverage")
+    for m in metrics:
+        table.add_column(f"{m}@K", justify="right")
+    for k in ks:
+        cells = []
+        for m in metrics:
+            cell = f"{res[f'{m}@{k}']:.4f}"
+            if f"{m}@{k}_ci95" in res:
+                lo, hi = res[f"{m}@{k}_ci95"]
+                cell += f" [{lo:.3f}, {hi:.3f}]"
+            cells.append(cell)
+        table.add_row(str(k), *cells)
+    Console().print(table)
+
+
 def register(cli: click.Group) -> None:
     from seqrec.cli import emit_json, project_option, workspace
 
     @cli.command()
     @project_option
+    @click.option("--model", "-m", "model_name", help="Registered model (see `seqrec models`).")
     @click.option(
-        "--model",
-        "-m",
-        "model_name",
-        default=None,
-        help="Registered model name (see `seqrec models`).",
+        "--task",
+        type=click.Choice(["next-item", "classify"]),
+        default="next-item",
+        show_default=True,
     )
+    @click.option("--label", help="For classify: purchase-within:7d, churn:30d, next-event-type.")
     @click.option("--epochs", type=click.IntRange(1), default=None)
     @click.option("--seed", type=int, default=None)
+    @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Hyperparameter.")
     @click.option(
-        "--json",
-        "as_json",
-        is_flag=True,
-        help="Print one JSON object with the tag and validation metrics.",
+        "--init-from",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Warm start from a local checkpoint directory (no hub access).",
     )
+    @click.option("--resume", is_flag=True, help="Continue the interrupted run (same settings).")
+    @click.option(
+        "--run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Checkpoint directory (default: runs/<model>-<task>-seed<S>).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: tag + metrics.")
     def train(
         project: Path | None,
         model_name: str | None,
+        task: str,
+        label: str | None,
         epochs: int | None,
         seed: int | None,
+        params: tuple[str, ...],
+        init_from: Path | None,
+        resume: bool,
+        run_dir: Path | None,
         as_json: bool,
     ) -> None:
-        """Train a model on the leave-one-out split and save it to the model store."""
+        """Train a model with the shared trainer and save it to the model store."""
         from seqrec.pipeline import train_model
 
         ws = workspace(project)
         out = train_model(
             ws,
             model_name or ws.config.models.default,
+            task=task,
+            label=label,
             epochs=epochs,
             seed=seed,
+            params=parse_params(params),
+            init_from=init_from,
+            resume=resume,
+            run_dir=run_dir,
             progress=not as_json,
         )
         if as_json:
@@ -64,31 +132,36 @@ def register(cli: click.Group) -> None:
                 {
                     "tag": out.tag,
                     **out.valid,
+                    "task": out.task,
                     "best_epoch": out.best_epoch,
                     "epochs_run": out.epochs_run,
                     "seconds": out.seconds,
                     "seconds_per_epoch": out.seconds_per_epoch,
+                    "resumed_from": out.resumed_from,
                 }
             )
             return
-        v = out.valid
+        keys = ("ndcg@10", "recall@10", "roc_auc", "f1")
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in out.valid.items() if k in keys)
         click.echo(
-            f"saved {out.tag}: valid ndcg@10 {v.get('ndcg@10', 0):.4f} recall@10 "
-            f"{v.get('recall@10', 0):.4f} (best epoch {out.best_epoch}/{out.epochs_run}, {out.seconds:.1f}s)"
+            f"saved {out.tag}: valid {shown} "
+            f"(best epoch {out.best_epoch}/{out.epochs_run}, {out.seconds:.1f}s)",
+            err=True,
         )
         click.echo(out.tag)
 
     @cli.command()
     @project_option
     @click.argument("tag", required=False)
-    @click.option(
-        "--k", "k_raw", default="10,20", show_default=True, help="Cut-offs, comma-separated."
-    )
-    @click.option(
-        "--exclude-seen", is_flag=True, help="Never rank items the user already interacted with."
-    )
+    @click.option("--k", "k_raw", default="10,20", show_default=True, help="Cut-offs, e.g. 10,20.")
+    @click.option("--exclude-seen", is_flag=True, help="Never rank items the user already saw.")
     @click.option(
         "--split", type=click.Choice(["test", "valid"]), default="test", show_default=True
+    )
+    @click.option(
+        "--dump-topk",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write JSONL {user_id, target, topk} lines so anyone can recompute the metrics.",
     )
     @click.option("--json", "as_json", is_flag=True)
     def evaluate(
@@ -97,9 +170,15 @@ def register(cli: click.Group) -> None:
         k_raw: str,
         exclude_seen: bool,
         split: str,
+        dump_topk: Path | None,
         as_json: bool,
     ) -> None:
-        """Full-ranking Recall@K (= HR@K), NDCG@K, MRR@K of a stored model (default: latest of the default model)."""
+        """Score a stored model (default: latest of the default model) on the held-out split.
+
+        Next-item: Recall@K (= HR@K), NDCG@K, MRR@K and coverage@K by full ranking over all
+        items, with bootstrap 95% intervals. Classification: accuracy, precision, recall, F1,
+        ROC-AUC, PR-AUC (macro for multi-class) and the confusion matrix.
+        """
         from seqrec.pipeline import evaluate_model
 
         ws = workspace(project)
@@ -111,17 +190,11 @@ def register(cli: click.Group) -> None:
             exclude_seen=exclude_seen,
             split=split,
             progress=not as_json,
+            dump_topk=dump_topk,
         )
         if as_json:
             emit_json(res)
-            return
-        table = Table(
-            title=f"{res['tag']} on {res['users']:,} {split} users"
-            + (" (seen items excluded)" if exclude_seen else "")
-        )
-        table.add_column("K")
-        for m in ("recall", "ndcg", "mrr"):
-            table.add_column(f"{m}@K", justify="right")
-        for k in ks:
-            table.add_row(str(k), *(f"{res[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr")))
-        Console().print(table)
+        elif res["task"] == "classify":
+            _print_classification(res, split)
+        else:
+            _print_ranking(res, ks, split)

@@ -170,6 +170,11 @@ def generate(
         np.round(rng.lognormal(mu, sigma, size=users)), 5, max(5, 10 * mean_events_per_user)
     ).astype(np.int64)
     user_start = start_ms + rng.integers(0, START_SPREAD_MS, size=users)
+    # Buying propensity per user (mean 1): some users cart and buy far more than others, so a
+    # user's history predicts future purchases (the signal purchase-propensity models learn).
+    propensity = rng.gamma(2.0, 0.5, size=users)
+    p_cart = np.minimum(0.6, P_CART * propensity).tolist()
+    p_buy = np.minimum(0.9, P_PURCHASE * propensity).tolist()
 
     for u in range(users):
         n = int(n_views[u])
@@ -187,8 +192,8 @@ def generate(
         in_gap = np.exp(rng.uniform(math.log(2_000), math.log(600_000), size=n))
         out_gap = np.exp(rng.uniform(math.log(3_600_000), math.log(5 * 86_400_000), size=n))
         gap = np.where(new_session, out_gap, in_gap).astype(np.int64).tolist()
-        cart = (rng.random(n) < P_CART).tolist()
-        buy = (rng.random(n) < P_PURCHASE).tolist()
+        cart = (rng.random(n) < p_cart[u]).tolist()
+        buy = (rng.random(n) < p_buy[u]).tolist()
         cart_gap = rng.integers(5_000, 120_000, size=n).tolist()
         buy_gap = rng.integers(10_000, 600_000, size=n).tolist()
         new_session_l = new_session.tolist()

@@ -23,7 +23,7 @@ class Popularity(SeqModel):
         counts[0] = 0.0
         self.counts.copy_(counts[: self.ctx.n_items])
 
-    def score(self, batch: Batch) -> Tensor:
+    def next_item_scores(self, batch: Batch) -> Tensor:
         return self.counts.unsqueeze(0).expand(batch.items.shape[0], -1)
 
 

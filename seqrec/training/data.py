@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,68 @@ def build_next_item_data(ws: Workspace, engine: Engine | None = None) -> NextIte
     n_items, n_types = vocab_sizes(engine)
     parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in ("train", "valid", "test")}
     return NextItemData(parts["train"], parts["valid"], parts["test"], n_items, n_types, max_len)
+
+
+@dataclass
+class ClassificationData:
+    """Time-split classification sets (features strictly before each cutoff)."""
+
+    train: SequenceSet
+    valid: SequenceSet
+    test: SequenceSet
+    n_items: int
+    n_event_types: int
+    max_len: int
+    n_classes: int
+    class_names: list[str]
+    label: str
+
+    def summary(self) -> dict[str, Any]:
+        counts = np.bincount(self.train.labels, minlength=self.n_classes).tolist()
+        return {
+            "label": self.label,
+            "train_examples": len(self.train),
+            "valid_examples": len(self.valid),
+            "test_examples": len(self.test),
+            "train_class_counts": counts,
+            "items": self.n_items - 1,
+        }
+
+
+def build_classification_data(
+    ws: Workspace, label_text: str, engine: Engine | None = None, train_cutoffs: int = 4
+) -> ClassificationData:
+    """Classification sets for ``label_text`` via Feast's point-in-time join."""
+    from seqrec.training.labels import entity_frame, event_type_names, parse_label
+
+    engine = engine or make_engine(ws.events_url)
+    label = parse_label(label_text)
+    feature_store.ensure_snapshot(ws, engine)
+    max_len = ws.config.features.max_len
+    entities = entity_frame(engine, label, train_cutoffs)
+    joined = feature_store.historical(ws, entities).sort_values("row_id").reset_index(drop=True)
+    n_items, n_types = vocab_sizes(engine)
+    if label.binary:
+        names = ["no", "yes"] if label.kind == "purchase-within" else ["stays", "churns"]
+    else:
+        names = event_type_names(engine)
+    parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in ("train", "valid", "test")}
+    for split, part in parts.items():
+        if len(part) == 0:
+            raise SeqrecError(f"no {split} examples for label '{label_text}'")
+    if len(np.unique(parts["train"].labels)) < 2:
+        raise SeqrecError(
+            f"label '{label_text}' has a single class in the training data",
+            hint="choose another horizon or label",
+        )
+    return ClassificationData(
+        parts["train"],
+        parts["valid"],
+        parts["test"],
+        n_items,
+        n_types,
+        max_len,
+        len(names),
+        names,
+        label_text,
+    )

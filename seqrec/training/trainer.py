@@ -1,31 +1,40 @@
 """The one shared trainer: every plugin's model trains and is evaluated here.
 
-AdamW with linear warmup and linear decay, gradient clipping, early stopping on validation
-NDCG@10 (the best epoch's weights are kept), seeded, device auto-selection (cuda, mps, cpu) with
-bf16/fp16 autocast on cuda, batches sliced from pre-built tensors, a progress bar with loss and
-throughput, and a JSONL log of every epoch.
+AdamW with linear warmup and linear decay, gradient clipping, early stopping on a validation
+metric (the best epoch's weights are kept), seeded determinism on CPU, device auto-selection
+(cuda, mps, cpu) with bf16/fp16 autocast on cuda, batches sliced from pre-built tensors, a
+progress bar with loss and throughput, a JSONL log of every epoch, and a checkpoint after every
+epoch (weights as safetensors; optimizer, scheduler, RNG and early-stopping state beside them)
+from which ``resume=True`` continues an interrupted run to the same result.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from safetensors.torch import load_file, save_file
 
-from seqrec.evaluation.metrics import mask_scores, ranking_metrics, target_ranks
+from seqrec.errors import SeqrecError
+from seqrec.evaluation.metrics import mask_scores, target_ranks
 from seqrec.models import SeqModel
-from seqrec.training.data import NextItemData, SequenceSet, iter_batches
+from seqrec.progress import bar
+from seqrec.training.data import SequenceSet, iter_batches
+
+STATE_FILE = "trainer_state.pt"
+LAST_WEIGHTS = "last.safetensors"
+BEST_WEIGHTS = "best.safetensors"
+LOG_FILE = "log.jsonl"
 
 
 @dataclass
@@ -43,6 +52,15 @@ class TrainSettings:
     eval_batch_size: int = 512
     metric: str = "ndcg@10"
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for a checkpoint to be resumed (not epochs: a run may be extended)."""
+        d = asdict(self)
+        d.pop("epochs")
+        d.pop("device")
+        d.pop("num_threads")
+        d.pop("eval_batch_size")
+        return d
+
 
 @dataclass
 class TrainResult:
@@ -53,6 +71,7 @@ class TrainResult:
     seconds: float = 0.0
     seconds_per_epoch: float = 0.0
     device: str = "cpu"
+    resumed_from: int = 0
 
 
 def pick_device(pref: str = "auto") -> torch.device:
@@ -83,33 +102,57 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def rank_targets(
+def predict(
     model: SeqModel,
     data: SequenceSet,
     *,
     device: torch.device,
     batch_size: int = 512,
     exclude: Callable[[np.ndarray], torch.Tensor] | None = None,
+    topk: int = 0,
     progress: bool = False,
     desc: str = "evaluate",
-) -> np.ndarray:
-    """0-based full-catalogue rank of every example's label."""
+) -> dict[str, np.ndarray]:
+    """Score every example. Next-item: 0-based full-catalogue rank of each label (``ranks``)
+    and, with ``topk``, the top item indices (``topk``). Classification: class probabilities
+    (``probs``)."""
     model.eval()
     tensors = data.tensors(with_targets=False)
-    ranks = []
+    out: dict[str, list[np.ndarray]] = {"ranks": [], "topk": [], "probs": []}
     offset = 0
-    for batch in tqdm(
-        list(iter_batches(tensors, batch_size)), desc=desc, disable=not progress, leave=False
+    n_batches = math.ceil(len(data) / batch_size)
+    for batch in bar(
+        iter_batches(tensors, batch_size),
+        total=n_batches,
+        desc=desc,
+        disable=not progress,
+        leave=False,
     ):
         n = len(batch.items)
         with autocast_for(device):
-            scores = model.score(batch.to(device))
-        mask = exclude(np.arange(offset, offset + n)).to(device) if exclude else None
-        scores = mask_scores(scores, mask)
+            scores = model.score(batch.to(device)).float()
         assert batch.labels is not None
-        ranks.append(target_ranks(scores, batch.labels.to(device)).cpu().numpy())
+        if model.ctx.task == "classify":
+            out["probs"].append(torch.softmax(scores, dim=1).cpu().numpy())
+        else:
+            mask = exclude(np.arange(offset, offset + n)).to(device) if exclude else None
+            scores = mask_scores(scores, mask)
+            out["ranks"].append(target_ranks(scores, batch.labels.to(device)).cpu().numpy())
+            if topk:
+                out["topk"].append(torch.topk(scores, topk, dim=1).indices.cpu().numpy())
         offset += n
-    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def _numpy_rng_state() -> tuple[Any, ...]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    return (
+        str(kind),
+        torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        int(pos),
+        int(has_gauss),
+        float(cached),
+    )
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -121,43 +164,102 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
+def _atomic_save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _state_dict(model: SeqModel) -> dict[str, torch.Tensor]:
+    # tied weights appear under several names; safetensors wants each storage once
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in model.state_dict().items():
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel():
+            continue
+        seen[ptr] = k
+        out[k] = v
+    return out
+
+
+def _load_state(model: SeqModel, tensors: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict(tensors, strict=False)
+
+
+class Checkpointer:
+    """Per-epoch checkpoints in ``run_dir``, written atomically (a kill never leaves half)."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / STATE_FILE).is_file() and (self.dir / LAST_WEIGHTS).is_file()
+
+    def save(self, model: SeqModel, state: dict[str, Any], best_changed: bool) -> None:
+        weights = _state_dict(model)
+        if best_changed:
+            _atomic_save_weights(weights, self.dir / BEST_WEIGHTS)
+        _atomic_save_weights(weights, self.dir / LAST_WEIGHTS)
+        _atomic_torch_save(state, self.dir / STATE_FILE)  # last: it marks the epoch as done
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        state = torch.load(self.dir / STATE_FILE, weights_only=True)
+        return load_file(str(self.dir / LAST_WEIGHTS)), state
+
+    def best(self) -> dict[str, torch.Tensor] | None:
+        path = self.dir / BEST_WEIGHTS
+        return load_file(str(path)) if path.is_file() else None
+
+
 def train(
     model: SeqModel,
-    data: NextItemData,
+    train_tensors: dict[str, torch.Tensor],
+    validate: Callable[[SeqModel, torch.device], dict[str, float]],
     settings: TrainSettings,
     *,
     progress: bool = True,
-    log_path: Path | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train ``model`` on ``data.train``, early-stopping on ``data.valid``; best weights kept."""
+    """Train ``model`` on ``train_tensors``; ``validate`` scores it after every epoch.
+
+    Early-stops on ``settings.metric`` (higher is better) and restores the best weights. With
+    ``run_dir``, checkpoints after every epoch; ``resume`` continues from the last one.
+    """
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     gen = seed_everything(settings.seed)
     device = pick_device(settings.device)
     model.to(device)
-    train_t = data.train.tensors(with_targets=True)
-    model.fit_statistics(train_t["items"], train_t["targets"])
-    log = log_path.open("a") if log_path else None
+    if "targets" in train_tensors:
+        model.fit_statistics(train_tensors["items"], train_tensors["targets"])
     t_start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-
-    def validate() -> dict[str, float]:
-        ranks = rank_targets(model, data.valid, device=device, batch_size=settings.eval_batch_size)
-        return ranking_metrics(ranks, (10, 20))
+    ckpt = Checkpointer(run_dir) if run_dir else None
+    log = (run_dir / LOG_FILE) if run_dir else None
 
     if not model.trainable:
-        valid = validate()
-        history.append({"epoch": 0, **valid})
-        return TrainResult(0, 0, valid, history, time.perf_counter() - t_start, 0.0, str(device))
+        valid = validate(model, device)
+        return TrainResult(
+            0, 0, valid, [{"epoch": 0, **valid}], time.perf_counter() - t_start, 0.0, str(device)
+        )
 
-    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    n = len(train_tensors["items"])
+    steps_per_epoch = math.ceil(n / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     opt = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": settings.weight_decay},
@@ -168,23 +270,54 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, _lr_lambda(total, int(total * settings.warmup_ratio))
     )
-    best_score, best_epoch, best_state, best_valid = -1.0, 0, None, {}
-    bad_epochs = 0
-    epoch_seconds = []
-    epoch = 0
-    for epoch in range(1, settings.epochs + 1):
+    best_score, best_epoch, best_valid = -math.inf, 0, {}
+    bad_epochs, start_epoch = 0, 1
+    history: list[dict[str, Any]] = []
+    epoch_seconds: list[float] = []
+
+    if resume and ckpt and ckpt.exists:
+        weights, state = ckpt.load()
+        if state["settings"] != settings.fingerprint():
+            raise SeqrecError(
+                f"cannot resume: the checkpoint in {run_dir} was made with other settings",
+                hint="rerun without --resume to start over",
+            )
+        _load_state(model, {k: v.to(device) for k, v in weights.items()})
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["gen_rng"])
+        kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["python_rng"])
+        best_score, best_epoch, best_valid = (
+            state["best_score"],
+            state["best_epoch"],
+            state["best_valid"],
+        )
+        bad_epochs, history = state["bad_epochs"], state["history"]
+        epoch_seconds = [h["train_seconds"] for h in history]
+        start_epoch = state["epoch"] + 1
+        if state.get("stopped"):
+            start_epoch = settings.epochs + 1
+    elif log and log.exists():
+        log.unlink()
+    resumed_from = start_epoch - 1
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, settings.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         total_loss, n_batches, n_seen = 0.0, 0, 0
-        bar = tqdm(
-            iter_batches(train_t, settings.batch_size, shuffle=True, generator=gen),
+        pbar = bar(
+            iter_batches(train_tensors, settings.batch_size, shuffle=True, generator=gen),
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{settings.epochs}",
             disable=not progress,
             leave=False,
             unit="batch",
         )
-        for batch in bar:
+        for batch in pbar:
             batch = batch.to(device)
             with autocast_for(device):
                 loss = model.loss(batch)
@@ -198,49 +331,75 @@ def train(
             n_batches += 1
             n_seen += len(batch.items)
             if n_batches % 10 == 0:
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(
-                    loss=f"{total_loss / n_batches:.4f}", seq_s=f"{n_seen / elapsed:.0f}"
+                pbar.set_postfix(
+                    loss=f"{total_loss / n_batches:.4f}",
+                    seq_s=f"{n_seen / (time.perf_counter() - t0):.0f}",
                 )
         train_secs = time.perf_counter() - t0
         epoch_seconds.append(train_secs)
-        valid = validate()
+        valid = validate(model, device)
         record = {
             "epoch": epoch,
             "loss": total_loss / max(1, n_batches),
             "train_seconds": round(train_secs, 3),
+            "sequences_per_s": round(n_seen / train_secs, 1) if train_secs else 0.0,
             "lr": sched.get_last_lr()[0],
             **{f"valid_{k}": v for k, v in valid.items()},
         }
         history.append(record)
         if log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            with log.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
         if progress:
-            tqdm.write(
+            pbar.write(
                 f"epoch {epoch}: loss {record['loss']:.4f}  valid {settings.metric} "
                 f"{valid[settings.metric]:.4f}  ({train_secs:.1f}s)"
             )
-        if valid[settings.metric] > best_score:
-            best_score, best_epoch, best_valid = valid[settings.metric], epoch, valid
-            best_state = copy.deepcopy(model.state_dict())
-            bad_epochs = 0
+        improved = valid[settings.metric] > best_score
+        if improved:
+            best_score, best_epoch, best_valid, bad_epochs = valid[settings.metric], epoch, valid, 0
         else:
             bad_epochs += 1
-            if bad_epochs >= settings.patience:
-                break
-    if log:
-        log.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        stop = bad_epochs >= settings.patience
+        if ckpt:
+            ckpt.save(
+                model,
+                {
+                    "epoch": epoch,
+                    "settings": settings.fingerprint(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "gen_rng": gen.get_state(),
+                    "numpy_rng": _numpy_rng_state(),
+                    "python_rng": random.getstate(),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_valid": best_valid,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "stopped": stop,
+                },
+                best_changed=improved,
+            )
+        if improved and not ckpt:
+            best_in_memory = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if stop:
+            break
+    if ckpt:
+        best = ckpt.best()
+        if best is not None:
+            _load_state(model, {k: v.to(device) for k, v in best.items()})
+    elif best_epoch:
+        model.load_state_dict(best_in_memory)
     model.eval()
-    secs = time.perf_counter() - t_start
     return TrainResult(
         best_epoch=best_epoch,
-        epochs_run=epoch,
+        epochs_run=max(epoch, resumed_from),
         valid=best_valid,
         history=history,
-        seconds=round(secs, 3),
+        seconds=round(time.perf_counter() - t_start, 3),
         seconds_per_epoch=round(float(np.mean(epoch_seconds)), 3) if epoch_seconds else 0.0,
         device=str(device),
+        resumed_from=resumed_from,
     )

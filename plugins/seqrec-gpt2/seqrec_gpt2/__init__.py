@@ -15,8 +15,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
         ModelSpec(
             name="gpt2",
             build=GPT2NextItem,
-            tasks=("next-item",),
-            description="GPT-2 decoder, causal next-item loss at every position, tied item embeddings",
+            tasks=("next-item", "classify"),
+            description="GPT-2 decoder: causal next-item at every position (tied embeddings); last-position classifier",
             defaults=DEFAULTS,
         )
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
 
@@ -50,7 +49,8 @@ class GPT2NextItem(SeqModel):
             if p["use_event_types"]
             else None
         )
-        self.label_smoothing = float(p["label_smoothing"])
+        self.dropout = nn.Dropout(p["dropout"])
+        self.classifier = nn.Linear(p["d_model"], ctx.n_classes) if ctx.task == "classify" else None
 
     def hidden(self, batch: Batch) -> Tensor:
         """[B, L, d] hidden states; padding positions carry no meaning."""
@@ -64,17 +64,20 @@ class GPT2NextItem(SeqModel):
 
     def _logits(self, h: Tensor) -> Tensor:
         logits = h @ self.backbone.wte.weight.T  # [N, V]
-        pad = torch.zeros_like(logits[0], dtype=torch.bool)
-        pad[0] = True
-        return logits.masked_fill(pad, torch.finfo(logits.dtype).min)
+        logits[:, 0] = torch.finfo(logits.dtype).min  # never recommend padding
+        return logits
 
-    def loss(self, batch: Batch) -> Tensor:
+    def next_item_loss(self, batch: Batch) -> Tensor:
         assert batch.targets is not None
-        h = self.hidden(batch)
-        sel = batch.targets > 0
-        return F.cross_entropy(
-            self._logits(h[sel]).float(), batch.targets[sel], label_smoothing=self.label_smoothing
-        )
+        sel = batch.targets > 0  # [B, L] positions that have a next item
+        h = self.hidden(batch)[sel]  # [N, d]
+        return self.item_loss(h, batch.targets[sel], self.backbone.wte.weight)
 
-    def score(self, batch: Batch) -> Tensor:
+    def next_item_scores(self, batch: Batch) -> Tensor:
         return self._logits(self.hidden(batch)[:, -1])
+
+    def class_logits(self, batch: Batch) -> Tensor:
+        # GPT2ForSequenceClassification-style: the newest (last real, as inputs are
+        # left-padded) position summarises the sequence.
+        assert self.classifier is not None, "built for next-item, not classification"
+        return self.classifier(self.dropout(self.hidden(batch)[:, -1]))
