@@ -139,12 +139,10 @@ class SeqModel(nn.Module):
             return sampled_softmax_loss(
                 hidden, targets, embeddings, bias, int(self.ctx.params.get("num_negatives", 256))
             )
-        logits = hidden @ embeddings.T
+        logits = hidden @ embeddings[1:].T  # padding (row 0) never enters the softmax
         if bias is not None:
-            logits = logits + bias
-        logits = logits.float()
-        logits[:, 0] = torch.finfo(logits.dtype).min
-        return F.cross_entropy(logits, targets, label_smoothing=smoothing)
+            logits = logits + bias[1:]
+        return F.cross_entropy(logits.float(), targets - 1, label_smoothing=smoothing)
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
         """Optional: non-gradient models (popularity) fit here from the training tensors."""
@@ -163,7 +161,7 @@ def sampled_softmax_loss(
     correction; negatives equal to a row's target are masked out (accidental hits).
     """
     n_items = embeddings.shape[0]
-    negatives = torch.randint(1, n_items, (num_negatives,), device=hidden.device)
+    negatives = torch.randint(1, n_items, (num_negatives,), device=hidden.device)  # never padding
     pos = (hidden * embeddings[targets]).sum(-1, keepdim=True)  # [N, 1]
     neg = hidden @ embeddings[negatives].T  # [N, K]
     if bias is not None:

@@ -1,0 +1,117 @@
+"""BERT4Rec next-item model built from a transformers ``BertConfig`` (no hub download).
+
+The item vocabulary gets one extra id, ``n_items``, used as the MASK token. Inputs are
+left-padded: position ids count real events only and padding is masked out of attention, so the
+amount of padding does not change results.
+
+Training (cloze): the sequence is the input items plus the final target (``targets[:, -1]``)
+appended after the newest event, i.e. width L + 1 (the position table has ``max_len + 1``
+entries, so nothing is dropped for L <= max_len; wider inputs keep their newest max_len + 1).
+Random real positions are replaced by MASK and predicted with a full softmax over real items
+(tied output: h @ item_embeddings[:n_items].T + bias). Scoring appends a MASK after the newest
+event and ranks items at that position. Event types are zero (padding) at every MASK and at
+the appended target, whose type is unknown at inference. Classification uses the newest
+position's hidden state, like the gpt2 and lstm plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, BertModel
+
+from seqrec.models import Batch, ModelContext, SeqModel
+from seqrec_bert.cloze import append_newest, cloze_positions
+
+DEFAULTS: dict[str, Any] = {
+    "d_model": 64,
+    "n_layers": 2,
+    "n_heads": 2,
+    "dropout": 0.2,
+    "mask_prob": 0.2,
+    "last_mask_prob": 0.1,
+    "use_event_types": True,
+    "label_smoothing": 0.0,
+}
+
+
+class BertNextItem(SeqModel):
+    def __init__(self, ctx: ModelContext):
+        super().__init__(ctx)
+        p = ctx.params
+        d = int(p["d_model"])
+        self.mask_id = ctx.n_items
+        self.width = ctx.max_len + 1  # widest input: max_len events + the appended target/MASK
+        self.config = BertConfig(
+            vocab_size=ctx.n_items + 1,
+            hidden_size=d,
+            num_hidden_layers=int(p["n_layers"]),
+            num_attention_heads=int(p["n_heads"]),
+            intermediate_size=4 * d,
+            hidden_dropout_prob=float(p["dropout"]),
+            attention_probs_dropout_prob=float(p["dropout"]),
+            max_position_embeddings=self.width,
+            type_vocab_size=1,
+            pad_token_id=0,
+        )
+        self.backbone = BertModel(self.config, add_pooling_layer=False)
+        self.type_emb = (
+            nn.Embedding(ctx.n_event_types, d, padding_idx=0) if p["use_event_types"] else None
+        )
+        if self.type_emb is not None:
+            nn.init.normal_(self.type_emb.weight, std=self.config.initializer_range)
+            nn.init.zeros_(self.type_emb.weight[0])
+        self.out_bias = nn.Parameter(torch.zeros(ctx.n_items))
+        self.mask_prob = float(p["mask_prob"])
+        self.last_mask_prob = float(p["last_mask_prob"])
+        self.dropout = nn.Dropout(float(p["dropout"]))
+        self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
+
+    @property
+    def item_weight(self) -> Tensor:
+        """[n_items + 1, d] item embeddings; row 0 is padding, row ``n_items`` is MASK."""
+        return self.backbone.embeddings.word_embeddings.weight
+
+    def encode(self, items: Tensor, types: Tensor) -> Tensor:
+        """[B, T, d] hidden states for left-padded ``items``/``types`` [B, T] (T <= max_len + 1)."""
+        mask = items > 0
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        emb = self.backbone.embeddings.word_embeddings(items)
+        if self.type_emb is not None:
+            emb = emb + self.type_emb(types)
+        out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions)
+        return out.last_hidden_state
+
+    def _extend(self, batch: Batch, col: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """Items and types [B, T] with ``col`` appended after the newest event (type 0)."""
+        items = append_newest(batch.items, col, keep)[:, -self.width :]
+        types = append_newest(batch.types, torch.zeros_like(col), keep)[:, -self.width :]
+        return items, types
+
+    def next_item_loss(self, batch: Batch) -> Tensor:
+        """Cloze loss over randomly masked real positions of the items + final target."""
+        assert batch.targets is not None
+        last = batch.targets[:, -1]  # [B]
+        items, types = self._extend(batch, last, last > 0)  # [B, T]
+        chosen = cloze_positions(items > 0, self.mask_prob, self.last_mask_prob)  # [B, T]
+        h = self.encode(items.masked_fill(chosen, self.mask_id), types.masked_fill(chosen, 0))
+        # masked positions against real items only (the MASK row is not a candidate)
+        emb = self.item_weight[: self.mask_id]  # [n_items, d]
+        return self.item_loss(h[chosen], items[chosen], emb, self.out_bias)
+
+    def next_item_scores(self, batch: Batch) -> Tensor:
+        """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""
+        col = torch.full_like(batch.items[:, 0], self.mask_id)
+        items, types = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
+        h = self.encode(items, types)[:, -1]  # [B, d]
+        scores = h @ self.item_weight[: self.mask_id].T + self.out_bias  # [B, n_items]
+        scores[:, 0] = torch.finfo(scores.dtype).min
+        return scores
+
+    def class_logits(self, batch: Batch) -> Tensor:
+        """[B, n_classes] from the newest event's hidden state (no MASK appended)."""
+        assert self.classifier is not None, "built for next-item, not classification"
+        h = self.encode(batch.items[:, -self.width :], batch.types[:, -self.width :])[:, -1]
+        return self.classifier(self.dropout(h))

@@ -1,0 +1,80 @@
+"""The bert plugin passes seqrec's model contract, ignores padding and never ranks MASK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from seqrec_bert.cloze import append_newest, cloze_positions
+
+from seqrec.models import Batch, ModelContext, SeqModel, get_spec
+from seqrec.testing import check_model_contract
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest single-threaded (and don't fight other processes for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model(task: str = "next-item", **params: object) -> SeqModel:
+    torch.manual_seed(0)
+    ctx = ModelContext(
+        n_items=20, n_event_types=3, max_len=8, task=task, n_classes=2, params=dict(params)
+    )
+    return get_spec("bert").make(ctx)
+
+
+def _batch(rows: list[list[int]], width: int) -> Batch:
+    items = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    types = (items > 0).long() * 2
+    targets = torch.cat([items[:, 1:], items[:, -1:] % 19 + 1], 1).masked_fill(items == 0, 0)
+    return Batch(items=items, types=types, times=torch.zeros_like(items), targets=targets)
+
+
+def test_bert_passes_the_model_contract() -> None:
+    check_model_contract("bert")
+    check_model_contract("bert", {"use_event_types": False, "n_layers": 1, "mask_prob": 0.4})
+
+
+def test_left_padding_does_not_change_scores() -> None:
+    for task in ("next-item", "classify"):
+        model = _model(task).eval()
+        with torch.no_grad():
+            ref = model.score(_batch([[3, 4, 5]], 3))
+            for width in (4, 8):
+                assert torch.allclose(model.score(_batch([[3, 4, 5]], width)), ref, atol=1e-5)
+
+
+def test_scores_exclude_mask_and_padding() -> None:
+    model = _model().eval()
+    with torch.no_grad():
+        scores = model.score(_batch([[3, 4, 5], [1, 2, 3, 4, 5, 6, 7, 8]], 8))
+    assert scores.shape == (2, 20)  # n_items columns: the MASK id (20) is never scored
+    assert (scores[:, 0] < -1e30).all() and torch.isfinite(scores[:, 1:]).all()
+
+
+def test_training_loss_is_finite_for_length_one_sequences() -> None:
+    model = _model().train()
+    loss = model.loss(_batch([[3], [7], [2, 9]], 8))
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+def test_cloze_helpers() -> None:
+    items = torch.tensor([[0, 0, 3], [0, 0, 0]])
+    keep = torch.tensor([True, False])
+    assert append_newest(items, torch.tensor([9, 9]), keep).tolist() == [[0, 0, 3, 9], [0] * 4]
+    torch.manual_seed(0)
+    real = append_newest(items, torch.tensor([9, 0]), keep) > 0
+    for _ in range(20):
+        chosen = cloze_positions(real, mask_prob=0.2, last_prob=0.1)
+        assert chosen[0].any() and not chosen[1].any() and not (chosen & ~real).any()
+
+
+def test_bert_is_an_entry_point_plugin() -> None:
+    assert get_spec("bert").plugin == "bert"

@@ -1,0 +1,108 @@
+"""LSTM next-item model.
+
+Inputs are left-padded. The LSTM runs on a right-aligned copy (each row rolled left by its pad
+count) through ``pack_padded_sequence``, and its outputs are rolled back, so every state — in
+particular the newest one at index -1 — is exact and independent of the amount of padding.
+Item embeddings are tied with the output layer: scores = proj(h) @ item_embeddings.T.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seqrec.models import Batch, ModelContext, SeqModel
+
+DEFAULTS: dict[str, Any] = {
+    "d_model": 64,
+    "hidden": 128,
+    "n_layers": 1,
+    "dropout": 0.3,
+    "use_event_types": True,
+    "use_time_gaps": True,
+    "label_smoothing": 0.0,
+}
+
+#: time-gap buckets: 0 = padding / first event, k = 1 + floor(log2(gap_seconds + 1)), capped
+GAP_BUCKETS = 32
+
+
+def time_gap_buckets(times: Tensor, mask: Tensor) -> Tensor:
+    """[B, L] bucketised log2 of seconds since the previous event (0 for padding and first)."""
+    gap = (times[:, 1:] - times[:, :-1]).clamp(min=0).float()  # [B, L-1]
+    bucket = (1 + torch.log2(gap + 1).floor().long()).clamp(max=GAP_BUCKETS - 1)
+    bucket = bucket.masked_fill(~(mask[:, 1:] & mask[:, :-1]), 0)
+    return F.pad(bucket, (1, 0))  # [B, L]
+
+
+def roll_rows(x: Tensor, shift: Tensor) -> Tensor:
+    """out[b, i] = x[b, (i + shift[b]) % L] for x [B, L, ...] and shift [B]."""
+    L = x.shape[1]
+    idx = (torch.arange(L, device=x.device) + shift[:, None]) % L  # [B, L]
+    idx = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, idx)
+
+
+class LSTMNextItem(SeqModel):
+    def __init__(self, ctx: ModelContext):
+        super().__init__(ctx)
+        p = ctx.params
+        d, hidden, n_layers = int(p["d_model"]), int(p["hidden"]), int(p["n_layers"])
+        self.item_emb = nn.Embedding(ctx.n_items, d, padding_idx=0)
+        self.type_emb = (
+            nn.Embedding(ctx.n_event_types, d, padding_idx=0) if p["use_event_types"] else None
+        )
+        self.gap_emb = nn.Embedding(GAP_BUCKETS, d, padding_idx=0) if p["use_time_gaps"] else None
+        self.dropout = nn.Dropout(float(p["dropout"]))
+        self.lstm = nn.LSTM(
+            d,
+            hidden,
+            num_layers=n_layers,
+            batch_first=True,
+            dropout=float(p["dropout"]) if n_layers > 1 else 0.0,
+        )
+        self.proj = nn.Linear(hidden, d)
+        self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
+
+    def embed(self, batch: Batch) -> Tensor:
+        """[B, L, d] input embeddings (zero at padding)."""
+        emb = self.item_emb(batch.items)
+        if self.type_emb is not None:
+            emb = emb + self.type_emb(batch.types)
+        if self.gap_emb is not None:
+            emb = emb + self.gap_emb(time_gap_buckets(batch.times, batch.mask))
+        return self.dropout(emb)
+
+    def hidden(self, batch: Batch) -> Tensor:
+        """[B, L, d] output states, left-aligned like the input; padding positions carry no meaning."""
+        x = self.embed(batch)
+        L = x.shape[1]
+        lengths = batch.mask.sum(1)  # [B]
+        pad = L - lengths
+        right = roll_rows(x, pad)  # right-padded: real events first
+        packed = pack_padded_sequence(
+            right, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # [B, L, hidden]
+        return self.proj(self.dropout(roll_rows(out, -pad)))
+
+    def next_item_loss(self, batch: Batch) -> Tensor:
+        """Cross-entropy at every position with a target (the platform's loss policy)."""
+        assert batch.targets is not None
+        sel = batch.targets > 0  # [B, L]
+        h = self.hidden(batch)[sel]  # [N, d]
+        return self.item_loss(h, batch.targets[sel], self.item_emb.weight)
+
+    def next_item_scores(self, batch: Batch) -> Tensor:
+        scores = self.hidden(batch)[:, -1] @ self.item_emb.weight.T  # [B, n_items]
+        scores[:, 0] = torch.finfo(scores.dtype).min
+        return scores
+
+    def class_logits(self, batch: Batch) -> Tensor:
+        assert self.classifier is not None, "built for next-item, not classification"
+        return self.classifier(self.dropout(self.hidden(batch)[:, -1]))
