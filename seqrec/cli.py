@@ -97,6 +97,10 @@ def build_cli() -> click.Group:
 
 
 def main() -> None:
+    import warnings
+
+    # third-party deprecation chatter (ibis, pathspec) is not for seqrec's users
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     build_cli()(prog_name="seqrec")
 
 

@@ -23,7 +23,7 @@ PROFILES = ("embedded", "postgres-redis")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class EventsConfig(_Section):
@@ -47,7 +47,10 @@ class FeaturesConfig(_Section):
 class ModelsConfig(_Section):
     """The model store (a BentoML home directory)."""
 
-    store: str = Field("models", description="BENTOML_HOME: where trained models are saved")
+    store: str = Field(
+        "models",
+        description="model store (a BentoML home: `BENTOML_HOME=<store> bentoml models list`)",
+    )
     default: str = Field("gpt2", description="model served and evaluated when none is named")
 
 
@@ -247,8 +250,8 @@ def render_reference() -> str:
         "A workspace's `seqrec.toml`. Every key is optional. Relative paths are relative to the",
         "file's directory. Environment overrides: `SEQREC_PROJECT` (workspace directory),",
         "`SEQREC_EVENTS_URL` (events database URL), `SEQREC_LOAD_PLUGINS` (entry-point plugins to",
-        "load, comma-separated; empty = none), `BENTOML_HOME` (model store; defaults to",
-        "`models.store`).",
+        "load, comma-separated; empty = none). Trained models always go to the workspace's",
+        "`models.store`; seqrec commands point `BENTOML_HOME` there for BentoML's own tools.",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

@@ -27,6 +27,21 @@ from seqrec.models import SeqModel, load_weights, save_weights
 PREFIX = "seqrec-"
 
 
+def _store(store: Path | None) -> dict[str, Any]:
+    """Keyword arguments selecting the BentoML model store at ``store`` (a BENTOML_HOME).
+
+    BentoML reads BENTOML_HOME once per process; passing the store explicitly lets one process
+    (tests, notebooks, the quickstart) use several workspaces, each with its own models.
+    """
+    if store is None:
+        return {}
+    from bentoml._internal.models import ModelStore
+
+    path = Path(store) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return {"_model_store": ModelStore(path)}
+
+
 def store_name(model_name: str) -> str:
     return PREFIX + model_name
 
@@ -72,6 +87,7 @@ def save(
     metrics: dict[str, Any],
     popularity: np.ndarray,
     train_info: dict[str, Any],
+    store: Path | None = None,
 ) -> str:
     """Save ``model`` and everything serving needs; returns the BentoML tag."""
     import bentoml
@@ -89,7 +105,10 @@ def save(
     }
     labels = {"model": model.spec_name, "task": task, "plugin": plugin}
     with bentoml.models.create(
-        store_name(model.spec_name), labels=labels, metadata=_bento_metadata(info, metrics)
+        store_name(model.spec_name),
+        labels=labels,
+        metadata=_bento_metadata(info, metrics),
+        **_store(store),
     ) as bm:
         path = Path(bm.path)
         save_weights(model.cpu(), path)
@@ -134,25 +153,25 @@ class StoredModel:
         return {iid: i for i, iid in enumerate(self.vocab) if i > 0}
 
 
-def locate(ref: str) -> tuple[str, Path]:
+def locate(ref: str, store: Path | None = None) -> tuple[str, Path]:
     """(full tag, directory) of a stored model; a clear error when absent."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     tag = resolve_tag(ref)
     try:
-        bm = bentoml.models.get(tag)
+        bm = bentoml.models.get(tag, **_store(store))
     except NotFound:
         raise SeqrecError(
             f"no stored model '{tag}'",
-            hint="train one with `seqrec train --model NAME`; `seqrec models list` shows stored ones",
+            hint="train one with `seqrec train --model NAME`; `seqrec models --stored` lists stored ones",
         ) from None
     return str(bm.tag), Path(bm.path)
 
 
-def load(ref: str, device: str | torch.device = "cpu") -> StoredModel:
+def load(ref: str, device: str | torch.device = "cpu", store: Path | None = None) -> StoredModel:
     """Load a stored model by tag (or short name) onto ``device``."""
-    tag, path = locate(ref)
+    tag, path = locate(ref, store)
     try:
         model = load_weights(path, device=device)
         info = json.loads((path / "seqrec.json").read_text())
@@ -172,12 +191,12 @@ def load(ref: str, device: str | torch.device = "cpu") -> StoredModel:
         raise SeqrecError(f"model '{tag}' at {path} failed to load: {exc}") from None
 
 
-def list_models() -> list[dict[str, Any]]:
+def list_models(store: Path | None = None) -> list[dict[str, Any]]:
     """Stored seqrec models, newest first."""
     import bentoml
 
     rows = []
-    for bm in bentoml.models.list():
+    for bm in bentoml.models.list(**_store(store)):
         if not bm.tag.name.startswith(PREFIX):
             continue
         meta: dict[str, Any] = dict(bm.info.metadata or {})
@@ -190,3 +209,12 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     return sorted(rows, key=lambda r: r["created"], reverse=True)
+
+
+def delete(ref: str, store: Path | None = None) -> str:
+    """Delete a stored model; returns its full tag."""
+    import bentoml
+
+    tag, _ = locate(ref, store)
+    bentoml.models.delete(tag, **_store(store))
+    return tag

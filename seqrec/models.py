@@ -196,7 +196,7 @@ class ModelSpec:
         if unknown:
             raise SeqrecError(
                 f"unknown hyperparameter(s) for model '{self.name}': {', '.join(unknown)}",
-                hint=f"known: {', '.join(sorted(self.defaults)) or 'none'}",
+                hint=f"known: {', '.join(sorted({*self.defaults, *COMMON_PARAMS}))}",
             )
         ctx = replace(ctx, params={**COMMON_PARAMS, **self.defaults, **ctx.params})
         model = self.build(ctx)

@@ -162,6 +162,7 @@ def train_model(
         feature_service=ws.config.features.feature_service,
         metrics=metrics,
         popularity=popularity,
+        store=ws.model_store,
         train_info={
             "settings": asdict(settings),
             "params": model.ctx.params,
@@ -271,7 +272,7 @@ def evaluate_model(
     from seqrec import model_store
 
     device = pick_device(ws.config.train.device)
-    stored = model_store.load(ref, device=device)
+    stored = model_store.load(ref, device=device, store=ws.model_store)
     task = stored.info.get("task", "next-item")
     if data is None:
         data = build_data(ws, task, stored.info.get("label"))

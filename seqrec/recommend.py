@@ -28,7 +28,9 @@ class Recommender:
         from seqrec import model_store
 
         self.device = pick_device(device or ws.config.train.device)
-        self.stored = model_store.load(ref or ws.config.models.default, device=self.device)
+        self.stored = model_store.load(
+            ref or ws.config.models.default, device=self.device, store=ws.model_store
+        )
         self.model = self.stored.model
         self.tag = self.stored.tag
         self.max_len = self.model.ctx.max_len

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import pytest
 from seqrec.config import Workspace
 from seqrec.plugins import reset_plugin_manager
 from seqrec.testing import load_synth, make_workspace
+
+# BentoML reads BENTOML_HOME once per process: give the whole session one model store.
+_STORE = Path(tempfile.mkdtemp(prefix="seqrec-test-models-"))
+os.environ["BENTOML_HOME"] = str(_STORE)
 
 
 @pytest.fixture(autouse=True)
@@ -22,11 +27,9 @@ def _fresh_plugins() -> Iterator[None]:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+def ws(tmp_path: Path) -> Workspace:
     """An empty workspace with fast settings; BentoML's store inside it."""
-    w = make_workspace(tmp_path / "ws")
-    monkeypatch.setenv("BENTOML_HOME", str(w.model_store))
-    return w
+    return make_workspace(tmp_path / "ws")
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +40,6 @@ def trained_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
     root = tmp_path_factory.mktemp("trained") / "ws"
     w = make_workspace(root)
-    os.environ["BENTOML_HOME"] = str(w.model_store)
     load_synth(w, users=120, items=60)
     fs.apply(w)
     fs.materialize(w)

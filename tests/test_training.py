@@ -44,7 +44,7 @@ def _seqrec(*args: str) -> list[str]:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(ws: Workspace) -> None:
     load_synth(ws, users=80, items=40)
     fs.apply(ws)
-    env = dict(os.environ, BENTOML_HOME=str(ws.model_store), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # same model store as this process
     common = ["train", "--model", "gpt2", "--epochs", "6", "--seed", "5", "--json"]
     common += ["--project", str(ws.root)]
     run_a = ws.root / "run-a"
@@ -225,7 +225,7 @@ def test_dump_topk_recomputes_the_metrics(trained_ws: Workspace, tmp_path: Path)
 def test_init_from_warm_starts(trained_ws: Workspace) -> None:
     from seqrec import model_store
 
-    _, path = model_store.locate("gpt2")
+    _, path = model_store.locate("gpt2", trained_ws.model_store)
     out = train_model(trained_ws, "gpt2", epochs=1, init_from=path, progress=False, seed=9)
     cold = train_model(trained_ws, "gpt2", epochs=1, progress=False, seed=9)
     assert out.valid["ndcg@10"] != cold.valid["ndcg@10"]

@@ -21,8 +21,7 @@ def register(cli: click.Group) -> None:
         if stored:
             from seqrec import model_store
 
-            workspace(project)
-            rows = model_store.list_models()
+            rows = model_store.list_models(workspace(project).model_store)
             if as_json:
                 emit_json(rows)
                 return

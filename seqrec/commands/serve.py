@@ -42,7 +42,9 @@ def register(cli: click.Group) -> None:
         from seqrec import model_store
 
         ws = workspace(project)
-        tag, _ = model_store.locate(model or ws.config.models.default)  # fail fast, clearly
+        tag, _ = model_store.locate(
+            model or ws.config.models.default, ws.model_store
+        )  # fail fast, clearly
         env = dict(os.environ, SEQREC_PROJECT=str(ws.root), SEQREC_MODEL=tag)
         host = host or ws.config.serve.host
         port = port or ws.config.serve.port
