@@ -70,6 +70,12 @@ class TrainConfig(_Section):
     )
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
     eval_batch_size: int = Field(512, ge=1, description="sequences per evaluation batch")
+    window_stride: int = Field(
+        0,
+        ge=0,
+        description="training windows end every N events (0 = max_len, no overlap); smaller "
+        "values give targets more context at the same number of targets",
+    )
 
 
 class ServeConfig(_Section):

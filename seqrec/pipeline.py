@@ -34,6 +34,7 @@ Data = NextItemData | ClassificationData
 
 def settings_from(ws: Workspace, **overrides: Any) -> TrainSettings:
     base = ws.config.train.model_dump()
+    base.pop("window_stride")
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainSettings(**base)
 

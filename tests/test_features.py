@@ -113,14 +113,17 @@ def test_point_in_time_with_equal_timestamps(ws: Workspace) -> None:
     assert [v for v in t if v] == [2, 3]  # A->B, B->C: no label leaks into its own history
 
 
-def test_leave_one_out_covers_every_training_target_once(ws: Workspace) -> None:
+@pytest.mark.parametrize("stride", [None, 7])
+def test_leave_one_out_covers_every_training_target_once(ws: Workspace, stride: int | None) -> None:
     load_synth(ws, users=40, items=30)
     fs.apply(ws)
     L = ws.config.features.max_len
     engine = make_engine(ws.events_url)
     pos = event_positions(engine)
-    data = build_next_item_data(ws, engine)
+    data = build_next_item_data(ws, engine, stride=stride)
     targets = data.train.next_item_targets()
+    if stride:  # overlapping windows: more context per target, still one loss term each
+        assert (data.train.items > 0).sum(axis=1).mean() > 0.6 * L
     for user, g in pos.groupby("user_id"):
         g = g.sort_values("pos")
         seq = g["item_idx"].tolist()

@@ -36,6 +36,7 @@ class SequenceSet:
     types: np.ndarray  # [N, L] int64
     times: np.ndarray  # [N, L] int64 epoch seconds
     labels: np.ndarray  # [N] target item (next-item) or class index
+    loss_from: np.ndarray | None = None  # [N] first column whose target is trained on
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,6 +45,9 @@ class SequenceSet:
         """[N, L]: the item after each position (the label after the last); 0 at padding."""
         targets = np.concatenate([self.items[:, 1:], self.labels[:, None]], axis=1)
         targets[self.items == 0] = 0
+        if self.loss_from is not None:
+            cols = np.arange(targets.shape[1])[None, :]
+            targets[cols < self.loss_from[:, None]] = 0
         return targets
 
     def tensors(self, with_targets: bool) -> dict[str, torch.Tensor]:
@@ -59,7 +63,12 @@ class SequenceSet:
 
     def subset(self, idx: np.ndarray) -> SequenceSet:
         return SequenceSet(
-            self.user_ids[idx], self.items[idx], self.types[idx], self.times[idx], self.labels[idx]
+            self.user_ids[idx],
+            self.items[idx],
+            self.types[idx],
+            self.times[idx],
+            self.labels[idx],
+            None if self.loss_from is None else self.loss_from[idx],
         )
 
 
@@ -113,8 +122,17 @@ def vocab_sizes(engine: Engine) -> tuple[int, int]:
     return int(n_items) + 1, int(n_types) + 1
 
 
-def leave_one_out_entities(positions: pd.DataFrame, max_len: int) -> pd.DataFrame:
-    """Entity rows (user_id, event_timestamp, label, split) for the leave-one-out protocol."""
+def leave_one_out_entities(
+    positions: pd.DataFrame, max_len: int, stride: int | None = None
+) -> pd.DataFrame:
+    """Entity rows (user_id, event_timestamp, label, split, loss_from) for leave-one-out.
+
+    Training windows end every ``stride`` events (default: ``max_len``, no overlap). With a
+    smaller stride windows overlap so every target sees up to ``max_len - stride`` more events
+    of context; each target is still trained on once: a window's targets before column
+    ``loss_from`` are left to the earlier window that already covers them.
+    """
+    stride = min(stride or max_len, max_len)
     p = positions
     has_eval = p["n"] >= 3
     split = np.full(len(p), "", dtype=object)
@@ -122,7 +140,7 @@ def leave_one_out_entities(positions: pd.DataFrame, max_len: int) -> pd.DataFram
     split[(has_eval & (p["pos"] == p["n"] - 1)).to_numpy()] = "valid"
     last_train = np.where(has_eval, p["n"] - 2, p["n"])
     gap = last_train - p["pos"].to_numpy()
-    is_train = (p["pos"].to_numpy() >= 2) & (gap >= 0) & (gap % max_len == 0)
+    is_train = (p["pos"].to_numpy() >= 2) & (gap >= 0) & (gap % stride == 0)
     split[is_train & (split == "")] = "train"
     keep = split != ""
     ent = pd.DataFrame(
@@ -135,6 +153,13 @@ def leave_one_out_entities(positions: pd.DataFrame, max_len: int) -> pd.DataFram
             "split": split[keep],
         }
     )
+    # every training window but each user's earliest trains on its last ``stride`` targets only
+    train = ent["split"] == "train"
+    first = ent[train].groupby("user_id")["event_timestamp"].transform("min")
+    ent["loss_from"] = 0
+    ent.loc[train, "loss_from"] = np.where(
+        ent.loc[train, "event_timestamp"] == first, 0, max_len - stride
+    )
     ent["row_id"] = np.arange(len(ent))
     return ent
 
@@ -146,15 +171,19 @@ def _to_set(df: pd.DataFrame, max_len: int) -> SequenceSet:
         types=left_pad(df["type_seq"].tolist(), max_len),
         times=left_pad(df["ts_seq"].tolist(), max_len),
         labels=df["label"].to_numpy(dtype=np.int64),
+        loss_from=df["loss_from"].to_numpy(dtype=np.int64) if "loss_from" in df else None,
     )
 
 
-def build_next_item_data(ws: Workspace, engine: Engine | None = None) -> NextItemData:
+def build_next_item_data(
+    ws: Workspace, engine: Engine | None = None, stride: int | None = None
+) -> NextItemData:
     """Leave-one-out train/valid/test sets through Feast's point-in-time join."""
     engine = engine or make_engine(ws.events_url)
     feature_store.ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
-    entities = leave_one_out_entities(event_positions(engine), max_len)
+    stride = stride or ws.config.train.window_stride or max_len
+    entities = leave_one_out_entities(event_positions(engine), max_len, stride)
     if not (entities["split"] == "train").any():
         raise SeqrecError(
             "not enough events to train: every user needs at least 3 events for leave-one-out"
