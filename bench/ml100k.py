@@ -44,15 +44,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "popularity": {"params": {}, "train": {}},
     "gpt2": {
         "params": {"d_model": 64, "n_layer": 2, "n_head": 2, "dropout": 0.5},
-        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 100, "patience": 10},
+        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 50, "patience": 8},
     },
     "lstm": {
         "params": {"d_model": 64, "hidden": 128, "dropout": 0.5},
-        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 100, "patience": 10},
+        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 50, "patience": 8},
     },
     "bert": {
         "params": {"d_model": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.3, "mask_prob": 0.2},
-        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 150, "patience": 15},
+        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 60, "patience": 8},
     },
 }
 STRIDE = 50  # training window stride (= max_len: no overlap)
@@ -167,7 +167,11 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for model in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == model]
-        row: dict[str, Any] = {"model": model, "seeds": len(rs)}
+        row: dict[str, Any] = {
+            "model": model,
+            "seeds": len(rs),
+            "train_positions": rs[0]["train_positions"],
+        }
         for key in (
             "ndcg@10",
             "recall@10",
@@ -223,7 +227,14 @@ def page(payload: dict[str, Any]) -> str:
             ]
         )
     for name, ref in RECBOLE_REFERENCE.items():
-        measured = next((p for p in (peer or {}).get("results", []) if p["model"] == name), None)
+        measured = next(
+            (
+                p
+                for p in (peer or {}).get("results", [])
+                if p["model"] == name and p.get("mode", "speed") == "speed"
+            ),
+            None,
+        )
         spe = (
             f"{measured['seconds_per_epoch']:.1f}" if measured else "(118 / 55 / 119 in the brief)"
         )
@@ -267,7 +278,14 @@ def page(payload: dict[str, Any]) -> str:
         "",
     ]
     if peer:
-        sas = next((p for p in peer["results"] if p["model"] == "SASRec"), None)
+        sas = next(
+            (
+                p
+                for p in peer["results"]
+                if p["model"] == "SASRec" and p.get("mode", "speed") == "speed"
+            ),
+            None,
+        )
         best = min(
             summary, key=lambda r: r["seconds_per_epoch"] if r["model"] != "popularity" else 1e9
         )

@@ -86,6 +86,7 @@ PROTOCOL_CONFIG: dict[str, Any] = {
     "metrics": ["Recall", "NDCG", "MRR"],
     "topk": [10, 20],
     "valid_metric": "NDCG@10",
+    "metric_decimal_place": 6,  # RecBole rounds metrics to 4 places by default
     "seed": SEED,
     "reproducibility": True,
     "use_gpu": False,
@@ -140,6 +141,24 @@ def _subprocess_env() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- machine info
+
+
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of all cores busy (0..1) over ``seconds``, from /proc/stat; None if unavailable."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return 1 - (idle1 - idle0) / total if total > 0 else None
+
 
 _PROBE = (
     "import json, platform, numpy, torch, recbole; "
@@ -201,7 +220,10 @@ def run_driver(spec: dict[str, Any]) -> dict[str, Any]:
     if not inter_file.is_file():  # RecBole would try to download it; there is no network here.
         raise FileNotFoundError(f"RecBole's bundled {inter_file} is missing")
     dataset = create_dataset(config)
+    # Counted before data_preparation, which replaces inter_feat by the augmented sequences.
+    users, items, interactions = dataset.user_num - 1, dataset.item_num - 1, dataset.inter_num
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    rss_after_data_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     # Empirical check of history masking: FullSortEvalDataLoader yields
     # (interaction, history_index, positive_u, positive_i); history_index None = no masking.
@@ -213,12 +235,14 @@ def run_driver(spec: dict[str, Any]) -> dict[str, Any]:
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
 
     epoch_seconds: list[float] = []
+    epoch_cpu_seconds: list[float] = []
     train_epoch = trainer._train_epoch
 
     def timed_train_epoch(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = train_epoch(*args, **kwargs)
         epoch_seconds.append(time.perf_counter() - start)
+        epoch_cpu_seconds.append(time.process_time() - cpu_start)
         return loss
 
     trainer._train_epoch = timed_train_epoch
@@ -252,15 +276,19 @@ def run_driver(spec: dict[str, Any]) -> dict[str, Any]:
         seconds_per_epoch=sum(epoch_seconds) / len(epoch_seconds),
         epochs=len(epoch_seconds),
         epoch_seconds=[round(s, 3) for s in epoch_seconds],
+        # CPU time of all threads (~2x wall when both are busy). Not a contention-proof
+        # measure: OpenMP threads spinning on a shared core burn CPU time too.
+        cpu_seconds_per_epoch=sum(epoch_cpu_seconds) / len(epoch_cpu_seconds),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_after_data_mb=rss_after_data_mb,
         n_params=sum(p.numel() for p in model.parameters()),
         torch_threads=torch.get_num_threads(),
         dataset={
             "path": str(inter_file),
             "sha256": hashlib.sha256(inter_file.read_bytes()).hexdigest(),
-            "users": dataset.user_num - 1,  # minus RecBole's padding id 0
-            "items": dataset.item_num - 1,
-            "interactions": dataset.inter_num,
+            "users": users,  # user_num/item_num minus RecBole's padding id 0
+            "items": items,
+            "interactions": interactions,
             "train_sequences": len(train_data._dataset),
             "valid_sequences": len(valid_data._dataset),
             "test_sequences": len(test_data._dataset),
@@ -293,6 +321,7 @@ def run_model(model: str, mode: str, cfg: dict[str, Any], verbose: bool) -> dict
     spec = json.dumps({"model": model, "mode": mode, "config": cfg})
     cmd = [str(VENV_PYTHON), str(Path(__file__).resolve()), "--driver"]
     result: dict[str, Any] | None = None
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -321,24 +350,36 @@ def run_model(model: str, mode: str, cfg: dict[str, Any], verbose: bool) -> dict
             + "\n".join(tail)
         )
     result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    # 1-minute load average before/after: > cores means the timing shared the CPUs.
+    result["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["mode"] = mode
+    result["epoch_policy"] = (
+        f"{cfg['epochs']} epoch(s), no validation"
+        if mode == "speed"
+        else f"early stopping after {cfg['stopping_step']} epochs without valid NDCG@10 gain,"
+        f" at most {cfg['epochs']} epochs"
+    )
     result["log"] = str(log_path.relative_to(REPO_DIR))
     return result
 
 
 def _fmt(value: Any, spec: str) -> str:
-    return format(value, spec) if isinstance(value, int | float) else "-"
+    if isinstance(value, int | float):
+        return format(value, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return "-".rjust(int(width or 0))
 
 
 def summary_table(results: list[dict[str, Any]]) -> str:
     header = (
-        f"{'model':<10} {'mode':<6} {'s/epoch':>8} {'epochs':>6} {'RSS MB':>7}"
+        f"{'model':<10} {'mode':<6} {'s/epoch':>8} {'cpu s':>8} {'epochs':>6} {'RSS MB':>7}"
         f" {'NDCG@10':>8} {'Recall@10':>9} {'MRR@10':>7}"
     )
     rows = [header, "-" * len(header)]
     for r in results:
         rows.append(
             f"{r['model']:<10} {r.get('mode', '?'):<6} {_fmt(r['seconds_per_epoch'], '8.2f')}"
+            f" {_fmt(r.get('cpu_seconds_per_epoch'), '8.2f')}"
             f" {r['epochs']:>6} {_fmt(r['peak_rss_mb'], '7.0f')}"
             f" {_fmt(r.get('ndcg@10'), '8.4f')} {_fmt(r.get('recall@10'), '9.4f')}"
             f" {_fmt(r.get('mrr@10'), '7.4f')}"
@@ -346,7 +387,8 @@ def summary_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def protocol_description(mode: str, epochs: int, max_epochs: int) -> dict[str, Any]:
+def protocol_description() -> dict[str, Any]:
+    """Mode-independent protocol; each result carries its own mode and epoch_policy."""
     return {
         "dataset": f"{DATASET} (copy bundled in the recbole {RECBOLE_VERSION} wheel)",
         "filtering": "none beyond RecBole's ml-100k defaults",
@@ -361,9 +403,13 @@ def protocol_description(mode: str, epochs: int, max_epochs: int) -> dict[str, A
         "device": "cpu",
         "torch_threads": THREADS,
         "seed": SEED,
-        "mode": mode,
-        "epochs": epochs if mode == "speed" else f"early stopping (10), max {max_epochs}",
-        "timing": "Trainer._train_epoch wall time (perf_counter), inside the RecBole process",
+        "train_batch_size": 2048,
+        "epoch": "one pass over RecBole's augmented training set: one example per training "
+        "target (every prefix of a user's training events, last 50 items kept), i.e. 97,171 "
+        "sequences of up to 50 items, each trained on its last position only",
+        "timing": "Trainer._train_epoch wall time (perf_counter) and process CPU time "
+        "(process_time), inside the RecBole process; per result, cpu_busy_before is the share "
+        "of all cores other processes kept busy just before the run",
         "recbole_config": PROTOCOL_CONFIG,
     }
 
@@ -461,8 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     all_results: list[dict[str, Any]] = kept
     for model in models:
-        print(f"[{model}] training ({args.mode}) ...", flush=True)
+        busy = cpu_busy()
+        warning = (
+            f" (warning: other processes keep {busy:.0%} of the CPUs busy; timings will suffer)"
+            if busy is not None and busy > 0.2
+            else ""
+        )
+        print(f"[{model}] training ({args.mode}) ...{warning}", flush=True)
         result = run_model(model, args.mode, cfg, args.verbose)
+        result["cpu_busy_before"] = None if busy is None else round(busy, 3)
         result["command"] = command
         result["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
         results.append(result)
@@ -481,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "recbole_version": RECBOLE_VERSION,
             "command": command,
-            "protocol": protocol_description(args.mode, args.epochs, args.max_epochs),
+            "protocol": protocol_description(),
             "results": all_results,
         }
         out.parent.mkdir(parents=True, exist_ok=True)

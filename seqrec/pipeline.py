@@ -111,7 +111,7 @@ def train_model(
 
     engine = make_engine(ws.events_url)
     spec = get_spec(model_name)
-    settings = settings_from(ws, epochs=epochs, seed=seed, **(overrides or {}))
+    settings = settings_from(ws, **{**(overrides or {}), "epochs": epochs, "seed": seed})
     if task == "classify":
         settings.metric = "roc_auc"
     data = data or build_data(ws, task, label, engine)
