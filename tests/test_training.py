@@ -193,7 +193,7 @@ def test_sampled_softmax_trains_with_bounded_memory() -> None:
     first = None
     for _ in range(40):
         loss = sampled_softmax_loss(h, targets, emb, None, num_negatives=128)
-        first = first if first is not None else float(loss)
+        first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()
