@@ -69,8 +69,9 @@ class Recommender:
         seqs = feats.get("item_seq") or [None] * len(user_ids)
         results: list[dict[str, Any] | None] = [None] * len(user_ids)
         live = [i for i, s in enumerate(seqs) if s]
-        for i, _ in enumerate(user_ids):
-            if i not in live:
+        live_set = set(live)
+        for i in range(len(user_ids)):
+            if i not in live_set:
                 results[i] = {
                     "items": self.popular(k),
                     "model": self.tag,

@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -303,14 +302,6 @@ def online(store: FeatureStore, service: Any, user_ids: list[str]) -> dict[str, 
         features=service, entity_rows=[{"user_id": u} for u in user_ids]
     )
     return resp.to_dict()
-
-
-def reset_online(ws: Workspace) -> None:
-    """Delete the embedded online store file (for a clean re-materialization)."""
-    path = ws.path(ws.config.features.online_path)
-    if path.exists():
-        path.unlink()
-    shutil.rmtree(ws.snapshot_dir, ignore_errors=True)
 
 
 def status(ws: Workspace) -> dict[str, Any]:
