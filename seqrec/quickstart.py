@@ -6,7 +6,6 @@ synth -> import -> features apply -> materialize -> train gpt2 and popularity ->
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -61,22 +60,12 @@ def run_quickstart(
         console.rule(f"[bold]{name}")
         return time.perf_counter()
 
-    from seqrec.data.importers import import_events
-    from seqrec.data.schema import create_schema, make_engine
-    from seqrec.data.synth import generate
+    from seqrec.data.schema import make_engine
+    from seqrec.data.synth import import_synth
 
     t = step("1. synthesize and import events")
     engine = make_engine(ws.events_url)
-    create_schema(engine)
-    source = f"synth:users={users},items={items},seed={seed}"
-    report = import_events(
-        engine,
-        ((i + 1, ev) for i, ev in enumerate(generate(users, items, seed))),
-        source=source,
-        sha256=hashlib.sha256(source.encode()).hexdigest(),
-        fmt="synth",
-        progress=True,
-    )
+    report = import_synth(engine, users, items, seed, progress=True)
     steps.append(("import events", time.perf_counter() - t, f"{report.rows_added:,} events"))
 
     from seqrec.features import store as fs

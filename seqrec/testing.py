@@ -5,7 +5,6 @@ Plugin authors can use these in their own test suites (see docs/plugins.md).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +50,12 @@ def _merge(base: str, overrides: str) -> str:
 
 
 def load_synth(ws: Workspace, users: int, items: int, seed: int = 3) -> int:
-    from seqrec.data.importers import import_events
-    from seqrec.data.schema import create_schema, make_engine
-    from seqrec.data.synth import generate
+    """Import a small synthetic log into ``ws``; returns the number of events added."""
+    from seqrec.data.schema import make_engine
+    from seqrec.data.synth import import_synth
 
     engine = make_engine(ws.events_url)
-    create_schema(engine)
-    source = f"synth:{users}:{items}:{seed}"
-    report = import_events(
-        engine,
-        ((i + 1, ev) for i, ev in enumerate(generate(users, items, seed, mean_events_per_user=30))),
-        source=source,
-        sha256=hashlib.sha256(source.encode()).hexdigest(),
-        fmt="synth",
-    )
-    return report.rows_added
+    return import_synth(engine, users, items, seed, mean_events_per_user=30).rows_added
 
 
 def random_batch(ctx: Any, batch_size: int = 8, seed: int = 0) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -159,19 +158,16 @@ def register(cli: click.Group) -> None:
             return
 
         from seqrec.cli import workspace
-        from seqrec.data.importers import import_events
         from seqrec.data.schema import make_engine
 
         ws = workspace(project)
-        source = f"synth:users={users},items={items},seed={seed}"
         engine = make_engine(ws.events_url)
         try:
-            report = import_events(
+            report = synth.import_synth(
                 engine,
-                enumerate(synth.generate(users, items, seed), 1),
-                source=source,
-                sha256=hashlib.sha256(source.encode()).hexdigest(),
-                fmt="synth",
+                users,
+                items,
+                seed,
                 batch_size=ws.config.events.batch_size,
                 progress=not as_json,
             )

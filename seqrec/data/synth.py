@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import bisect
 import csv
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from seqrec.data.importers import RawEvent
+from seqrec.data.importers import ImportReport, RawEvent
 from seqrec.errors import SeqrecError
 
 N_SUCCESSORS = 3
@@ -256,3 +258,33 @@ def write_csv(
             )
             n += 1
     return n
+
+
+def import_synth(
+    engine: Any,
+    users: int,
+    items: int,
+    seed: int = 0,
+    *,
+    mean_events_per_user: int = 60,
+    batch_size: int = 10_000,
+    progress: bool = False,
+) -> ImportReport:
+    """Generate a log straight into the events DB; rerunning with the same arguments adds 0."""
+    from seqrec.data.importers import import_events
+    from seqrec.data.schema import create_schema
+
+    create_schema(engine)
+    source = f"synth:users={users},items={items},seed={seed}"
+    if mean_events_per_user != 60:
+        source += f",mean={mean_events_per_user}"
+    events = generate(users, items, seed, mean_events_per_user=mean_events_per_user)
+    return import_events(
+        engine,
+        enumerate(events, 1),
+        source=source,
+        sha256=hashlib.sha256(source.encode()).hexdigest(),
+        fmt="synth",
+        batch_size=batch_size,
+        progress=progress,
+    )
