@@ -21,3 +21,10 @@ class SeqrecError(Exception):
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
+
+
+class StoreUnavailable(SeqrecError):
+    """A store (online feature store, events database) cannot be reached right now.
+
+    Serving catches it to answer with the popularity fallback instead of failing the request.
+    """
