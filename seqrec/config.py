@@ -83,7 +83,32 @@ class ServeConfig(_Section):
 
     host: str = Field("127.0.0.1", description="bind address of `seqrec serve`")
     port: int = Field(3000, ge=1, le=65_535, description="port of `seqrec serve`")
-    max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
+    max_k: int = Field(1000, ge=1, le=100_000, description="largest k a request may ask for")
+    max_id_len: int = Field(256, ge=1, le=65_536, description="longest user or item id accepted")
+    max_batch: int = Field(
+        256, ge=1, le=100_000, description="most users per /recommend_batch request"
+    )
+    max_events: int = Field(
+        1000, ge=1, le=100_000, description="most events per /recommend_from_events request"
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="largest request body accepted (413 beyond)"
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="where the model runs: auto = cuda (half precision), else cpu"
+    )
+    threads: int = Field(
+        0, ge=0, le=256, description="torch CPU threads; 0 = half the cores (at least 1, at most 4)"
+    )
+    micro_batch: int = Field(
+        64, ge=1, le=4096, description="most concurrent requests scored in one model call"
+    )
+    store_retry_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="while the online store is down, try it again at most this often",
+    )
 
 
 class Config(_Section):

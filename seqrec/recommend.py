@@ -1,118 +1,436 @@
 """Online recommendation: online feature lookup -> model scores -> mask -> top-k.
 
-This is the serving logic, free of any web framework: the BentoML service wraps it and the
-quickstart calls it directly. Users with no history online get the training popularity ranking,
-flagged ``fallback``.
+This is the serving logic, free of any web framework: the BentoML service wraps it (and batches
+concurrent requests into one call of :meth:`Recommender.recommend_many`), the quickstart calls it
+directly. Users with no history online get the training popularity ranking, flagged
+``fallback``; so does everyone while the online store is unreachable (:class:`StoreHealth`
+tracks that state and retries the store at most once per ``retry_s`` until it answers again).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from seqrec.config import Workspace
-from seqrec.evaluation.metrics import mask_scores
+from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.features import store as feature_store
 from seqrec.features.sql import left_pad
 from seqrec.models import Batch
 from seqrec.training.trainer import pick_device
 
+log = logging.getLogger("seqrec.serve")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One recommendation request: ``k`` items for ``user_id``."""
+
+    user_id: str
+    k: int = 10
+    exclude_seen: bool = True
+    exclude_items: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of a session that is not in the store yet (``/recommend_from_events``)."""
+
+    item_id: str
+    event_type: str | None = None
+    timestamp: float | None = None  # epoch seconds; None = now
+
+
+class Metrics:
+    """What the Recommender reports; the service forwards it to Prometheus. No-op here."""
+
+    def fallback(self, reason: str, n: int) -> None: ...
+
+    def store_error(self) -> None: ...
+
+    def store_up(self, up: bool) -> None: ...
+
+    def unknown_items(self, n: int) -> None: ...
+
+
+class StoreHealth:
+    """Whether the online store answers; while it does not, retry it every ``retry_s`` only.
+
+    ``should_try`` lets one lookup through per interval (the probe); the others go straight to
+    the fallback instead of each paying a failing connection attempt.
+    """
+
+    def __init__(self, retry_s: float, metrics: Metrics):
+        self.retry_s = retry_s
+        self.metrics = metrics
+        self.up = True
+        self.since = time.time()
+        self.errors = 0
+        self.last_error: str | None = None
+        self._next_try = 0.0
+        self._lock = threading.Lock()
+
+    def should_try(self) -> bool:
+        if self.up:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_try:
+                return False
+            self._next_try = now + self.retry_s
+            return True
+
+    def succeeded(self) -> None:
+        if not self.up:
+            with self._lock:
+                self.up, self.since = True, time.time()
+            log.warning("online store reachable again: serving model recommendations")
+            self.metrics.store_up(True)
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = str(exc).splitlines()[0][:500]
+            self._next_try = time.monotonic() + self.retry_s
+            went_down = self.up
+            self.up = False
+            if went_down:
+                self.since = time.time()
+        self.metrics.store_error()
+        if went_down:
+            log.error("online store unavailable, serving popularity fallback: %s", exc)
+            self.metrics.store_up(False)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "online_store": "ok" if self.up else "unavailable",
+            "since": self.since,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "retry_s": self.retry_s,
+        }
+
+
+def resolve_model_ref(ref: str, ws: Workspace) -> str:
+    """A model reference -> a stored tag: a tag or short name, or a BentoML label selector
+    ``key=value[,key=value]`` (the newest stored model carrying all those labels)."""
+    from seqrec import model_store
+
+    if "=" not in ref:
+        return model_store.locate(ref, ws.model_store)[0]
+    want: dict[str, str] = {}
+    for part in ref.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise SeqrecError(f"bad label selector '{ref}'", hint="use key=value[,key=value]")
+        want[key.strip()] = value.strip()
+    for row in model_store.list_models(ws.model_store):  # newest first
+        if all(row["labels"].get(k) == v for k, v in want.items()):
+            return str(row["tag"])
+    raise SeqrecError(
+        f"no stored model has the labels {ref}",
+        hint="`seqrec models --stored` lists stored models; `seqrec label TAG key=value` adds one",
+    )
+
 
 class Recommender:
     """A stored model plus an online feature store, ready to answer requests."""
 
-    def __init__(self, ws: Workspace, ref: str | None = None, device: str | None = None):
+    def __init__(
+        self,
+        ws: Workspace,
+        ref: str | None = None,
+        device: str | None = None,
+        metrics: Metrics | None = None,
+    ):
         from seqrec import model_store
 
-        self.device = pick_device(device or ws.config.train.device)
-        self.stored = model_store.load(
-            ref or ws.config.models.default, device=self.device, store=ws.model_store
-        )
-        self.model = self.stored.model
+        self.metrics = metrics or Metrics()
+        self.device = pick_device(device or ws.config.serve.device)
+        tag = resolve_model_ref(ref or ws.config.models.default, ws)
+        self.stored = model_store.load(tag, device=self.device, store=ws.model_store)
+        self.model = self.stored.model.eval()
+        self.half = self.device.type == "cuda"
+        if self.half:
+            self.model = self.model.half()
         self.tag = self.stored.tag
+        self.task = self.model.ctx.task
         self.max_len = self.model.ctx.max_len
         self.n_items = self.model.ctx.n_items
+        self.n_types = self.model.ctx.n_event_types
         self.vocab = self.stored.vocab
+        self.item_index = self.stored.item_index()
+        self.type_index = {t: i for i, t in enumerate(self.stored.event_types) if i > 0}
+        # an event of unnamed type counts as the most basic interaction the log has
+        self.default_type = self.type_index.get("view", 1 if self.n_types > 1 else 0)
+        self.class_names: list[str] = list(self.stored.info.get("class_names") or [])
         pop = np.asarray(self.stored.popularity, dtype=np.float64).copy()
+        if len(pop) < 1:
+            pop = np.zeros(self.n_items)
         pop[0] = -np.inf
-        self._pop_order = np.argsort(-pop, kind="stable")
+        self._pop_order = [int(i) for i in np.argsort(-pop, kind="stable") if i > 0]
         self._pop = pop
+        self._pop_cache: dict[int, list[dict[str, Any]]] = {}
+        self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
         self.store = feature_store.get_store(ws)
         self.service = self.store.get_feature_service(
             self.stored.info.get("feature_service", ws.config.features.feature_service)
         )
 
+    # -- online features --------------------------------------------------------------------
+
     def lookup(self, user_ids: list[str]) -> dict[str, list[Any]]:
-        """One batched online lookup for ``user_ids``."""
-        return feature_store.online(self.store, self.service, user_ids)
+        """One batched online lookup for ``user_ids`` in Feast's ``to_dict()`` shape (None for
+        users not online). Raises :class:`StoreUnavailable` when the store cannot be read."""
+        try:
+            return feature_store.online(self.store, self.service, user_ids)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # any failure to read the store is an outage for serving
+            raise StoreUnavailable(
+                f"online store read failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def features(self, user_ids: list[str]) -> dict[str, list[Any]] | None:
+        """Online features, or None while the store is unavailable (health updated)."""
+        if not self.health.should_try():
+            return None
+        try:
+            feats = self.lookup(user_ids)
+        except StoreUnavailable as exc:
+            self.health.failed(exc)
+            return None
+        self.health.succeeded()
+        return feats
+
+    def probe(self) -> bool:
+        """Try the store once (used while degraded, so recovery needs no traffic)."""
+        return self.features(["__seqrec_probe__"]) is not None
+
+    # -- ranking ----------------------------------------------------------------------------
 
     def popular(self, k: int, exclude: set[int] | None = None) -> list[dict[str, Any]]:
+        """The training popularity top-k (minus ``exclude``)."""
+        if not exclude and k in self._pop_cache:
+            return self._pop_cache[k]
         out: list[dict[str, Any]] = []
         for idx in self._pop_order:
             if len(out) >= k:
                 break
-            if idx == 0 or (exclude and idx in exclude):
+            if exclude and idx in exclude:
                 continue
             out.append({"item_id": self.vocab[idx], "score": float(self._pop[idx])})
+        if not exclude and len(self._pop_cache) < 64:
+            self._pop_cache[k] = out
         return out
 
-    @torch.no_grad()
-    def recommend_batch(
-        self, user_ids: list[str], k: int = 10, exclude_seen: bool = True
-    ) -> list[dict[str, Any]]:
-        """Top-k items per user, newest-first history from the online store."""
-        feats = self.lookup(user_ids)
-        now = time.time()
-        seqs = feats.get("item_seq") or [None] * len(user_ids)
-        results: list[dict[str, Any] | None] = [None] * len(user_ids)
-        live = [i for i, s in enumerate(seqs) if s]
-        live_set = set(live)
-        for i in range(len(user_ids)):
-            if i not in live_set:
-                results[i] = {
-                    "items": self.popular(k),
-                    "model": self.tag,
-                    "fallback": True,
-                    "feature_age_s": None,
-                }
+    def _indices(self, item_ids: Sequence[str]) -> set[int]:
+        get = self.item_index.get
+        return {i for i in (get(x) for x in item_ids) if i is not None}
+
+    def _scores(self, items: np.ndarray, types: np.ndarray, times: np.ndarray) -> torch.Tensor:
+        """[B, n_items] (or [B, n_classes]) float32 scores on the model's device."""
+        items[items >= self.n_items] = 0  # items newer than the model are unknown to it
+        types[types >= self.n_types] = 0
+        batch = Batch(
+            items=torch.from_numpy(items),
+            types=torch.from_numpy(types),
+            times=torch.from_numpy(times),
+        ).to(self.device)
+        return self.model.score(batch).float()
+
+    @torch.inference_mode()
+    def _rank(
+        self,
+        items: np.ndarray,
+        types: np.ndarray,
+        times: np.ndarray,
+        queries: Sequence[Query],
+    ) -> list[list[dict[str, Any]]]:
+        """Top-k per row (row i answers queries[i]); seen/excluded items masked out."""
+        scores = self._scores(items, types, times)
+        scores[:, 0] = -torch.inf
+        rows: list[int] = []
+        cols: list[int] = []
+        for r, q in enumerate(queries):
+            ex = self._indices(q.exclude_items) if q.exclude_items else set()
+            if q.exclude_seen:
+                ex.update(int(i) for i in items[r] if i > 0)
+            rows += [r] * len(ex)
+            cols += ex
+        if rows:
+            scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
+        kmax = min(max(q.k for q in queries), self.n_items - 1)
+        top = torch.topk(scores, kmax, dim=1)
+        vals, idxs = top.values.cpu().numpy().tolist(), top.indices.cpu().numpy().tolist()
+        vocab, out = self.vocab, []
+        for r, q in enumerate(queries):
+            recs = []
+            for j, v in zip(idxs[r][: q.k], vals[r][: q.k], strict=True):
+                if v == -np.inf:
+                    break  # sorted: the rest is masked too
+                recs.append({"item_id": vocab[j], "score": v})
+            out.append(recs)
+        return out
+
+    def _fallback(self, q: Query, reason: str) -> dict[str, Any]:
+        exclude = self._indices(q.exclude_items) if q.exclude_items else None
+        return {
+            "items": self.popular(q.k, exclude),
+            "model": self.tag,
+            "fallback": True,
+            "feature_age_s": None,
+        }
+
+    def recommend_many(self, queries: Sequence[Query]) -> list[dict[str, Any]]:
+        """Answers for ``queries``, in order, with one online lookup and one model call."""
+        self._require("next-item")
+        users = list(dict.fromkeys(q.user_id for q in queries))
+        feats = self.features(users)
+        if feats is None:
+            self.metrics.fallback("store_unavailable", len(queries))
+            return [self._fallback(q, "store_unavailable") for q in queries]
+        row_of = {u: i for i, u in enumerate(users)}
+        seqs, tss = feats.get("item_seq") or [None] * len(users), feats.get("ts_seq")
+        type_seqs = feats.get("type_seq")
+        live = [i for i, q in enumerate(queries) if seqs[row_of[q.user_id]]]
+        results: list[dict[str, Any]] = [{}] * len(queries)
+        n_cold = len(queries) - len(live)
+        if n_cold:
+            self.metrics.fallback("unknown_user", n_cold)
+            live_set = set(live)
+            for i, q in enumerate(queries):
+                if i not in live_set:
+                    results[i] = self._fallback(q, "unknown_user")
         if live:
-            items = left_pad([seqs[i] for i in live], self.max_len)
-            items[items >= self.n_items] = 0  # items newer than the model are unknown to it
-            types = left_pad([feats["type_seq"][i] for i in live], self.max_len)
-            types[types >= self.model.ctx.n_event_types] = 0
-            times = left_pad([feats["ts_seq"][i] for i in live], self.max_len)
-            batch = Batch(
-                items=torch.from_numpy(items),
-                types=torch.from_numpy(types),
-                times=torch.from_numpy(times),
-            ).to(self.device)
-            exclude = None
-            if exclude_seen:
-                exclude = torch.zeros(
-                    (len(live), self.n_items), dtype=torch.bool, device=self.device
-                )
-                exclude.scatter_(1, batch.items, True)
-            scores = mask_scores(self.model.score(batch), exclude)
-            kk = min(k, self.n_items - 1)
-            top = torch.topk(scores, kk, dim=1)
-            vals, idxs = top.values.cpu().numpy(), top.indices.cpu().numpy()
-            for row, i in enumerate(live):
-                recs = [
-                    {"item_id": self.vocab[j], "score": float(v)}
-                    for j, v in zip(idxs[row], vals[row], strict=True)
-                    if np.isfinite(v)
-                ]
-                last_ts = feats["ts_seq"][i][-1] if feats["ts_seq"][i] else None
+            rows = [row_of[queries[i].user_id] for i in live]
+            items = left_pad([seqs[r] for r in rows], self.max_len)
+            types = left_pad([type_seqs[r] if type_seqs else None for r in rows], self.max_len)
+            times = left_pad([tss[r] if tss else None for r in rows], self.max_len)
+            ranked = self._rank(items, types, times, [queries[i] for i in live])
+            now = time.time()
+            for i, r, recs in zip(live, rows, ranked, strict=True):
+                ts = tss[r] if tss else None
                 results[i] = {
                     "items": recs,
                     "model": self.tag,
                     "fallback": False,
-                    "feature_age_s": round(now - last_ts, 1) if last_ts else None,
+                    "feature_age_s": round(now - ts[-1], 3) if ts else None,
                 }
-        return [r for r in results if r is not None]
+        return results
+
+    def recommend_batch(
+        self,
+        user_ids: list[str],
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: Sequence[str] = (),
+    ) -> list[dict[str, Any]]:
+        """Top-k items per user, one online lookup for all of them."""
+        ex = tuple(exclude_items)
+        return self.recommend_many([Query(u, k, exclude_seen, ex) for u in user_ids])
 
     def recommend(self, user_id: str, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
-        return self.recommend_batch([user_id], k, exclude_seen)[0]
+        return self.recommend_many([Query(user_id, k, exclude_seen)])[0]
+
+    def recommend_from_events(
+        self,
+        events: Sequence[Event],
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Top-k for a session given as events (oldest first); no store lookup. Unknown items
+        are skipped and counted in ``unknown_items``; none known -> popularity fallback."""
+        self._require("next-item")
+        now = time.time()
+        items, types, times, unknown = [], [], [], 0
+        for e in events:
+            idx = self.item_index.get(e.item_id)
+            if idx is None:
+                unknown += 1
+                continue
+            items.append(idx)
+            types.append(self.type_index.get(e.event_type or "", self.default_type))
+            times.append(int(e.timestamp if e.timestamp is not None else now))
+        if unknown:
+            self.metrics.unknown_items(unknown)
+        q = Query("", k, exclude_seen, tuple(exclude_items))
+        if not items:
+            self.metrics.fallback("empty_history", 1)
+            return {**self._fallback(q, "empty_history"), "unknown_items": unknown}
+        recs = self._rank(
+            left_pad([items], self.max_len),
+            left_pad([types], self.max_len),
+            left_pad([times], self.max_len),
+            [q],
+        )[0]
+        return {
+            "items": recs,
+            "model": self.tag,
+            "fallback": False,
+            "feature_age_s": round(now - times[-1], 3),
+            "unknown_items": unknown,
+        }
+
+    # -- classification ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def predict_many(self, user_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Class probabilities per user (classification models); uniform as the fallback."""
+        self._require("classify")
+        users = list(dict.fromkeys(user_ids))
+        names = self.class_names or [str(i) for i in range(self.model.ctx.n_classes)]
+        uniform = {n: 1.0 / len(names) for n in names}
+        feats = self.features(users)
+        if feats is None:
+            self.metrics.fallback("store_unavailable", len(user_ids))
+            return [self._predict_fallback(uniform) for _ in user_ids]
+        seqs = feats.get("item_seq") or [None] * len(users)
+        live = [i for i, s in enumerate(seqs) if s]
+        by_user: dict[str, dict[str, Any]] = {}
+        if live:
+            get = feats.get
+            items = left_pad([seqs[i] for i in live], self.max_len)
+            types = left_pad(
+                [(get("type_seq") or [None] * len(users))[i] for i in live], self.max_len
+            )
+            tss = get("ts_seq") or [None] * len(users)
+            times = left_pad([tss[i] for i in live], self.max_len)
+            probs = torch.softmax(self._scores(items, types, times), dim=1).cpu().numpy()
+            now = time.time()
+            for row, i in enumerate(live):
+                ts = tss[i]
+                by_user[users[i]] = {
+                    "probabilities": {n: float(p) for n, p in zip(names, probs[row], strict=True)},
+                    "model": self.tag,
+                    "fallback": False,
+                    "feature_age_s": round(now - ts[-1], 3) if ts else None,
+                }
+        cold = sum(1 for u in user_ids if u not in by_user)
+        if cold:
+            self.metrics.fallback("unknown_user", cold)
+        return [by_user.get(u) or self._predict_fallback(uniform) for u in user_ids]
+
+    def _predict_fallback(self, uniform: dict[str, float]) -> dict[str, Any]:
+        return {
+            "probabilities": uniform,
+            "model": self.tag,
+            "fallback": True,
+            "feature_age_s": None,
+        }
+
+    def _require(self, task: str) -> None:
+        if self.task != task:
+            other = "/predict" if self.task == "classify" else "/recommend"
+            raise SeqrecError(
+                f"model {self.tag} is a {self.task} model; this endpoint needs a {task} model "
+                f"(use {other}, or serve a {task} model)"
+            )
