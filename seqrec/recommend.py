@@ -40,14 +40,15 @@ class Recommender:
         pop[0] = -np.inf
         self._pop_order = np.argsort(-pop, kind="stable")
         self._pop = pop
-        self.store = feature_store.get_store(ws)
-        self.service = self.store.get_feature_service(
-            self.stored.info.get("feature_service", ws.config.features.feature_service)
+        self.reader = feature_store.online_reader(
+            ws, self.stored.info.get("feature_service", ws.config.features.feature_service)
         )
 
     def lookup(self, user_ids: list[str]) -> dict[str, list[Any]]:
-        """One batched online lookup for ``user_ids``."""
-        return feature_store.online(self.store, self.service, user_ids)
+        """One batched online lookup for ``user_ids`` (Feast ``to_dict()`` shape, None for
+        users not online); raises :class:`seqrec.errors.StoreUnavailable` when the store is
+        down."""
+        return self.reader.read(user_ids)
 
     def popular(self, k: int, exclude: set[int] | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
