@@ -14,12 +14,21 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seqrec.errors import SeqrecError
 
 CONFIG_NAME = "seqrec.toml"
 PROFILES = ("embedded", "postgres-redis")
+#: An SQL identifier seqrec will put into statements (schema, table names): validated, never quoted
+#: from user input.
+IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Keys whose default depends on the profile: profile -> (section, key) -> value.
+PROFILE_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "postgres-redis": {("events", "url"): DEFAULT_PG_URL},
+}
 
 
 class _Section(BaseModel):
@@ -31,6 +40,12 @@ class EventsConfig(_Section):
 
     url: str = Field("sqlite:///data/events.db", description="SQLAlchemy URL of the events DB")
     batch_size: int = Field(10_000, ge=1, le=1_000_000, description="rows per insert batch")
+    pg_schema: str = Field(
+        "seqrec",
+        pattern=IDENTIFIER,
+        description="PostgreSQL schema for seqrec's tables and the Feast registry "
+        "(postgres-redis profile)",
+    )
 
 
 class FeaturesConfig(_Section):
@@ -41,7 +56,19 @@ class FeaturesConfig(_Section):
     repo_dir: str = Field("feature_repo", description="Feast repo (feature_store.yaml)")
     snapshot_dir: str = Field("data/features", description="Parquet snapshots (offline store)")
     online_path: str = Field("data/online.db", description="SQLite online store file")
-    registry_path: str = Field("data/registry.db", description="Feast registry file")
+    registry_path: str = Field(
+        "data/registry.db", description="Feast registry file (embedded profile)"
+    )
+    project: str = Field(
+        "seqrec",
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="Feast project name; also the namespace of the online keys in Redis",
+    )
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        pattern=r"^rediss?://",
+        description="Redis online store (postgres-redis profile; env SEQREC_REDIS_URL)",
+    )
 
 
 class ModelsConfig(_Section):
@@ -124,6 +151,23 @@ class Config(_Section):
         default_factory=dict, description="per-model hyperparameters: [hyperparams.gpt2]"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults = PROFILE_DEFAULTS.get(str(data.get("profile", "embedded")), {})
+        if not defaults:
+            return data
+        data = dict(data)
+        for (section, key), value in defaults.items():
+            sec = data.get(section)
+            if sec is None:
+                data[section] = sec = {}
+            if isinstance(sec, dict) and key not in sec:
+                data[section] = {**sec, key: value}
+        return data
+
 
 class Workspace:
     """A loaded workspace: its directory plus validated config, with path helpers."""
@@ -137,14 +181,31 @@ class Workspace:
         return p if p.is_absolute() else self.root / p
 
     @property
+    def is_postgres_redis(self) -> bool:
+        return self.config.profile == "postgres-redis"
+
+    @property
     def events_url(self) -> str:
-        url = os.environ.get("SEQREC_EVENTS_URL") or self.config.events.url
+        """The events database URL. On PostgreSQL it carries the workspace's schema as the
+        connection's ``search_path``, so every table seqrec (and Feast's registry) creates
+        lands there."""
+        url = os.environ.get("SEQREC_EVENTS_URL") or ""
+        if not url and self.is_postgres_redis:
+            url = os.environ.get("SEQREC_PG_URL") or ""
+        url = url or self.config.events.url
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith("sqlite:////"):
             rel = url[len(prefix) :]
             if rel and rel != ":memory:":
                 return prefix + str(self.path(rel))
+        if url.startswith("postgresql") and "search_path" not in url:
+            sep = "&" if "?" in url else "?"
+            url += f"{sep}options=-csearch_path%3D{self.config.events.pg_schema}"
         return url
+
+    @property
+    def redis_url(self) -> str:
+        return os.environ.get("SEQREC_REDIS_URL") or self.config.features.redis_url
 
     @property
     def model_store(self) -> Path:
@@ -280,9 +341,12 @@ def render_reference() -> str:
         "",
         "A workspace's `seqrec.toml`. Every key is optional. Relative paths are relative to the",
         "file's directory. Environment overrides: `SEQREC_PROJECT` (workspace directory),",
-        "`SEQREC_EVENTS_URL` (events database URL), `SEQREC_LOAD_PLUGINS` (entry-point plugins to",
-        "load, comma-separated; empty = none). Trained models always go to the workspace's",
-        "`models.store`; seqrec commands point `BENTOML_HOME` there for BentoML's own tools.",
+        "`SEQREC_EVENTS_URL` (events database URL), `SEQREC_PG_URL` (PostgreSQL URL of the",
+        "postgres-redis profile), `SEQREC_REDIS_URL` (its Redis), `SEQREC_LOAD_PLUGINS`",
+        "(entry-point plugins to load, comma-separated; empty = none). Trained models always go",
+        "to the workspace's `models.store`; seqrec commands point `BENTOML_HOME` there for",
+        'BentoML\'s own tools. With `profile = "postgres-redis"`, `events.url` defaults to',
+        f"`{DEFAULT_PG_URL}`.",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

@@ -179,18 +179,18 @@ class Recommender:
         self._pop = pop
         self._pop_cache: dict[int, list[dict[str, Any]]] = {}
         self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
-        self.store = feature_store.get_store(ws)
-        self.service = self.store.get_feature_service(
-            self.stored.info.get("feature_service", ws.config.features.feature_service)
+        self.reader = feature_store.online_reader(
+            ws, self.stored.info.get("feature_service", ws.config.features.feature_service)
         )
 
     # -- online features --------------------------------------------------------------------
 
     def lookup(self, user_ids: list[str]) -> dict[str, list[Any]]:
-        """One batched online lookup for ``user_ids`` in Feast's ``to_dict()`` shape (None for
-        users not online). Raises :class:`StoreUnavailable` when the store cannot be read."""
+        """One batched online lookup for ``user_ids`` (Feast ``to_dict()`` shape, None for
+        users not online); raises :class:`seqrec.errors.StoreUnavailable` when the store is
+        down (or cannot be read for any other reason: serving treats that as an outage)."""
         try:
-            return feature_store.online(self.store, self.service, user_ids)
+            return self.reader.read(user_ids)
         except StoreUnavailable:
             raise
         except Exception as exc:  # any failure to read the store is an outage for serving

@@ -8,6 +8,8 @@ timestamp are broken (as RecBole does).
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -23,7 +25,9 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    text,
 )
+from sqlalchemy.exc import OperationalError
 
 from seqrec.errors import SeqrecError
 
@@ -95,8 +99,35 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def pg_schema_name(engine: Engine) -> str | None:
+    """The schema a PostgreSQL engine's ``search_path`` option names, if any."""
+    opts = engine.url.query.get("options")
+    for opt in [opts] if isinstance(opts, str) else list(opts or ()):
+        m = re.search(r"search_path\s*=\s*([a-z_][a-z0-9_]*)", opt)
+        if m:
+            return m.group(1)
+    return None
+
+
+def ensure_pg_schema(engine: Engine) -> None:
+    """On PostgreSQL, create the engine's search_path schema when missing (idempotent)."""
+    if engine.dialect.name != "postgresql":
+        return
+    name = pg_schema_name(engine)
+    if name is None:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{name}"'))  # validated identifier
+    except OperationalError as exc:
+        raise SeqrecError(
+            f"events database unreachable: {exc.orig}", where=engine.url.render_as_string()
+        ) from None
+
+
 def create_schema(engine: Engine) -> None:
     """Create the tables that do not exist yet (idempotent)."""
+    ensure_pg_schema(engine)
     metadata.create_all(engine)
 
 

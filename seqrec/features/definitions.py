@@ -32,7 +32,7 @@ FEATURES: dict[str, Any] = {
 @dataclass
 class Definitions:
     user: Entity
-    source: FileSource
+    source: Any  # FileSource (embedded) or PostgreSQLSource (postgres-redis)
     view: FeatureView
     service: FeatureService
 
@@ -49,13 +49,30 @@ def build_definitions(ws: Workspace) -> Definitions:
         value_type=ValueType.STRING,
         description="a user whose behaviour events are sequenced",
     )
-    source = FileSource(
-        name="user_sequence_source",
-        path=str(ws.snapshot_dir / SNAPSHOT_FILE),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created",
-        description="per-event sequence features computed in SQL (Parquet snapshot)",
-    )
+    source: Any
+    if ws.is_postgres_redis:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+            PostgreSQLSource,
+        )
+
+        from seqrec.features.pg import TABLE
+
+        source = PostgreSQLSource(
+            name="user_sequence_source",
+            table=f"{ws.config.events.pg_schema}.{TABLE}",
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description="per-event sequence features computed in PostgreSQL (refreshed "
+            "incrementally)",
+        )
+    else:
+        source = FileSource(
+            name="user_sequence_source",
+            path=str(ws.snapshot_dir / SNAPSHOT_FILE),
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description="per-event sequence features computed in SQL (Parquet snapshot)",
+        )
     view = FeatureView(
         name=VIEW_NAME,
         entities=[user],

@@ -36,16 +36,19 @@ def _agg(dialect: str, col: str) -> str:
     return f"json_group_array({col})" if dialect == "sqlite" else f"array_agg({col})"
 
 
-def feature_rows_sql(dialect: str, max_len: int, users_filter: bool = False) -> str:
-    """The feature query for ``dialect`` ('sqlite' or 'postgresql')."""
+def feature_rows_sql(
+    dialect: str, max_len: int, users_filter: bool = False, ordered: bool = True
+) -> str:
+    """The feature query for ``dialect`` ('sqlite' or 'postgresql'); ``users_filter`` keeps
+    only the users in a (temporary) table ``_users``."""
     where = "WHERE user_id IN (SELECT user_id FROM _users)" if users_filter else ""
     return f"""
 WITH {_ORDERED.format(where=where)}
 SELECT user_id,
        order_us,
        pos AS n_events,
-       {_agg(dialect, "item_idx")} OVER w AS item_seq,
-       {_agg(dialect, "type_idx")} OVER w AS type_seq,
+       {_agg(dialect, _int64(dialect, "item_idx"))} OVER w AS item_seq,
+       {_agg(dialect, _int64(dialect, "type_idx"))} OVER w AS type_seq,
        {_agg(dialect, "ts_ms / 1000")} OVER w AS ts_seq,
        SUM(CASE WHEN type_idx = :purchase_idx THEN 1 ELSE 0 END)
            OVER (PARTITION BY user_id ORDER BY order_us ROWS UNBOUNDED PRECEDING) AS n_purchases,
@@ -53,11 +56,16 @@ SELECT user_id,
            AS last_gap_s
 FROM ordered
 WINDOW w AS (PARTITION BY user_id ORDER BY order_us ROWS BETWEEN {max_len - 1} PRECEDING AND CURRENT ROW)
-ORDER BY user_id, order_us
+{"ORDER BY user_id, order_us" if ordered else ""}
 """
 
 
-def _purchase_idx(engine: Engine) -> int:
+def _int64(dialect: str, col: str) -> str:
+    return col if dialect == "sqlite" else f"{col}::bigint"
+
+
+def purchase_idx(engine: Engine) -> int:
+    """The index of the ``purchase`` event type, or -1 when there is none."""
     with engine.connect() as conn:
         row = conn.execute(text("SELECT type_idx FROM event_types WHERE name = 'purchase'")).first()
     return int(row[0]) if row else -1
@@ -69,7 +77,7 @@ def compute_feature_rows(engine: Engine, max_len: int) -> pd.DataFrame:
     dialect = engine.dialect.name
     sql = feature_rows_sql(dialect, max_len)
     with engine.connect() as conn:
-        df = pd.read_sql_query(text(sql), conn, params={"purchase_idx": _purchase_idx(engine)})
+        df = pd.read_sql_query(text(sql), conn, params={"purchase_idx": purchase_idx(engine)})
     if dialect == "sqlite":
         for col in ("item_seq", "type_seq", "ts_seq"):
             df[col] = [json.loads(v) for v in df[col]]

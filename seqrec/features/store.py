@@ -1,7 +1,13 @@
-"""Feast glue: the workspace's feature repo, snapshots, apply, materialize, reads.
+"""Feast glue: the workspace's feature repo, offline features, apply, materialize, reads.
 
 Embedded profile: the SQL features are written to a Parquet snapshot that Feast's DuckDB offline
 store reads; ``materialize`` copies the newest row per user into the SQLite online store.
+
+postgres-redis profile: the same SQL features live in a PostgreSQL table refreshed incrementally
+(:mod:`seqrec.features.pg`) that Feast's postgres offline store reads through a
+``PostgreSQLSource``; the registry is Feast's SQL registry in the same schema; ``materialize``
+writes the newest row per user straight into Redis in Feast's layout
+(:mod:`seqrec.features.redis_online`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 import warnings
@@ -22,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, distinct, func, select
 
 from seqrec.config import Workspace
 from seqrec.data.schema import events, make_engine, require_schema
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.features.definitions import FEATURES, SNAPSHOT_FILE, VIEW_NAME, build_definitions
 from seqrec.features.sql import compute_feature_rows
 
@@ -45,19 +52,62 @@ def _quiet_feast() -> None:
     os.environ.setdefault("FEAST_USAGE", "False")
 
 
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML scalar
+
+
+def _redis_connection_string(url: str) -> str:
+    """Feast's ``host:port,db=N[,password=..][,ssl=true]`` form of a ``redis://`` URL."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    db = (parts.path or "/0").lstrip("/") or "0"
+    out = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379},db={db}"
+    if parts.password:
+        out += f",password={unquote(parts.password)}"
+    if parts.scheme == "rediss":
+        out += ",ssl=true"
+    return out
+
+
 def render_feature_store_yaml(ws: Workspace) -> str:
     """feature_store.yaml for the workspace's profile (one template for all profiles)."""
     f = ws.config.features
-    lines = [
-        _GENERATED.rstrip(),
-        "project: seqrec",
-        "provider: local",
-        f"registry: {ws.path(f.registry_path)}",
-        "offline_store:",
-        "  type: duckdb",
-        "online_store:",
-        "  type: sqlite",
-        f"  path: {ws.path(f.online_path)}",
+    lines = [_GENERATED.rstrip(), f"project: {f.project}", "provider: local"]
+    if ws.is_postgres_redis:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(ws.events_url)
+        lines += [
+            "registry:",
+            "  registry_type: sql",
+            f"  path: {_yaml_str(ws.events_url)}",
+            "  cache_ttl_seconds: 60",
+            "  serve_features_while_materializing: true",
+            "  sqlalchemy_config_kwargs: {echo: false, pool_pre_ping: true}",
+            "offline_store:",
+            "  type: postgres",
+            f"  host: {_yaml_str(url.host or '127.0.0.1')}",
+            f"  port: {url.port or 5432}",
+            f"  database: {_yaml_str(url.database or 'postgres')}",
+            f"  db_schema: {ws.config.events.pg_schema}",
+            f"  user: {_yaml_str(url.username or 'postgres')}",
+            f"  password: {_yaml_str(url.password or '')}",
+            "  sslmode: disable",
+            "online_store:",
+            "  type: redis",
+            f"  connection_string: {_yaml_str(_redis_connection_string(ws.redis_url))}",
+        ]
+    else:
+        lines += [
+            f"registry: {ws.path(f.registry_path)}",
+            "offline_store:",
+            "  type: duckdb",
+            "online_store:",
+            "  type: sqlite",
+            f"  path: {ws.path(f.online_path)}",
+        ]
+    lines += [
         "entity_key_serialization_version: 3",
         "materialization:",
         "  pull_latest_features: true",
@@ -69,7 +119,12 @@ def write_repo(ws: Workspace) -> Path:
     """Write the workspace's Feast repo; feature_store.yaml is always regenerated."""
     repo = ws.feature_repo
     repo.mkdir(parents=True, exist_ok=True)
-    (repo / "feature_store.yaml").write_text(render_feature_store_yaml(ws))
+    target = repo / "feature_store.yaml"
+    content = render_feature_store_yaml(ws)
+    if not target.is_file() or target.read_text() != content:
+        tmp = repo / f".feature_store.yaml.{os.getpid()}.tmp"
+        tmp.write_text(content)
+        os.replace(tmp, target)
     template = resources.files("seqrec") / "feature_repo"
     for name in ("definitions.py", ".feastignore"):
         target = repo / name
@@ -83,9 +138,7 @@ def get_store(ws: Workspace) -> FeatureStore:
     _quiet_feast()
     from feast import FeatureStore
 
-    repo = ws.feature_repo
-    if not (repo / "feature_store.yaml").is_file():
-        write_repo(ws)
+    repo = write_repo(ws)  # regenerated: environment overrides (URLs) take effect
     try:
         return FeatureStore(repo_path=str(repo))
     except Exception as exc:
@@ -103,6 +156,8 @@ class SnapshotInfo:
     max_len: int
     built_at: str
     seconds: float
+    mode: str = "full"
+    users_refreshed: int | None = None
 
 
 def _events_state(engine: Engine) -> tuple[int, int]:
@@ -118,10 +173,36 @@ def read_snapshot_info(ws: Workspace) -> SnapshotInfo | None:
     return SnapshotInfo(**json.loads(path.read_text()))
 
 
+def _pg_info(ws: Workspace, engine: Engine, full: bool) -> SnapshotInfo:
+    from seqrec.features import pg
+
+    rep = pg.refresh(engine, ws.config.features.max_len, full=full)
+    n_events, _ = _events_state(engine)
+    with engine.connect() as conn:
+        users = conn.execute(select(func.count(distinct(events.c.user_id)))).scalar()
+    return SnapshotInfo(
+        rows=pg.table_rows(engine),
+        users=int(users or 0),
+        max_event_id=rep.max_event_id,
+        events=n_events,
+        max_len=ws.config.features.max_len,
+        built_at=datetime.now(UTC).isoformat(),
+        seconds=rep.seconds,
+        mode=rep.mode,
+        users_refreshed=rep.users,
+    )
+
+
 def build_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
-    """Compute the features in SQL and write the Parquet snapshot atomically."""
+    """Compute the offline features in SQL from scratch.
+
+    Embedded: the Parquet snapshot, written atomically. postgres-redis: the feature table,
+    rebuilt in one transaction.
+    """
     engine = engine or make_engine(ws.events_url)
     require_schema(engine)
+    if ws.is_postgres_redis:
+        return _pg_info(ws, engine, full=True)
     t0 = time.perf_counter()
     n_events, max_id = _events_state(engine)
     if n_events == 0:
@@ -165,9 +246,15 @@ def build_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
 
 
 def ensure_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
-    """Rebuild the snapshot when events or the sequence length changed since it was built."""
+    """Bring the offline features up to date with the events.
+
+    Embedded: rebuild the snapshot when events or the sequence length changed since it was
+    built. postgres-redis: refresh the feature table incrementally (only users with new events).
+    """
     engine = engine or make_engine(ws.events_url)
     require_schema(engine)
+    if ws.is_postgres_redis:
+        return _pg_info(ws, engine, full=False)
     info = read_snapshot_info(ws)
     n_events, max_id = _events_state(engine)
     fresh = (
@@ -244,12 +331,12 @@ def materialize(
     picked up. Writes are upserts of the latest row per user: rerunning, or rerunning after a
     crash, gives the same online state; the watermark advances only after all writes succeed.
     """
-    from sqlalchemy import distinct
-
     engine = engine or make_engine(ws.events_url)
     info = ensure_snapshot(ws, engine)
     store = get_store(ws)
     _require_applied(store, ws)
+    if ws.is_postgres_redis:
+        return _materialize_redis(ws, engine, info, incremental, progress)
     state = _read_online_state(ws) if incremental else None
     t0 = time.perf_counter()
     users: set[str] | None = None
@@ -277,14 +364,45 @@ def materialize(
     tmp = ws.snapshot_dir / (ONLINE_STATE + ".tmp")
     tmp.write_text(json.dumps(new_state))
     os.replace(tmp, ws.snapshot_dir / ONLINE_STATE)
+    return _report(state is not None, len(rows), info.max_event_id, secs, now)
+
+
+def _report(incremental: bool, n: int, max_id: int, secs: float, now: str) -> MaterializeReport:
     return MaterializeReport(
-        mode="incremental" if state is not None else "full",
-        users_written=len(rows),
-        max_event_id=info.max_event_id,
+        mode="incremental" if incremental else "full",
+        users_written=n,
+        max_event_id=max_id,
         seconds=round(secs, 3),
-        rows_per_s=round(len(rows) / secs, 1) if secs > 0 else 0.0,
+        rows_per_s=round(n / secs, 1) if secs > 0 else 0.0,
         watermark=now,
     )
+
+
+def redis_online(ws: Workspace) -> Any:
+    """The workspace's Redis online rows (postgres-redis profile)."""
+    from seqrec.features.redis_online import RedisOnline
+
+    return RedisOnline(ws.redis_url, ws.config.features.project, VIEW_NAME, list(FEATURES))
+
+
+def _materialize_redis(
+    ws: Workspace, engine: Engine, info: SnapshotInfo, incremental: bool, progress: bool
+) -> MaterializeReport:
+    from tqdm.auto import tqdm
+
+    from seqrec.features import pg
+
+    online_rows = redis_online(ws)
+    state = online_rows.read_state() if incremental else None
+    t0 = time.perf_counter()
+    since = int(state["max_event_id"]) if state is not None else None
+    rows = pg.latest_rows(engine, since_event_id=since)
+    with tqdm(total=len(rows), desc="materialize", disable=not progress, unit="user") as bar:
+        online_rows.write(rows, progress=bar.update)
+    secs = time.perf_counter() - t0
+    now = datetime.now(UTC).isoformat()
+    online_rows.write_state({"max_event_id": info.max_event_id, "at": now})
+    return _report(state is not None, len(rows), info.max_event_id, secs, now)
 
 
 def historical(ws: Workspace, entity_df: pd.DataFrame) -> pd.DataFrame:
@@ -304,8 +422,41 @@ def online(store: FeatureStore, service: Any, user_ids: list[str]) -> dict[str, 
     return resp.to_dict()
 
 
+class FeastOnline:
+    """Online reads through Feast's ``get_online_features`` (embedded profile)."""
+
+    def __init__(self, store: FeatureStore, service: Any, where: str):
+        self.store, self.service, self.where = store, service, where
+
+    def read(self, user_ids: list[str]) -> dict[str, list[Any]]:
+        try:
+            return online(self.store, self.service, user_ids)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"online store unreadable: {exc}", where=self.where) from None
+
+    def ping(self) -> bool:
+        try:
+            self.read(["__seqrec_ping__"])
+            return True
+        except StoreUnavailable:
+            return False
+
+
+def online_reader(ws: Workspace, feature_service: str | None = None) -> Any:
+    """The profile's online reader: ``read(user_ids)`` -> Feast ``to_dict()``-shaped columns
+    (None for users not online), raising :class:`StoreUnavailable` when the store is down;
+    ``ping()`` -> bool. postgres-redis reads Redis directly (one pipelined round trip)."""
+    if ws.is_postgres_redis:
+        return redis_online(ws)
+    store = get_store(ws)
+    service = store.get_feature_service(feature_service or ws.config.features.feature_service)
+    return FeastOnline(store, service, str(ws.path(ws.config.features.online_path)))
+
+
 def status(ws: Workspace) -> dict[str, Any]:
-    """Snapshot freshness, registry state and the online store's watermark."""
+    """Offline features, registry and online store: watermarks, counts, reachability."""
+    if ws.is_postgres_redis:
+        return _status_pg(ws)
     info = read_snapshot_info(ws)
     out: dict[str, Any] = {
         "profile": ws.config.profile,
@@ -347,6 +498,50 @@ def status(ws: Workspace) -> dict[str, Any]:
     return out
 
 
+def _status_pg(ws: Workspace) -> dict[str, Any]:
+    from seqrec.features import pg
+    from seqrec.features.redis_online import _safe_url
+
+    out: dict[str, Any] = {"profile": ws.config.profile}
+    max_id: int | None = None
+    try:
+        engine = make_engine(ws.events_url)
+        n_events, max_id = _events_state(engine)
+        state = pg.feature_state(engine)
+        out["events"] = n_events
+        out["feature_rows"] = pg.table_rows(engine)
+        out["features_max_event_id"] = state["event_id"] if state else None
+        out["features_stale"] = state is None or int(state["event_id"]) != max_id
+    except Exception as exc:
+        out["events"] = f"unreachable: {exc}"
+    try:
+        store = get_store(ws)
+        store.get_feature_view(VIEW_NAME)
+        out["applied"] = True
+    except SeqrecError as exc:
+        out["applied"] = f"error: {exc}"
+    except Exception:
+        out["applied"] = False
+    online_rows = redis_online(ws)
+    out["online_store"] = _safe_url(ws.redis_url)
+    out["online_reachable"] = online_rows.ping()
+    online_state = online_rows.read_state() if out["online_reachable"] else None
+    out["online_users"] = online_rows.count_keys() if out["online_reachable"] else None
+    out["online_max_event_id"] = online_state["max_event_id"] if online_state else None
+    out["online_materialized_at"] = online_state["at"] if online_state else None
+    if online_state and max_id is not None:
+        with make_engine(ws.events_url).connect() as conn:
+            pending = conn.execute(
+                select(func.count()).where(events.c.event_id > int(online_state["max_event_id"]))
+            ).scalar()
+        out["events_not_online"] = int(pending or 0)
+        at = datetime.fromisoformat(online_state["at"])
+        out["online_staleness_s"] = (
+            round((datetime.now(UTC) - at).total_seconds(), 1) if pending else 0.0
+        )
+    return out
+
+
 __all__ = [
     "MaterializeReport",
     "SnapshotInfo",
@@ -357,5 +552,8 @@ __all__ = [
     "historical",
     "materialize",
     "online",
+    "online_reader",
+    "redis_online",
+    "status",
     "write_repo",
 ]

@@ -1,0 +1,218 @@
+"""The Redis online store, written and read directly in Feast's own Redis layout.
+
+Feast's Redis store keeps one hash per entity: key = serialized entity key + project name;
+fields = murmur3(``"<view>:<feature>"``) -> serialized ``feast.types.Value``, plus
+``_ts:<view>`` -> a serialized ``Timestamp``. seqrec writes and reads exactly that layout (built
+with Feast's own key helpers), so Feast's ``get_online_features`` and ``feast serve`` read what
+seqrec materialized, while seqrec skips Feast's per-row Python conversions: materialization is a
+pipelined HSET stream and a lookup is one pipelined HMGET round trip.
+
+Writes are unconditional upserts of each user's newest feature row (no timestamp comparison):
+a late-arriving event changes a user's sequence without changing the newest event time, and the
+recomputed row must still replace the stored one. The ingestion watermark of the online state
+lives in the same Redis (``seqrec:<project>:online_state``): if Redis loses its data, the
+watermark goes with it and the next incremental run falls back to a full one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Int64List
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from seqrec.errors import StoreUnavailable
+
+ENTITY_KEY_VERSION = 3
+JOIN_KEY = "user_id"
+LIST_FEATURES = ("item_seq", "type_seq", "ts_seq")
+
+
+def _client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30
+    )
+
+
+def _unavailable(url: str, exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"online store unreachable: {exc}",
+        where=_safe_url(url),
+        hint="is Redis running? check features.redis_url / SEQREC_REDIS_URL",
+    )
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+class RedisOnline:
+    """One feature view's rows in Redis, in Feast's layout."""
+
+    def __init__(self, url: str, project: str, view: str, features: Sequence[str]):
+        import redis
+
+        self.url = url
+        self.project = project
+        self.view = view
+        self.features = list(features)
+        self._project_bytes = project.encode()
+        self._fields = [_mmh3(f"{view}:{f}") for f in self.features]
+        self._ts_field = f"_ts:{view}".encode()
+        self._read_fields = [*self._fields, self._ts_field]
+        self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self.client = _client(url)
+        self._head = self.key("")[: -(4 + len(self._project_bytes))]  # up to the id's length
+        self.state_key = f"seqrec:{project}:online_state"
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def key(self, user_id: str) -> bytes:
+        ek = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=user_id)])
+        return (
+            serialize_entity_key(ek, entity_key_serialization_version=ENTITY_KEY_VERSION)
+            + self._project_bytes
+        )
+
+    def owns(self, key: bytes) -> bool:
+        """Whether ``key`` is a user key of this project (not another project's lookalike)."""
+        h = len(self._head)
+        if not key.startswith(self._head) or len(key) < h + 4:
+            return False
+        n = int.from_bytes(key[h : h + 4], "little")
+        return len(key) == h + 4 + n + len(self._project_bytes) and key.endswith(
+            self._project_bytes
+        )
+
+    def _scan(self) -> Iterable[bytes]:
+        pattern = b"*" + self._project_bytes
+        return (k for k in self.client.scan_iter(match=pattern, count=10_000) if self.owns(k))
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except self._errors:
+            return False
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(
+        self,
+        rows: pd.DataFrame,
+        *,
+        chunk: int = 2_000,
+        progress: Callable[[int], Any] | None = None,
+    ) -> int:
+        """Upsert each row (one user's newest features) as that user's online hash."""
+        if rows.empty:
+            return 0
+        cols = [rows[f].to_numpy() for f in self.features]
+        is_list = [f in LIST_FEATURES for f in self.features]
+        users = rows[JOIN_KEY].to_numpy()
+        ts_us = rows["event_timestamp"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+        ts_field, fields = self._ts_field, self._fields
+        written = 0
+        try:
+            for start in range(0, len(rows), chunk):
+                with self.client.pipeline(transaction=False) as pipe:
+                    for i in range(start, min(start + chunk, len(rows))):
+                        t = int(ts_us[i])
+                        mapping: dict[bytes, bytes] = {
+                            ts_field: Timestamp(
+                                seconds=t // 1_000_000, nanos=(t % 1_000_000) * 1000
+                            ).SerializeToString()
+                        }
+                        for field, col, lst in zip(fields, cols, is_list, strict=True):
+                            v = col[i]
+                            value = (
+                                ValueProto(int64_list_val=Int64List(val=v))
+                                if lst
+                                else ValueProto(int64_val=int(v))
+                            )
+                            mapping[field] = value.SerializeToString()
+                        pipe.hset(self.key(str(users[i])), mapping=mapping)  # type: ignore[arg-type]
+                    pipe.execute()
+                written = min(start + chunk, len(rows))
+                if progress is not None:
+                    progress(written - start)
+        except self._errors as exc:
+            raise _unavailable(self.url, exc) from None
+        return written
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read(self, user_ids: Iterable[str]) -> dict[str, list[Any]]:
+        """Feast ``to_dict()``-shaped features of ``user_ids``; None for users not online."""
+        ids = list(user_ids)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for u in ids:
+                    pipe.hmget(self.key(u), self._read_fields)
+                replies = pipe.execute()
+        except self._errors as exc:
+            raise _unavailable(self.url, exc) from None
+        out: dict[str, list[Any]] = {JOIN_KEY: ids}
+        cols: list[list[Any]] = [[] for _ in self.features]
+        for reply in replies:
+            for j, (name, raw) in enumerate(zip(self.features, reply, strict=False)):
+                if raw is None:
+                    cols[j].append(None)
+                    continue
+                v = ValueProto.FromString(raw)
+                cols[j].append(list(v.int64_list_val.val) if name in LIST_FEATURES else v.int64_val)
+        for name, col in zip(self.features, cols, strict=True):
+            out[name] = col
+        return out
+
+    # -- state --------------------------------------------------------------------------------
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            raw = self.client.get(self.state_key)
+        except self._errors as exc:
+            raise _unavailable(self.url, exc) from None
+        return json.loads(raw) if raw else None
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.client.set(self.state_key, json.dumps(state))
+        except self._errors as exc:
+            raise _unavailable(self.url, exc) from None
+
+    def count_keys(self, limit: int = 10_000_000) -> int:
+        """Online users of this project (a SCAN; for status and tests, not hot paths)."""
+        n = 0
+        try:
+            for _ in self._scan():
+                n += 1
+                if n >= limit:
+                    break
+        except self._errors as exc:
+            raise _unavailable(self.url, exc) from None
+        return n
+
+    def drop(self) -> int:
+        """Delete this project's online rows and state (tests, teardown)."""
+        n = 0
+        try:
+            keys = list(self._scan())
+            for start in range(0, len(keys), 5_000):
+                n += int(self.client.delete(*keys[start : start + 5_000]))
+            self.client.delete(self.state_key)
+        except self._errors as exc:
+            raise _unavailable(self.url, exc) from None
+        return n
