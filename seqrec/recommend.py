@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,20 +119,21 @@ class StoreHealth:
         }
 
 
-def resolve_model_ref(ref: str, ws: Workspace) -> str:
+def resolve_model_ref(ref: str, store: Path | None) -> str:
     """A model reference -> a stored tag: a tag or short name, or a BentoML label selector
-    ``key=value[,key=value]`` (the newest stored model carrying all those labels)."""
+    ``key=value[,key=value]`` (the newest stored model carrying all those labels). ``store``:
+    a model store directory (None: BentoML's own, ``BENTOML_HOME``)."""
     from seqrec import model_store
 
     if "=" not in ref:
-        return model_store.locate(ref, ws.model_store)[0]
+        return model_store.locate(ref, store)[0]
     want: dict[str, str] = {}
     for part in ref.split(","):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise SeqrecError(f"bad label selector '{ref}'", hint="use key=value[,key=value]")
         want[key.strip()] = value.strip()
-    for row in model_store.list_models(ws.model_store):  # newest first
+    for row in model_store.list_models(store):  # newest first
         if all(row["labels"].get(k) == v for k, v in want.items()):
             return str(row["tag"])
     raise SeqrecError(
@@ -149,13 +151,17 @@ class Recommender:
         ref: str | None = None,
         device: str | None = None,
         metrics: Metrics | None = None,
+        bentoml_store: bool = False,
     ):
+        """``bentoml_store``: load the model from BentoML's own model store (``BENTOML_HOME``;
+        inside a Bento) instead of the workspace's."""
         from seqrec import model_store
 
         self.metrics = metrics or Metrics()
         self.device = pick_device(device or ws.config.serve.device)
-        tag = resolve_model_ref(ref or ws.config.models.default, ws)
-        self.stored = model_store.load(tag, device=self.device, store=ws.model_store)
+        store = None if bentoml_store else ws.model_store
+        tag = resolve_model_ref(ref or ws.config.models.default, store)
+        self.stored = model_store.load(tag, device=self.device, store=store)
         self.model = self.stored.model.eval()
         self.half = self.device.type == "cuda"
         if self.half:
@@ -239,6 +245,12 @@ class Recommender:
         """[B, n_items] (or [B, n_classes]) float32 scores on the model's device."""
         items[items >= self.n_items] = 0  # items newer than the model are unknown to it
         types[types >= self.n_types] = 0
+        # drop the columns that are padding in every row (left padding: a prefix); position
+        # ids count real events only, so the scores do not change, the work shrinks
+        used = np.flatnonzero(items.any(axis=0))
+        if len(used) and used[0] > 0:
+            start = int(used[0])
+            items, types, times = items[:, start:], types[:, start:], times[:, start:]
         batch = Batch(
             items=torch.from_numpy(items),
             types=torch.from_numpy(types),

@@ -3,6 +3,7 @@
 Configured by environment: ``SEQREC_PROJECT`` (workspace directory: its ``[serve]`` section sets
 the limits and the device), ``SEQREC_MODEL`` (a model tag, short name or label selector such as
 ``stage=production``; default: the workspace's default model, latest version),
+``SEQREC_MODEL_STORE=bentoml`` (a Bento sets it: the model comes from BentoML's own store),
 ``SEQREC_API_TOKEN`` (when set, every endpoint but /livez and /readyz wants
 ``Authorization: Bearer <token>``), ``BENTOML_HOME`` (the model store; ``seqrec serve`` sets it).
 
@@ -14,19 +15,24 @@ once (no batching delay at low load), the ones arriving while it is busy form th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Generic, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Generic, NoReturn, TypeVar
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
+from seqrec.commands.serve import BENTO_MARKER, BUNDLED_WS
 from seqrec.config import ServeConfig
 from seqrec.recommend import Metrics
 
@@ -35,13 +41,24 @@ log = logging.getLogger("seqrec.serve")
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 
 
+def _project() -> tuple[str | None, bool]:
+    """(workspace directory, whether it is a Bento's bundled one). Inside a Bento (cwd = its
+    src/) the workspace is ``seqrec_ws`` and the model is in BentoML's own store."""
+    bundled = Path(BUNDLED_WS)
+    if (bundled / BENTO_MARKER).is_file() and not os.environ.get("SEQREC_PROJECT"):
+        return str(bundled.resolve()), True
+    project = os.environ.get("SEQREC_PROJECT")
+    in_bento = project is not None and (Path(project) / BENTO_MARKER).is_file()
+    return project, in_bento or os.environ.get("SEQREC_MODEL_STORE") == "bentoml"
+
+
 def _serve_config() -> ServeConfig:
     """The workspace's [serve] section (defaults when there is none, e.g. at `bentoml build`)."""
     from seqrec.config import load_workspace
     from seqrec.errors import SeqrecError
 
     try:
-        return load_workspace(os.environ.get("SEQREC_PROJECT")).config.serve
+        return load_workspace(_project()[0]).config.serve
     except SeqrecError:
         return ServeConfig()
 
@@ -311,6 +328,17 @@ class Guard:
 # -- the service ----------------------------------------------------------------------------------
 
 
+def _fail_startup(message: str) -> NoReturn:
+    """Stop the whole server, not just this worker: BentoML's supervisor would otherwise keep
+    an API server up with no worker behind it."""
+    log.critical(message)
+    print(message, file=sys.stderr, flush=True)
+    if os.environ.get("BENTOML_WORKER_ID") or os.getppid() != 1:
+        with contextlib.suppress(OSError):
+            os.kill(os.getppid(), signal.SIGTERM)
+    raise SystemExit(message)
+
+
 def _threads(setting: int) -> int:
     return setting or max(1, min(4, (os.cpu_count() or 2) // 2))
 
@@ -327,16 +355,19 @@ class SeqrecService:
         from seqrec.errors import SeqrecError
         from seqrec.recommend import Query, Recommender
 
-        ws = load_workspace(os.environ.get("SEQREC_PROJECT"))
+        project, in_bento = _project()
+        try:
+            ws = load_workspace(project)
+        except SeqrecError as exc:
+            _fail_startup(f"seqrec: cannot start, no workspace: {exc}")
         cfg = ws.config.serve
         torch.set_num_threads(_threads(cfg.threads))
         self.metrics = PrometheusMetrics()
         ref = os.environ.get("SEQREC_MODEL") or ws.config.models.default
         try:
-            self.recommender = Recommender(ws, ref, metrics=self.metrics)
+            self.recommender = Recommender(ws, ref, metrics=self.metrics, bentoml_store=in_bento)
         except SeqrecError as exc:
-            log.critical("seqrec: cannot start, the model did not load: %s", exc)
-            raise SystemExit(f"seqrec: cannot start, the model did not load: {exc}") from None
+            _fail_startup(f"seqrec: cannot start, the model did not load: {exc}")
         rec = self.recommender
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="seqrec-model")
         self.started = time.time()
