@@ -153,3 +153,119 @@ def check_model_contract(name: str, params: dict[str, Any] | None = None) -> Non
                 f"{name}/{task}: loss did not decrease ({losses[0]:.3f} -> {losses[-1]:.3f})"
             )
         _round_trip(model, batch, f"{name}/{task}")
+
+
+# -- serving: a private Redis and a workspace that serves from it -------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, without persistence (never the machine's
+    shared one): ``stop()`` and ``start()`` again on the same port simulate an outage."""
+
+    def __init__(self, port: int | None = None):
+        import shutil
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.exe = exe
+        self.port = port or free_port()
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 20.0) -> RedisServer:
+        import subprocess
+        import tempfile
+        import time
+
+        import redis
+
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tempfile.gettempdir(),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                client.close()
+                return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serving_workspace(root: Path, redis_url: str, model_store: Path, project: str) -> Workspace:
+    """A postgres-redis workspace that only serves: online features in Redis at ``redis_url``
+    (Feast ``project`` namespace), models from ``model_store``. It never touches PostgreSQL."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "seqrec.toml").write_text(
+        'profile = "postgres-redis"\n\n'
+        "[features]\n"
+        f'project = "{project}"\n'
+        f'redis_url = "{redis_url}"\n\n'
+        "[models]\n"
+        f'store = "{model_store}"\n'
+    )
+    return load_workspace(root)
+
+
+def latest_feature_rows(ws: Workspace) -> Any:
+    """Each user's newest feature row, computed in SQL from ``ws``'s events (what
+    materialization puts online)."""
+    from seqrec.data.schema import make_engine
+    from seqrec.features.sql import compute_feature_rows
+
+    engine = make_engine(ws.events_url)
+    try:
+        rows = compute_feature_rows(engine, ws.config.features.max_len)
+    finally:
+        engine.dispose()
+    rows = rows.sort_values(["user_id", "event_timestamp"], kind="stable")
+    return rows.groupby("user_id", sort=False).tail(1).reset_index(drop=True)
+
+
+def write_online(ws: Workspace, rows: Any) -> int:
+    """Write feature rows into ``ws``'s Redis online store (Feast's layout)."""
+    from seqrec.features.store import redis_online
+
+    return int(redis_online(ws).write(rows))

@@ -37,8 +37,11 @@ class Server:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def post(self, body: Any, **kw: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}/recommend", json=body, timeout=30, **kw)
+    def post(self, body: Any, path: str = "/recommend", **kw: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=30, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=30, **kw)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -201,11 +204,162 @@ def test_recommend_unknown_user_falls_back(server: Server, recommender: Any) -> 
         pytest.param({"user_id": ["a"]}, id="user-id-list"),
         pytest.param({"user_id": "u", "k": "many"}, id="k-string"),
         pytest.param(["u"], id="not-an-object"),
+        pytest.param({"user_id": "u", "k": 10**9}, id="k=1e9"),
+        pytest.param({"user_id": "u", "k": 2.5}, id="k-float"),
+        pytest.param({"user_id": "u", "exclude_seen": "yes"}, id="exclude-seen-string"),
+        pytest.param({"user_id": "u", "exclude_items": ["i"] * 1001}, id="too-many-excludes"),
+        pytest.param({"user_id": "u", "exclude_items": ["x" * 300]}, id="long-exclude-id"),
     ],
 )
 def test_bad_requests_are_4xx(server: Server, body: Any) -> None:
     resp = server.post(body)
     assert 400 <= resp.status_code < 500, (resp.status_code, resp.text[:500])
+    assert "error" in resp.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/recommend", {"user_id": "u", "k": 0}, "k"),
+        ("/recommend", {"user_id": "u", "k": 10**9}, "k"),
+        ("/recommend", {"user_id": "u", "bogus": 1}, "bogus"),
+        ("/recommend", {"user_id": "x" * 100_000}, "user_id"),
+        ("/recommend_batch", {"user_ids": ["a"] * 257}, "user_ids"),
+        ("/recommend_batch", {"user_ids": []}, "user_ids"),
+        ("/recommend_from_events", {"events": [{"item_id": "a", "when": 1}]}, "when"),
+        ("/recommend_from_events", {"events": [{"item_id": "a"}] * 1001}, "events"),
+        ("/predict", {"user_id": "u", "k": 3}, "k"),
+    ],
+)
+def test_error_names_the_field(server: Server, path: str, body: Any, field: str) -> None:
+    resp = server.post(body, path)
+    assert resp.status_code == 400, resp.text[:500]
+    detail = resp.json()["detail"]
+    assert any(field in [str(p) for p in d["loc"]] for d in detail), detail
+
+
+def test_body_size_limit(server: Server) -> None:
+    big = b'{"user_id": "u", "exclude_items": [' + b'"i",' * 400_000 + b'"i"]}'
+    resp = httpx.post(
+        f"{server.url}/recommend",
+        content=big,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 413, resp.text[:300]
+    assert "larger than" in resp.json()["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while read
+        yield b'{"user_id": "u", "exclude_items": ['
+        for _ in range(200):
+            yield b'"i",' * 2000
+        yield b'"i"]}'
+
+    resp = httpx.post(
+        f"{server.url}/recommend",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 413, resp.text[:300]
+
+
+def test_recommend_exclude_items(server: Server, known_user: str) -> None:
+    first = server.post({"user_id": known_user, "k": 3}).json()
+    drop = [first["items"][0]["item_id"], "not-an-item"]
+    resp = server.post({"user_id": known_user, "k": 3, "exclude_items": drop})
+    assert resp.status_code == 200, resp.text
+    items = _check_ranking(resp.json(), 3)
+    assert drop[0] not in items
+    assert items[:2] == [r["item_id"] for r in first["items"][1:]]
+    cold = server.post({"user_id": "nobody-x", "k": 3, "exclude_items": drop}).json()
+    assert cold["fallback"] is True and drop[0] not in [r["item_id"] for r in cold["items"]]
+
+
+def test_recommend_batch(server: Server, known_user: str) -> None:
+    users = ["nobody-1", known_user, "nobody-2"]
+    resp = server.post({"user_ids": users, "k": 4}, "/recommend_batch")
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [r["fallback"] for r in results] == [True, False, True]
+    single = server.post({"user_id": known_user, "k": 4}).json()
+    assert [r["item_id"] for r in results[1]["items"]] == [r["item_id"] for r in single["items"]]
+    for r in results:
+        _check_ranking(r, 4)
+
+
+def test_recommend_from_events(
+    server: Server, known_user: str, recommender: Any, seen_items: set[str]
+) -> None:
+    session = sorted(seen_items)[:3]
+    events = [{"item_id": i, "event_type": "view"} for i in session]
+    events.insert(1, {"item_id": "no-such-item", "timestamp": 1_700_000_000.5})
+    resp = server.post({"events": events, "k": 5}, "/recommend_from_events")
+    assert resp.status_code == 200, resp.text
+    res = resp.json()
+    assert res["fallback"] is False and res["unknown_items"] == 1
+    items = _check_ranking(res, 5)
+    assert not set(items) & set(session)  # exclude_seen: the session's own items
+
+    resp = server.post({"events": [{"item_id": "nope"}], "k": 2}, "/recommend_from_events")
+    res = resp.json()
+    assert res["fallback"] is True and res["unknown_items"] == 1
+    assert [r["item_id"] for r in res["items"]] == [r["item_id"] for r in recommender.popular(2)]
+    resp = server.post({"events": [], "k": 2}, "/recommend_from_events")
+    assert resp.status_code == 200 and resp.json()["fallback"] is True
+
+
+def test_predict_needs_a_classifier(server: Server) -> None:
+    resp = server.post({"user_id": "u"}, "/predict")
+    assert resp.status_code == 400
+    assert "next-item model" in resp.text and "/recommend" in resp.text
+
+
+def test_status_metrics_openapi(server: Server) -> None:
+    status = server.get("/status").json()
+    assert status["model"].startswith("seqrec-gpt2:")
+    assert status["online_store"] == "ok" and status["degraded"] is False
+    assert status["device"] == "cpu"
+    metrics = server.get("/metrics").text
+    assert "seqrec_online_store_up 1.0" in metrics
+    assert 'seqrec_fallbacks_total{reason="unknown_user"}' in metrics
+    assert "bentoml_service_request_total" in metrics
+    assert "bentoml_service_request_duration_seconds" in metrics
+    spec = server.get("/docs.json").json()
+    for path in ("/recommend", "/recommend_batch", "/recommend_from_events", "/predict"):
+        assert path in spec["paths"], path
+    body = spec["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["additionalProperties"] is False
+    assert server.get("/livez").status_code == 200
+
+
+def test_schemathesis_finds_no_5xx(server: Server, tmp_path: Path) -> None:
+    """Property-based requests from the published OpenAPI spec: never a server error."""
+    exe = str(Path(sys.executable).parent / "schemathesis")
+    proc = subprocess.run(
+        [
+            exe,
+            "run",
+            f"{server.url}/docs.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--seed",
+            "7",
+            "--generation-deterministic",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "30",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
 
 
 def test_invalid_json_is_4xx(server: Server) -> None:
@@ -300,3 +454,152 @@ def test_seqrec_serve(trained_ws: Workspace, tmp_path: Path) -> None:
         assert resp.json()["model"].startswith("seqrec-gpt2:")
         assert len(resp.json()["items"]) == 2
     assert "serving seqrec-gpt2:" in log.read_text()
+
+
+# -- a classifier, behind a bearer token, through `seqrec serve --port` ---------------------------
+
+TOKEN = "s3cret-token-for-tests"
+
+
+@pytest.fixture(scope="module")
+def classifier_ws(trained_ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A workspace reading ``trained_ws``'s online features that stores an (untrained) GPT-2
+    purchase classifier in its own model store: enough to exercise /predict end to end."""
+    import numpy as np
+
+    from seqrec import model_store
+    from seqrec.config import load_workspace
+    from seqrec.data.schema import make_engine
+    from seqrec.models import ModelContext, get_spec
+
+    root = tmp_path_factory.mktemp("classifier") / "ws"
+    root.mkdir()
+    f = trained_ws.config.features
+    (root / "seqrec.toml").write_text(
+        f"[features]\nmax_len = {f.max_len}\n"
+        f'repo_dir = "{trained_ws.feature_repo}"\n'
+        f'online_path = "{trained_ws.path(f.online_path)}"\n'
+        f'registry_path = "{trained_ws.path(f.registry_path)}"\n'
+        '\n[models]\nstore = "models"\n'
+    )
+    ws = load_workspace(root)
+    spec = get_spec("gpt2")
+    ref = model_store.load("gpt2", store=trained_ws.model_store).model.ctx
+    ctx = ModelContext(
+        n_items=ref.n_items,
+        n_event_types=ref.n_event_types,
+        max_len=ref.max_len,
+        task="classify",
+        n_classes=2,
+        params={**spec.defaults},
+    )
+    engine = make_engine(trained_ws.events_url)
+    try:
+        model_store.save(
+            spec.make(ctx),
+            engine=engine,
+            plugin="gpt2",
+            task="classify",
+            feature_service=f.feature_service,
+            metrics={},
+            popularity=np.zeros(ref.n_items),
+            train_info={"class_names": ["no", "yes"], "label": "purchase-within:7d"},
+            store=ws.model_store,
+        )
+    finally:
+        engine.dispose()
+    return ws
+
+
+@pytest.fixture(scope="module")
+def secured(classifier_ws: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    exe = str(Path(sys.executable).parent / "seqrec")
+    cmd = [exe, "serve", "--project", str(classifier_ws.root), "--port", str(free_port())]
+    log = tmp_path_factory.mktemp("secured") / "seqrec-serve.log"
+    with serving(cmd, serve_env(SEQREC_API_TOKEN=TOKEN), log) as srv:
+        yield srv
+
+
+def test_token_guards_every_endpoint_but_health(secured: Server) -> None:
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    for bad in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+        resp = secured.post({"user_id": "u"}, "/predict", headers=bad)
+        assert resp.status_code == 401, resp.text
+        assert "bearer token" in resp.json()["error"]
+        assert resp.headers["www-authenticate"] == "Bearer"
+        for path in ("/metrics", "/status", "/docs.json"):
+            assert secured.get(path, headers=bad).status_code == 401, path
+    for path in ("/livez", "/readyz"):
+        assert secured.get(path).status_code == 200, path
+    assert secured.get("/status", headers=good).json()["task"] == "classify"
+    assert secured.get("/metrics", headers=good).status_code == 200
+
+
+def test_predict(secured: Server, known_user: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    res = secured.post({"user_id": known_user}, "/predict", headers=auth).json()
+    assert res["fallback"] is False and res["model"].startswith("seqrec-gpt2:")
+    assert set(res["probabilities"]) == {"no", "yes"}
+    assert sum(res["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    cold = secured.post({"user_id": "nobody"}, "/predict", headers=auth).json()
+    assert cold["fallback"] is True and cold["probabilities"] == {"no": 0.5, "yes": 0.5}
+    resp = secured.post({"user_id": known_user}, "/recommend", headers=auth)
+    assert resp.status_code == 400 and "classify model" in resp.text
+
+
+# -- startup failures and the Bento ---------------------------------------------------------------
+
+
+def test_model_that_fails_to_load_stops_startup(trained_ws: Workspace, tmp_path: Path) -> None:
+    """`bentoml serve` itself (not only `seqrec serve`) stops, with the reason in its log."""
+    exe = str(Path(sys.executable).parent / "bentoml")
+    port = str(free_port())
+    env = serve_env(SEQREC_PROJECT=str(trained_ws.root), SEQREC_MODEL="no-such-model")
+    log = tmp_path / "fail.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [exe, "serve", "seqrec.service:SeqrecService", "--host", "127.0.0.1", "--port", port],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        proc.wait(timeout=READY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server kept running:\n{log.read_text()[-3000:]}")
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert "cannot start, the model did not load" in text
+    assert "no stored model 'seqrec-no-such-model:latest'" in text
+
+
+@pytest.mark.slow
+def test_build_and_serve_the_bento(trained_ws: Workspace, tmp_path: Path) -> None:
+    import json
+
+    from seqrec.commands.serve import set_labels
+
+    set_labels(trained_ws, "gpt2", {"stage": "production"})
+    seqrec = str(Path(sys.executable).parent / "seqrec")
+    env = serve_env(BENTOML_HOME=str(trained_ws.model_store))
+    proc = subprocess.run(
+        [seqrec, "build", "-p", str(trained_ws.root), "--model", "stage=production", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    bento = Path(out["path"])
+    assert (bento / "src" / "seqrec_ws" / "feature_repo" / "feature_store.yaml").is_file()
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text().split()
+    assert all("==" in r for r in reqs) and any(r.startswith("torch==") for r in reqs)
+    exe = str(Path(sys.executable).parent / "bentoml")
+    cmd = [exe, "serve", out["bento"], "--host", "127.0.0.1", "--port", str(free_port())]
+    with serving(cmd, env, tmp_path / "bento.log") as srv:
+        res = srv.post({"user_id": "nobody", "k": 2}).json()
+        assert res["model"] == out["model"] and len(res["items"]) == 2
