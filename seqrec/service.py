@@ -258,8 +258,9 @@ async def _send_json(
 
 
 class Guard:
-    """Pure ASGI middleware: 413 past ``max_body`` bytes, 401 without the bearer token (when
-    ``SEQREC_API_TOKEN`` is set; /livez and /readyz stay open), and ``GET /status``."""
+    """Pure ASGI middleware: 401 without the bearer token (when ``SEQREC_API_TOKEN`` is set;
+    /livez and /readyz stay open), ``GET /status``, 415 for a POST body that is not JSON, and
+    413 past ``max_body`` bytes."""
 
     def __init__(self, app: Any, max_body: int) -> None:
         self.app, self.max_body = app, max_body
@@ -286,6 +287,17 @@ class Guard:
         if path == "/status" and scope["method"] == "GET":
             status = _SERVICE.status() if _SERVICE is not None else {"ready": False}
             return await _send_json(send, 200, status)
+        if scope["method"] == "POST":
+            for name, value in scope["headers"]:
+                if name == b"content-type":
+                    media = value.split(b";", 1)[0].strip().lower()
+                    if media != b"application/json":
+                        return await _send_json(
+                            send,
+                            415,
+                            {"error": f"Content-Type must be application/json, not {media!r}"},
+                        )
+                    break
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_body:

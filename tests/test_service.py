@@ -264,6 +264,20 @@ def test_body_size_limit(server: Server) -> None:
     assert resp.status_code == 413, resp.text[:300]
 
 
+@pytest.mark.parametrize(
+    "ctype", ["multipart/form-data", "text/plain", "application/x-www-form-urlencoded"]
+)
+def test_non_json_body_is_415(server: Server, ctype: str) -> None:
+    resp = httpx.post(
+        f"{server.url}/recommend",
+        content=b'{"user_id": "u"}',
+        headers={"content-type": ctype},
+        timeout=30,
+    )
+    assert resp.status_code == 415, resp.text[:300]
+    assert "application/json" in resp.json()["error"]
+
+
 def test_recommend_exclude_items(server: Server, known_user: str) -> None:
     first = server.post({"user_id": known_user, "k": 3}).json()
     drop = [first["items"][0]["item_id"], "not-an-item"]
@@ -348,8 +362,6 @@ def test_schemathesis_finds_no_5xx(server: Server, tmp_path: Path) -> None:
             "--seed",
             "7",
             "--generation-deterministic",
-            "--generation-database",
-            "none",
             "--request-timeout",
             "30",
             "--no-color",
