@@ -236,3 +236,13 @@ def test_foreign_events_table_with_wrong_types_is_named(pg_ws: Workspace) -> Non
         c.execute(text("ALTER TABLE events ALTER COLUMN ts_ms TYPE text"))
     with pytest.raises(SeqrecError, match="table events: column 'ts_ms' has type"):
         fs.ensure_snapshot(pg_ws)
+
+
+@pytest.mark.parametrize("user", ["u1", "", "ünïcödé-用户", "x" * 256])
+def test_redis_keys_are_feasts_keys(user: str) -> None:
+    from seqrec.features.redis_online import RedisOnline
+
+    r = RedisOnline("redis://127.0.0.1:6379/0", "proj_a", "user_sequence", ["seq_len"])
+    assert r.key(user) == r.feast_key(user)
+    assert r.owns(r.key(user))
+    assert not RedisOnline("redis://127.0.0.1:6379/0", "a", "v", ["seq_len"]).owns(r.key(user))
