@@ -2,10 +2,12 @@
 
 ``user_sequence_features`` holds one row per user per event (the same rows the embedded profile
 writes to its Parquet snapshot, from the same SQL), and is the table Feast's ``PostgreSQLSource``
-reads for point-in-time training sets. A refresh is driven by an ingestion watermark (the largest
-``event_id`` already in the table, kept in ``seqrec_state``): only users with events past it are
-recomputed (their rows deleted and rebuilt in one transaction), so a late-arriving event (an old
-timestamp imported now) rebuilds that user's rows correctly. A change of ``max_len`` (or of the
+reads for point-in-time training sets; ``user_sequence_latest`` holds each user's newest row, the
+one materialization copies online. A refresh is driven by an ingestion watermark (the largest
+``event_id`` already in the table, kept in ``seqrec_state``): for each user with events past it,
+the rows from that user's earliest new event on are recomputed (deleted and rebuilt in one
+transaction). Appended events add rows; a late-arriving event (an old timestamp imported now)
+rebuilds that user's rows from its time on. A change of ``max_len`` (or of the
 purchase event type) rebuilds everything. While a refresh runs it holds a SHARE lock on
 ``events``: imports wait for it, so no event can commit behind the watermark.
 
@@ -68,9 +70,11 @@ def _insert_sql(max_len: int, users_filter: bool) -> str:
     query = feature_rows_sql("postgresql", max_len, users_filter=users_filter, ordered=False)
     return f"""
 INSERT INTO {TABLE} ({_COLUMNS})
-SELECT user_id, order_us, TIMESTAMPTZ 'epoch' + order_us * INTERVAL '1 microsecond', now(),
-       item_seq, type_seq, ts_seq, cardinality(item_seq), n_events, n_purchases, last_gap_s
+SELECT q.user_id, q.order_us, TIMESTAMPTZ 'epoch' + q.order_us * INTERVAL '1 microsecond',
+       now(), q.item_seq, q.type_seq, q.ts_seq, cardinality(q.item_seq), q.n_events,
+       q.n_purchases, q.last_gap_s
 FROM ({query}) AS q
+{"JOIN _users u ON u.user_id = q.user_id AND q.order_us >= u.from_us" if users_filter else ""}
 """
 
 
@@ -157,15 +161,24 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             conn.execute(
                 text(
                     "CREATE TEMP TABLE _users ON COMMIT DROP AS "
-                    "SELECT DISTINCT user_id FROM events WHERE event_id > :wm"
+                    "SELECT user_id, MIN(ts_ms) * 1000 AS from_us FROM events "
+                    "WHERE event_id > :wm GROUP BY user_id"
                 ),
                 {"wm": int(state["event_id"])},
             )
             users = int(conn.execute(text("SELECT COUNT(*) FROM _users")).scalar_one())
-            for table in (TABLE, LATEST_TABLE):
-                conn.execute(
-                    text(f"DELETE FROM {table} WHERE user_id IN (SELECT user_id FROM _users)")
+            # rows before a user's earliest new event keep their windows: only the rows from
+            # there on (all of them for a late-arriving event) are recomputed
+            conn.execute(text("ANALYZE _users"))
+            conn.execute(
+                text(
+                    f"DELETE FROM {TABLE} f USING _users u "
+                    "WHERE f.user_id = u.user_id AND f.order_us >= u.from_us"
                 )
+            )
+            conn.execute(
+                text(f"DELETE FROM {LATEST_TABLE} WHERE user_id IN (SELECT user_id FROM _users)")
+            )
             rows = conn.execute(text(_insert_sql(max_len, True)), params).rowcount
             conn.execute(text(_latest_sql(True)))
             mode = "incremental"
