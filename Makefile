@@ -37,3 +37,7 @@ format: install
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
+
+bench: install
+	$(PIP) install -q -c constraints.txt -e ".[bench]"
+	@echo "benchmarks: python bench/ml100k.py --with-peer | bench/feature_store.py | bench/classification.py"

@@ -5,6 +5,7 @@ Plugin authors can use these in their own test suites (see docs/plugins.md).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,45 @@ max_len = 20
 """
 
 
-def make_workspace(root: Path, extra: str = "") -> Workspace:
+def make_workspace(root: Path, extra: str = "", profile: str = "embedded", *more: str) -> Workspace:
+    """A workspace in ``root`` with fast settings, then ``extra`` (and ``more``) TOML applied
+    on top (each may repeat sections)."""
     root.mkdir(parents=True, exist_ok=True)
-    text = render_default_config()
-    (root / "seqrec.toml").write_text(_merge(text, FAST + extra))
+    text = render_default_config(profile)
+    for over in (FAST, extra, *more):
+        text = _merge(text, over)
+    (root / "seqrec.toml").write_text(text)
     return load_workspace(root)
+
+
+def make_pg_redis_workspace(root: Path, name: str, extra: str = "") -> Workspace:
+    """A postgres-redis workspace isolated under ``name``: its own PostgreSQL schema (events,
+    features, Feast registry) and Feast project (the namespace of its Redis keys). Remove it
+    with :func:`drop_pg_redis_workspace`."""
+    isolate = f"""
+[events]
+pg_schema = "{name}"
+
+[features]
+project = "{name}"
+"""
+    ws = make_workspace(root, isolate, "postgres-redis", extra)
+    drop_pg_redis_workspace(ws)  # leftovers of an interrupted earlier run
+    return ws
+
+
+def drop_pg_redis_workspace(ws: Workspace) -> None:
+    """Drop the workspace's PostgreSQL schema and its Redis keys."""
+    from sqlalchemy import text
+
+    from seqrec.data.schema import make_engine
+    from seqrec.features.store import redis_online
+
+    engine = make_engine(ws.events_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{ws.config.events.pg_schema}" CASCADE'))
+    engine.dispose()
+    redis_online(ws).drop()
 
 
 def _merge(base: str, overrides: str) -> str:
@@ -47,6 +82,42 @@ def _merge(base: str, overrides: str) -> str:
                 line = f"{key} = {val!r}" if not isinstance(val, str) else f'{key} = "{val}"'
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+PG_URL = os.environ.get("SEQREC_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SEQREC_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_services() -> None:
+    """PostgreSQL and Redis must answer: locally a missing one skips, in CI it fails."""
+    problems = []
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL.replace("+psycopg", ""), connect_timeout=3).close()
+    except Exception as exc:
+        problems.append(f"PostgreSQL at {PG_URL}: {exc}")
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        problems.append(f"Redis at {REDIS_URL}: {exc}")
+    if problems:
+        import pytest
+
+        msg = "; ".join(problems)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"required service down in CI: {msg}")
+        pytest.skip(f"service not available: {msg}")
+
+
+def unique_name(prefix: str, request: Any) -> str:
+    """A short identifier unique to this test (and process) for schemas and key prefixes."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{request.node.nodeid}:{os.getpid()}".encode()).hexdigest()[:10]
+    return f"{prefix}_{digest}"
 
 
 def load_synth(ws: Workspace, users: int, items: int, seed: int = 3) -> int:

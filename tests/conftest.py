@@ -11,11 +11,28 @@ import pytest
 
 from seqrec.config import Workspace
 from seqrec.plugins import reset_plugin_manager
-from seqrec.testing import load_synth, make_workspace
+from seqrec.testing import load_synth, make_workspace, require_services, unique_name
 
 # BentoML reads BENTOML_HOME once per process: give the whole session one model store.
 _STORE = Path(tempfile.mkdtemp(prefix="seqrec-test-models-"))
 os.environ["BENTOML_HOME"] = str(_STORE)
+
+
+@pytest.fixture(params=["embedded", "postgres-redis"])
+def profile_ws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workspace]:
+    """An empty workspace in each profile; postgres-redis ones get their own PostgreSQL schema
+    and Redis key namespace, dropped afterwards."""
+    if request.param == "embedded":
+        yield make_workspace(tmp_path / "ws")
+        return
+    require_services()
+    from seqrec.testing import drop_pg_redis_workspace, make_pg_redis_workspace
+
+    w = make_pg_redis_workspace(tmp_path / "ws", unique_name("t", request))
+    try:
+        yield w
+    finally:
+        drop_pg_redis_workspace(w)
 
 
 @pytest.fixture(autouse=True)

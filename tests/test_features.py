@@ -59,7 +59,10 @@ def _add(ws: Workspace, rows: list[tuple[str, int, int]]) -> None:
         )
 
 
-def test_feature_rows_are_ordered_windows_with_strictly_increasing_times(ws: Workspace) -> None:
+def test_feature_rows_are_ordered_windows_with_strictly_increasing_times(
+    profile_ws: Workspace,
+) -> None:
+    ws = profile_ws
     L = ws.config.features.max_len
     rows = [("a", (k % 7) + 1, T0 + (k // 3) * 1000, "view") for k in range(L + 5)]
     rows += [("b", 3, T0, "view"), ("b", 4, T0, "purchase")]
@@ -80,7 +83,8 @@ def test_feature_rows_are_ordered_windows_with_strictly_increasing_times(ws: Wor
     assert b.loc[1, "order_us"] == b.loc[0, "order_us"] + 1
 
 
-def test_point_in_time_with_equal_timestamps(ws: Workspace) -> None:
+def test_point_in_time_with_equal_timestamps(profile_ws: Workspace) -> None:
+    ws = profile_ws
     # user u: A and B share a timestamp (A imported first), then C, D, E later.
     rows = [
         ("u", 1, T0, "view"),
@@ -114,7 +118,10 @@ def test_point_in_time_with_equal_timestamps(ws: Workspace) -> None:
 
 
 @pytest.mark.parametrize("stride", [None, 7])
-def test_leave_one_out_covers_every_training_target_once(ws: Workspace, stride: int | None) -> None:
+def test_leave_one_out_covers_every_training_target_once(
+    profile_ws: Workspace, stride: int | None
+) -> None:
+    ws = profile_ws
     load_synth(ws, users=40, items=30)
     fs.apply(ws)
     L = ws.config.features.max_len
@@ -159,7 +166,10 @@ def test_leave_one_out_entities_short_users() -> None:
     assert sorted(us) == [19, 19, 29]  # one microsecond before each target event
 
 
-def test_online_features_match_latest_offline_row_and_refresh_incrementally(ws: Workspace) -> None:
+def test_online_features_match_latest_offline_row_and_refresh_incrementally(
+    profile_ws: Workspace,
+) -> None:
+    ws = profile_ws
     load_synth(ws, users=25, items=20)
     fs.apply(ws)
     fs.materialize(ws)
@@ -203,7 +213,8 @@ def test_left_pad() -> None:
     assert out.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [0, 0, 0, 0], [5, 6, 7, 8]]
 
 
-def test_training_needs_events(ws: Workspace) -> None:
+def test_training_needs_events(profile_ws: Workspace) -> None:
+    ws = profile_ws
     from seqrec.errors import SeqrecError
 
     with pytest.raises(SeqrecError, match="import events"):

@@ -96,6 +96,9 @@ class ImportReport:
     rows_skipped: int
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: how rows were written: "insert" (SQLite), "copy" (PostgreSQL, row reader) or
+    #: "copy-vectorized" (PostgreSQL, clean CSV read and validated in column batches)
+    method: str = "insert"
 
     @property
     def rows_per_second(self) -> float:
@@ -236,6 +239,38 @@ def _lines(path: Path, reader: Iterator[Any], where: Iterator[int] | None = None
             raise SeqrecError(f"malformed CSV: {exc}", where=str(path)) from None
 
 
+def csv_layout(
+    header: list[str], cols: CsvColumns, path: Path
+) -> tuple[int, int, int, int | None, int | None]:
+    """Column positions (user, item, timestamp, event type or None, value or None) in a CSV
+    header; a required column that is missing raises :class:`SeqrecError`."""
+    defaults = CsvColumns()
+    pos = {name: i for i, name in reversed(list(enumerate(header)))}
+
+    def need(name: str, what: str) -> int:
+        if name not in pos:
+            raise SeqrecError(
+                f"missing {what} column '{name}' (header: {', '.join(header)})",
+                where=str(path),
+                hint="name the columns with --user-col/--item-col/--time-col/--type-col/"
+                "--value-col, or check --delimiter",
+            )
+        return pos[name]
+
+    i_user = need(cols.user, "user")
+    i_item = need(cols.item, "item")
+    i_ts = need(cols.timestamp, "timestamp")
+    i_type: int | None = None
+    if cols.event_type is not None and (
+        cols.event_type in pos or cols.event_type != defaults.event_type
+    ):
+        i_type = need(cols.event_type, "event type")
+    i_value: int | None = None
+    if cols.value is not None and (cols.value in pos or cols.value != defaults.value):
+        i_value = need(cols.value, "value")
+    return i_user, i_item, i_ts, i_type, i_value
+
+
 def read_csv(
     path: str | Path,
     *,
@@ -251,7 +286,6 @@ def read_csv(
     """
     path = Path(path)
     cols = columns or CsvColumns()
-    defaults = CsvColumns()
     if time_unit not in ("auto", "s", "ms", "iso"):
         raise SeqrecError(f"unknown time unit {time_unit!r}", hint="use auto, s, ms or iso")
     if len(delimiter) != 1:
@@ -264,29 +298,7 @@ def read_csv(
         if header is None:
             raise SeqrecError("empty file: expected a header row", where=str(path))
         header = [h.strip() for h in header]
-        pos = {name: i for i, name in reversed(list(enumerate(header)))}
-
-        def need(name: str, what: str) -> int:
-            if name not in pos:
-                raise SeqrecError(
-                    f"missing {what} column '{name}' (header: {', '.join(header)})",
-                    where=str(path),
-                    hint="name the columns with --user-col/--item-col/--time-col/--type-col/"
-                    "--value-col, or check --delimiter",
-                )
-            return pos[name]
-
-        i_user = need(cols.user, "user")
-        i_item = need(cols.item, "item")
-        i_ts = need(cols.timestamp, "timestamp")
-        i_type: int | None = None
-        if cols.event_type is not None and (
-            cols.event_type in pos or cols.event_type != defaults.event_type
-        ):
-            i_type = need(cols.event_type, "event type")
-        i_value: int | None = None
-        if cols.value is not None and (cols.value in pos or cols.value != defaults.value):
-            i_value = need(cols.value, "value")
+        i_user, i_item, i_ts, i_type, i_value = csv_layout(header, cols, path)
         width = len(header)
 
         for row in rows:
@@ -465,14 +477,27 @@ def import_events(
 
         bar = tqdm(rows, file=sys.stderr, unit=" rows", desc=source[-40:], mininterval=0.5)
         it = bar
+    pg = engine.dialect.name == "postgresql"
     try:
         with engine.begin() as conn:
-            before = _count(conn)
-            item_vocab = _Vocab(conn, items, "item_id", "item_idx")
-            type_vocab = _Vocab(conn, event_types, "name", "type_idx")
             batch: list[dict[str, Any]] = []
+            staged: list[tuple[str, str, str, int, float | None]] = []
+            if pg:  # COPY into a staging table, one set-based insert (seqrec.data.bulk)
+                from seqrec.data.bulk import PgBulkLoad, stage_rows_frame
+
+                load = PgBulkLoad(conn)
+                before = load.before
+            else:
+                before = _count(conn)
+                item_vocab = _Vocab(conn, items, "item_id", "item_idx")
+                type_vocab = _Vocab(conn, event_types, "name", "type_idx")
 
             def flush() -> None:
+                if pg:
+                    if staged:
+                        load.add_frame(stage_rows_frame(staged))
+                        staged.clear()
+                    return
                 item_vocab.flush(conn)
                 type_vocab.flush(conn)
                 if batch:
@@ -492,6 +517,11 @@ def import_events(
                     if len(errors) < MAX_ERRORS_KEPT:
                         errors.append(f"line {n}: {ev}")
                     continue
+                if pg:
+                    staged.append((ev.user_id, ev.item_id, ev.event_type, ev.ts_ms, ev.value))
+                    if len(staged) >= batch_size:
+                        flush()
+                    continue
                 batch.append(
                     {
                         "user_id": ev.user_id,
@@ -504,18 +534,8 @@ def import_events(
                 if len(batch) >= batch_size:
                     flush()
             flush()
-            added = _count(conn) - before
-            conn.execute(
-                insert(imports).values(
-                    source=source[:1024],
-                    sha256=sha256,
-                    format=fmt,
-                    rows_read=rows_read,
-                    rows_added=added,
-                    rows_skipped=rows_skipped,
-                    imported_at=datetime.now(UTC),
-                )
-            )
+            added = load.finish() if pg else _count(conn) - before
+            _log_import(conn, source, sha256, fmt, rows_read, added, rows_skipped)
     except OperationalError as exc:
         raise SeqrecError(
             f"events database error, nothing imported: {exc.orig}", where=source
@@ -533,6 +553,90 @@ def import_events(
         rows_skipped=rows_skipped,
         errors=errors,
         seconds=time.perf_counter() - started,
+        method="copy" if pg else "insert",
+    )
+
+
+def _log_import(
+    conn: Connection, source: str, sha256: str, fmt: str, read: int, added: int, skipped: int
+) -> None:
+    conn.execute(
+        insert(imports).values(
+            source=source[:1024],
+            sha256=sha256,
+            format=fmt,
+            rows_read=read,
+            rows_added=added,
+            rows_skipped=skipped,
+            imported_at=datetime.now(UTC),
+        )
+    )
+
+
+def _import_csv_fast(
+    engine: Engine,
+    path: Path,
+    *,
+    sha256: str,
+    columns: CsvColumns,
+    time_unit: TimeUnit,
+    delimiter: str,
+    default_event_type: str,
+    progress: bool,
+) -> ImportReport:
+    """The vectorised CSV -> PostgreSQL path; raises NotFast (nothing written) when the file
+    needs the row reader."""
+    from seqrec.data.bulk import PgBulkLoad, csv_frames
+
+    started = time.perf_counter()
+    with _open_text(path) as fh:
+        header = next(_lines(path, csv.reader(fh, delimiter=delimiter)), None)
+    if header is None:
+        raise SeqrecError("empty file: expected a header row", where=str(path))
+    header = [h.strip() for h in header]
+    layout = csv_layout(header, columns, path)
+    create_schema(engine)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(file=sys.stderr, unit=" rows", desc=str(path)[-40:], mininterval=0.5)
+    rows_read = 0
+    try:
+        with engine.begin() as conn:
+            load = PgBulkLoad(conn)
+            for frame in csv_frames(
+                path,
+                len(header),
+                layout,
+                time_unit=time_unit,
+                delimiter=delimiter,
+                default_event_type=default_event_type,
+                max_ms=_now_limit_ms(),
+            ):
+                load.add_frame(frame)
+                rows_read += len(frame)
+                if bar is not None:
+                    bar.update(len(frame))
+            added = load.finish()
+            _log_import(conn, str(path), sha256, "csv", rows_read, added, 0)
+    except OperationalError as exc:
+        raise SeqrecError(
+            f"events database error, nothing imported: {exc.orig}", where=str(path)
+        ) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return ImportReport(
+        source=str(path),
+        sha256=sha256,
+        format="csv",
+        rows_read=rows_read,
+        rows_added=added,
+        rows_duplicate=rows_read - added,
+        rows_skipped=0,
+        seconds=time.perf_counter() - started,
+        method="copy-vectorized",
     )
 
 
@@ -596,6 +700,26 @@ def import_file(
     if len(etype) > MAX_TYPE_LEN:
         raise SeqrecError(f"event type longer than {MAX_TYPE_LEN} characters: {etype!r}")
     sha = file_sha256(path)
+    if fmt == "csv" and engine.dialect.name == "postgresql" and time_unit != "iso":
+        from seqrec.data.bulk import NotFast
+
+        if time_unit not in ("auto", "s", "ms"):
+            raise SeqrecError(f"unknown time unit {time_unit!r}", hint="use auto, s, ms or iso")
+        if len(delimiter) != 1:
+            raise SeqrecError(f"delimiter must be one character, got {delimiter!r}")
+        try:
+            return _import_csv_fast(
+                engine,
+                path,
+                sha256=sha,
+                columns=columns or CsvColumns(),
+                time_unit=time_unit,
+                delimiter=delimiter,
+                default_event_type=etype,
+                progress=progress,
+            )
+        except NotFast:
+            pass  # rolled back; the row reader gives exact per-line results
     rows: Iterator[Row]
     if fmt == "csv":
         rows = read_csv(

@@ -143,3 +143,29 @@ def require_schema(engine: Engine) -> None:
             f"events database has no table(s) {', '.join(missing)}",
             hint="import events first: `seqrec events import FILE` or `seqrec events synth`",
         )
+    _check_columns(engine)
+
+
+def _check_columns(engine: Engine) -> None:
+    """Tables made by someone else must still have seqrec's columns and column kinds."""
+    from sqlalchemy import Integer as _Int
+    from sqlalchemy import String as _Str
+
+    insp = inspect(engine)
+    for table in (events, items, event_types):
+        found = {c["name"]: c["type"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            where = f"{engine.url.render_as_string()} table {table.name}"
+            if col.name not in found:
+                raise SeqrecError(
+                    f"column '{col.name}' is missing", where=where, hint="see docs/production.md"
+                )
+            want = (
+                _Int if isinstance(col.type, _Int) else _Str if isinstance(col.type, _Str) else None
+            )
+            if want is not None and not isinstance(found[col.name], want):
+                raise SeqrecError(
+                    f"column '{col.name}' has type {found[col.name]}, expected "
+                    f"{'an integer' if want is _Int else 'a string'} type",
+                    where=where,
+                )

@@ -2,12 +2,18 @@
 
 ``user_sequence_features`` holds one row per user per event (the same rows the embedded profile
 writes to its Parquet snapshot, from the same SQL), and is the table Feast's ``PostgreSQLSource``
-reads for point-in-time training sets. A refresh is driven by an ingestion watermark (the largest
-``event_id`` already in the table, kept in ``seqrec_state``): only users with events past it are
-recomputed (their rows deleted and rebuilt in one transaction), so a late-arriving event (an old
-timestamp imported now) rebuilds that user's rows correctly. A change of ``max_len`` (or of the
+reads for point-in-time training sets; ``user_sequence_latest`` holds each user's newest row, the
+one materialization copies online. A refresh is driven by an ingestion watermark (the largest
+``event_id`` already in the table, kept in ``seqrec_state``): for each user with events past it,
+the rows from that user's earliest new event on are recomputed (deleted and rebuilt in one
+transaction). Appended events add rows; a late-arriving event (an old timestamp imported now)
+rebuilds that user's rows from its time on. A change of ``max_len`` (or of the
 purchase event type) rebuilds everything. While a refresh runs it holds a SHARE lock on
 ``events``: imports wait for it, so no event can commit behind the watermark.
+
+Both tables are UNLOGGED: they are derived from ``events`` and skip the write-ahead log (a full
+build writes several times the events' volume). After a server crash PostgreSQL empties them,
+the watermark goes with the rows, and the next refresh is a full rebuild.
 """
 
 from __future__ import annotations
@@ -17,18 +23,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
+import numpy as np
 from sqlalchemy import Connection, Engine, text
 
 from seqrec.data.schema import ensure_pg_schema, require_schema
+from seqrec.features.online_rows import OnlineRows
 from seqrec.features.sql import feature_rows_sql, purchase_idx
 
 TABLE = "user_sequence_features"
+LATEST_TABLE = "user_sequence_latest"
 STATE_TABLE = "seqrec_state"
 FEATURES_STATE = "features"
 
 _DDL = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+CREATE UNLOGGED TABLE IF NOT EXISTS {TABLE} (
     user_id varchar(256) NOT NULL,
     order_us bigint NOT NULL,
     event_timestamp timestamptz NOT NULL,
@@ -40,9 +48,13 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     n_events bigint NOT NULL,
     n_purchases bigint NOT NULL,
     last_gap_s bigint NOT NULL,
-    PRIMARY KEY (user_id, order_us)
+    CONSTRAINT {TABLE}_pkey PRIMARY KEY (user_id, order_us)
 );
-CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+CREATE UNLOGGED TABLE IF NOT EXISTS {LATEST_TABLE} (
+    LIKE {TABLE} INCLUDING DEFAULTS,
+    PRIMARY KEY (user_id)
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS {STATE_TABLE} (
     name varchar(64) PRIMARY KEY,
     value text NOT NULL
 );
@@ -58,9 +70,21 @@ def _insert_sql(max_len: int, users_filter: bool) -> str:
     query = feature_rows_sql("postgresql", max_len, users_filter=users_filter, ordered=False)
     return f"""
 INSERT INTO {TABLE} ({_COLUMNS})
-SELECT user_id, order_us, TIMESTAMPTZ 'epoch' + order_us * INTERVAL '1 microsecond', now(),
-       item_seq, type_seq, ts_seq, cardinality(item_seq), n_events, n_purchases, last_gap_s
+SELECT q.user_id, q.order_us, TIMESTAMPTZ 'epoch' + q.order_us * INTERVAL '1 microsecond',
+       now(), q.item_seq, q.type_seq, q.ts_seq, cardinality(q.item_seq), q.n_events,
+       q.n_purchases, q.last_gap_s
 FROM ({query}) AS q
+{"JOIN _users u ON u.user_id = q.user_id AND q.order_us >= u.from_us" if users_filter else ""}
+"""
+
+
+def _latest_sql(users_filter: bool) -> str:
+    where = "WHERE user_id IN (SELECT user_id FROM _users)" if users_filter else ""
+    return f"""
+INSERT INTO {LATEST_TABLE}
+SELECT f.* FROM {TABLE} f
+JOIN (SELECT user_id, MAX(order_us) AS last_us FROM {TABLE} {where} GROUP BY user_id) l
+  ON f.user_id = l.user_id AND f.order_us = l.last_us
 """
 
 
@@ -116,9 +140,19 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             or state.get("max_len") != max_len
             or state.get("purchase_idx") != p_idx
         )
-        if stale:
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+        if stale:  # rebuild: load without the primary key, then build it in one pass
             conn.execute(text(f"TRUNCATE {TABLE}"))
+            conn.execute(text(f"ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey"))
             rows = conn.execute(text(_insert_sql(max_len, False)), params).rowcount
+            conn.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
+            conn.execute(
+                text(
+                    f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY (user_id, order_us)"
+                )
+            )
+            conn.execute(text(f"TRUNCATE {LATEST_TABLE}"))
+            conn.execute(text(_latest_sql(False)))
             users = int(
                 conn.execute(text("SELECT COUNT(DISTINCT user_id) FROM events")).scalar_one()
             )
@@ -127,13 +161,26 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             conn.execute(
                 text(
                     "CREATE TEMP TABLE _users ON COMMIT DROP AS "
-                    "SELECT DISTINCT user_id FROM events WHERE event_id > :wm"
+                    "SELECT user_id, MIN(ts_ms) * 1000 AS from_us FROM events "
+                    "WHERE event_id > :wm GROUP BY user_id"
                 ),
                 {"wm": int(state["event_id"])},
             )
             users = int(conn.execute(text("SELECT COUNT(*) FROM _users")).scalar_one())
-            conn.execute(text(f"DELETE FROM {TABLE} WHERE user_id IN (SELECT user_id FROM _users)"))
+            # rows before a user's earliest new event keep their windows: only the rows from
+            # there on (all of them for a late-arriving event) are recomputed
+            conn.execute(text("ANALYZE _users"))
+            conn.execute(
+                text(
+                    f"DELETE FROM {TABLE} f USING _users u "
+                    "WHERE f.user_id = u.user_id AND f.order_us >= u.from_us"
+                )
+            )
+            conn.execute(
+                text(f"DELETE FROM {LATEST_TABLE} WHERE user_id IN (SELECT user_id FROM _users)")
+            )
             rows = conn.execute(text(_insert_sql(max_len, True)), params).rowcount
+            conn.execute(text(_latest_sql(True)))
             mode = "incremental"
         else:
             return RefreshReport("none", 0, 0, max_id, round(time.perf_counter() - t0, 3))
@@ -144,7 +191,9 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
         )
     if stale:
         with engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text(f"ANALYZE {TABLE}"))
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(text(f"VACUUM ANALYZE {TABLE}"))
+            conn.execute(text(f"ANALYZE {LATEST_TABLE}"))
     return RefreshReport(mode, users, int(rows), max_id, round(time.perf_counter() - t0, 3))
 
 
@@ -163,30 +212,47 @@ def table_rows(engine: Engine) -> int:
         return int(conn.execute(text(f"SELECT COUNT(*) FROM {TABLE}")).scalar_one())
 
 
-_LATEST = f"""
-SELECT DISTINCT ON (user_id) user_id, event_timestamp, created, item_seq, type_seq, ts_seq,
-       seq_len, n_events, n_purchases, last_gap_s
-FROM {TABLE} {{where}}
-ORDER BY user_id, order_us DESC
-"""
-
-
-def latest_rows(engine: Engine, since_event_id: int | None = None) -> pd.DataFrame:
-    """The newest feature row of each user; with ``since_event_id``, only users with events
-    past that ingestion watermark."""
-    where = ""
-    params: dict[str, Any] = {}
+def latest_rows(engine: Engine, since_event_id: int | None = None) -> OnlineRows:
+    """The newest feature row of each user, from ``user_sequence_latest``; with
+    ``since_event_id``, only users with events past that ingestion watermark. Arrays come back
+    as text and are parsed by numpy in one pass (no Python int per element)."""
+    sql = (
+        "SELECT user_id, order_us, array_to_string(item_seq, ' '), "
+        "array_to_string(type_seq, ' '), array_to_string(ts_seq, ' '), seq_len, n_events, "
+        f"n_purchases, last_gap_s FROM {LATEST_TABLE}"
+    )
+    params: tuple[Any, ...] = ()
     if since_event_id is not None:
-        where = "WHERE user_id IN (SELECT DISTINCT user_id FROM events WHERE event_id > :wm)"
-        params["wm"] = int(since_event_id)
+        sql += " WHERE user_id IN (SELECT DISTINCT user_id FROM events WHERE event_id > %s)"
+        params = (int(since_event_id),)
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute(_LATEST.format(where=where).replace(":wm", "%(wm)s"), params)
-        cols = [d[0] for d in cur.description]
-        df = pd.DataFrame(cur.fetchall(), columns=cols)
+        cur.execute(sql, params)
+        rows = cur.fetchall()
     finally:
         raw.close()
-    if not df.empty:
-        df["event_timestamp"] = pd.to_datetime(df["event_timestamp"], utc=True)
-    return df
+    cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 9
+    lengths = np.asarray(cols[5], dtype=np.int64)
+    return OnlineRows(
+        user_ids=[str(u) for u in cols[0]],
+        ts_us=np.asarray(cols[1], dtype=np.int64),
+        lists={
+            name: (_parse_ints(cols[k]), lengths)
+            for k, name in ((2, "item_seq"), (3, "type_seq"), (4, "ts_seq"))
+        },
+        scalars={
+            name: np.asarray(cols[k], dtype=np.int64)
+            for k, name in ((5, "seq_len"), (6, "n_events"), (7, "n_purchases"), (8, "last_gap_s"))
+        },
+    )
+
+
+def _parse_ints(texts: tuple[Any, ...]) -> np.ndarray:
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return np.fromstring(" ".join(texts), dtype=np.int64, sep=" ")

@@ -20,16 +20,15 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Int64List
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from seqrec.errors import StoreUnavailable
+from seqrec.features import encode
+from seqrec.features.online_rows import OnlineRows
 
 ENTITY_KEY_VERSION = 3
 JOIN_KEY = "user_id"
@@ -76,17 +75,23 @@ class RedisOnline:
         self._read_fields = [*self._fields, self._ts_field]
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.client = _client(url)
-        self._head = self.key("")[: -(4 + len(self._project_bytes))]  # up to the id's length
+        self._head = self.feast_key("")[: -(4 + len(self._project_bytes))]  # up to id length
         self.state_key = f"seqrec:{project}:online_state"
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def key(self, user_id: str) -> bytes:
+    def feast_key(self, user_id: str) -> bytes:
+        """The key as Feast serializes it (the reference for :meth:`key`)."""
         ek = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=user_id)])
         return (
             serialize_entity_key(ek, entity_key_serialization_version=ENTITY_KEY_VERSION)
             + self._project_bytes
         )
+
+    def key(self, user_id: str) -> bytes:
+        """Feast's key for ``user_id``, assembled from the fixed head (same bytes, 4x faster)."""
+        raw = user_id.encode()
+        return self._head + len(raw).to_bytes(4, "little") + raw + self._project_bytes
 
     def owns(self, key: bytes) -> bool:
         """Whether ``key`` is a user key of this project (not another project's lookalike)."""
@@ -112,46 +117,77 @@ class RedisOnline:
 
     def write(
         self,
-        rows: pd.DataFrame,
+        rows: pd.DataFrame | OnlineRows,
         *,
-        chunk: int = 2_000,
+        chunk: int = 5_000,
         progress: Callable[[int], Any] | None = None,
     ) -> int:
-        """Upsert each row (one user's newest features) as that user's online hash."""
-        if rows.empty:
-            return 0
-        cols = [rows[f].to_numpy() for f in self.features]
-        is_list = [f in LIST_FEATURES for f in self.features]
-        users = rows[JOIN_KEY].to_numpy()
-        ts_us = rows["event_timestamp"].to_numpy(dtype="datetime64[us]").astype(np.int64)
-        ts_field, fields = self._ts_field, self._fields
+        """Upsert each row (one user's newest features) as that user's online hash.
+
+        The values are encoded by :mod:`seqrec.features.encode` (the bytes Feast writes) and
+        sent as one pipelined stream of HSET commands per chunk.
+        """
+        if isinstance(rows, pd.DataFrame):
+            rows = OnlineRows.from_frame(rows, self.features)
         written = 0
         try:
             for start in range(0, len(rows), chunk):
-                with self.client.pipeline(transaction=False) as pipe:
-                    for i in range(start, min(start + chunk, len(rows))):
-                        t = int(ts_us[i])
-                        mapping: dict[bytes, bytes] = {
-                            ts_field: Timestamp(
-                                seconds=t // 1_000_000, nanos=(t % 1_000_000) * 1000
-                            ).SerializeToString()
-                        }
-                        for field, col, lst in zip(fields, cols, is_list, strict=True):
-                            v = col[i]
-                            value = (
-                                ValueProto(int64_list_val=Int64List(val=v))
-                                if lst
-                                else ValueProto(int64_val=int(v))
-                            )
-                            mapping[field] = value.SerializeToString()
-                        pipe.hset(self.key(str(users[i])), mapping=mapping)  # type: ignore[arg-type]
-                    pipe.execute()
-                written = min(start + chunk, len(rows))
+                part = rows.slice(start, min(start + chunk, len(rows)))
+                self._send(self._commands(part), len(part))
+                written += len(part)
                 if progress is not None:
-                    progress(written - start)
+                    progress(len(part))
         except self._errors as exc:
             raise _unavailable(self.url, exc) from None
         return written
+
+    def _commands(self, rows: OnlineRows) -> bytes:
+        """RESP-encoded ``HSET key ts_field ts f1 v1 ...`` for every row."""
+        columns: list[list[bytes]] = []
+        for name in self.features:
+            if name in rows.lists:
+                flat, lengths = rows.lists[name]
+                columns.append(encode.int64_lists(flat, lengths))
+            else:
+                columns.append(encode.int64s(rows.scalars[name]))
+        stamps = encode.timestamps(rows.ts_us)
+        n_args = 2 + 2 * (len(self.features) + 1)
+        field_heads = [b"$%d\r\n%s\r\n" % (len(f), f) for f in self._fields]
+        ts_head = b"$%d\r\n%s\r\n" % (len(self._ts_field), self._ts_field)
+        out: list[bytes] = []
+        append = out.append
+        for i, user in enumerate(rows.user_ids):
+            key = self.key(user)
+            append(b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (n_args, len(key), key))
+            append(ts_head)
+            ts = stamps[i]
+            append(b"$%d\r\n%s\r\n" % (len(ts), ts))
+            for head, col in zip(field_heads, columns, strict=True):
+                v = col[i]
+                append(head)
+                append(b"$%d\r\n%s\r\n" % (len(v), v))
+        return b"".join(out)
+
+    def _send(self, payload: bytes, n_commands: int) -> None:
+        """Write pre-encoded commands on one pooled connection and read their replies."""
+        import redis
+
+        conn = self.client.connection_pool.get_connection()
+        try:
+            conn.send_packed_command([payload], check_health=False)
+            errors = []
+            for _ in range(n_commands):
+                try:
+                    conn.read_response()
+                except redis.ResponseError as exc:
+                    errors.append(str(exc))
+            if errors:
+                raise redis.ResponseError(f"{len(errors)} HSET failed, first: {errors[0]}")
+        except BaseException:
+            conn.disconnect()  # unknown protocol state: never reuse it
+            raise
+        finally:
+            self.client.connection_pool.release(conn)
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -344,9 +344,9 @@ def materialize(
         with engine.connect() as conn:
             users = set(
                 conn.execute(
-                    select(distinct(events.c.user_id)).where(
-                        events.c.event_id > int(state["max_event_id"])
-                    )
+                    select(events.c.user_id)
+                    .distinct()
+                    .where(events.c.event_id > int(state["max_event_id"]))
                 ).scalars()
             )
     rows = latest_rows(ws, users)

@@ -102,7 +102,7 @@ def labels_at(engine: Engine, label: LabelDef, cutoff_ms: int) -> pd.DataFrame:
         with engine.connect() as conn:
             df = pd.read_sql_query(sql, conn, params=params)
         df["label"] = df["bought"] if label.kind == "purchase-within" else 1 - df["active"]
-        return df[["user_id", "label"]].astype({"label": "int64"})
+        return _by_user(df[["user_id", "label"]].astype({"label": "int64"}))
     sql = text(
         """
         WITH after AS (
@@ -119,7 +119,12 @@ def labels_at(engine: Engine, label: LabelDef, cutoff_ms: int) -> pd.DataFrame:
     )
     with engine.connect() as conn:
         df = pd.read_sql_query(sql, conn, params=params)
-    return df.astype({"label": "int64"})
+    return _by_user(df.astype({"label": "int64"}))
+
+
+def _by_user(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in code-point order of user_id: the same on every database and collation."""
+    return df.sort_values("user_id", kind="stable").reset_index(drop=True)
 
 
 def time_range_ms(engine: Engine) -> tuple[int, int]:
