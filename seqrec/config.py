@@ -127,6 +127,14 @@ class ServeConfig(_Section):
     threads: int = Field(
         0, ge=0, le=256, description="torch CPU threads; 0 = half the cores (at least 1, at most 4)"
     )
+    access_log: bool = Field(
+        False, description="log every request (BentoML access log; costs CPU under load)"
+    )
+    trace: bool = Field(
+        True,
+        description="run the model as a TorchScript trace (checked against eager at startup; "
+        "eager if it differs)",
+    )
     micro_batch: int = Field(
         64, ge=1, le=4096, description="most concurrent requests scored in one model call"
     )

@@ -355,7 +355,12 @@ def _threads(setting: int) -> int:
     return setting or max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-@bentoml.service(name="seqrec", traffic={"timeout": 30}, workers=1)
+@bentoml.service(
+    name="seqrec",
+    traffic={"timeout": 30},
+    workers=1,
+    logging={"access": {"enabled": LIMITS.access_log}},
+)
 class SeqrecService:
     """Recommendations (and class probabilities) from the served model and online features."""
 
