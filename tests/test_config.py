@@ -15,6 +15,7 @@ from seqrec.config import (
     CONFIG_NAME,
     PROFILES,
     Config,
+    ServeConfig,
     load_workspace,
     parse_config,
     render_default_config,
@@ -52,9 +53,18 @@ def line_of(text: str, needle: str) -> int:
     return hits[0]
 
 
-def replace_line(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
+def replace_line(text: str, old: str, new: str, section: str | None = None) -> str:
+    """Replace the one line ``old`` (within ``[section]`` when given: keys repeat across
+    sections, e.g. train.device and serve.device)."""
+    start = text.index(f"[{section}]") if section else 0
+    head, tail = text[:start], text[start:]
+    if section:
+        end = tail.find("\n[", 1)
+        tail, rest = (tail, "") if end < 0 else (tail[:end], tail[end:])
+    else:
+        rest = ""
+    assert tail.count(old) == 1, old
+    return head + tail.replace(old, new) + rest
 
 
 # -- defaults -------------------------------------------------------------------------------------
@@ -118,7 +128,7 @@ def test_unknown_key_without_close_match_lists_known(tmp_path: Path) -> None:
     with pytest.raises(SeqrecError) as exc:
         parse_config("[serve]\nhost = 'a'\nzzzzzz = 1\n", source="x.toml")
     assert exc.value.where == "x.toml:3"
-    assert "known keys: host, max_k, port" in str(exc.value)
+    assert "known keys: " + ", ".join(sorted(ServeConfig.model_fields)) in str(exc.value)
 
 
 @pytest.mark.parametrize(
@@ -133,7 +143,7 @@ def test_unknown_key_without_close_match_lists_known(tmp_path: Path) -> None:
     ],
 )
 def test_bad_value_names_file_line_and_key(tmp_path: Path, old: str, new: str, key: str) -> None:
-    text = replace_line(render_default_config(), old, new)
+    text = replace_line(render_default_config(), old, new, key.rpartition(".")[0] or None)
     path = write_config(tmp_path / "w", text)
     with pytest.raises(SeqrecError) as exc:
         load_workspace(tmp_path / "w")

@@ -96,7 +96,28 @@ def _source_dir(dist_name: str) -> Path:
     )
 
 
+_NOT_IN_WHEEL = shutil.ignore_patterns(
+    ".git",
+    ".venv*",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    "demo",
+    "bench",
+    "tests",
+    "docs",
+    "plugins",
+    "node_modules",
+)
+
+
 def _wheel(src: Path, out: Path) -> Path:
+    """A wheel of the project at ``src``, built from a copy (the checkout stays clean)."""
+    copy = out.parent / "src-copy" / src.name
+    shutil.copytree(src, copy, ignore=_NOT_IN_WHEEL)
+    src = copy
     before = set(out.glob("*.whl"))
     proc = subprocess.run(
         [
