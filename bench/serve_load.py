@@ -197,6 +197,7 @@ def main() -> None:
     from seqrec.testing import RedisServer, free_port
 
     levels = [int(c) for c in args.concurrency.split(",")]
+    load_before = os.getloadavg()
     with RedisServer() as redis:
         ws, tag = build_workspace(DATA, redis.url, args.users, args.items, args.max_len)
         rnd = random.Random(0)
@@ -263,6 +264,7 @@ def main() -> None:
             "client": "bench/loadgen.py: closed loop, one keep-alive connection per client, "
             "separate process on the same machine",
         },
+        "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_avg],
         "note": args.note,
         "results": results,
@@ -308,8 +310,8 @@ loop: {args.warmup} warm-up then {args.requests} measured requests per concurren
 
 {report.table(["concurrency", "requests", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "503s"], rows)}
 
-Acceptance: {verdict}. Errors in all: {errors}. Load average after the run:
-{payload["load_average_after"]}.{(" " + args.note) if args.note else ""}
+Acceptance: {verdict}. Errors in all: {errors}. Load average (1, 5, 15 min) before the run
+{payload["load_average_before"]}, after {payload["load_average_after"]} (2 cores).{(" " + args.note) if args.note else ""}
 
 Model call on cuda (fp16), without HTTP: {gpu_md}
 """
