@@ -37,7 +37,7 @@ FEATURES_STATE = "features"
 
 _DDL = f"""
 CREATE UNLOGGED TABLE IF NOT EXISTS {TABLE} (
-    user_id varchar(256) NOT NULL,
+    user_id varchar(256) COLLATE "C" NOT NULL,
     order_us bigint NOT NULL,
     event_timestamp timestamptz NOT NULL,
     created timestamptz NOT NULL,
