@@ -74,7 +74,6 @@ SELECT q.user_id, q.order_us, TIMESTAMPTZ 'epoch' + q.order_us * INTERVAL '1 mic
        now(), q.item_seq, q.type_seq, q.ts_seq, cardinality(q.item_seq), q.n_events,
        q.n_purchases, q.last_gap_s
 FROM ({query}) AS q
-{"JOIN _users u ON u.user_id = q.user_id AND q.order_us >= u.from_us" if users_filter else ""}
 """
 
 
@@ -93,10 +92,12 @@ class RefreshReport:
     """What one refresh of the feature table did."""
 
     mode: str  # "full", "incremental" or "none"
-    users: int
-    rows: int
+    users: int  # users whose rows were (re)computed
+    rows: int  # rows written
     max_event_id: int
     seconds: float
+    total_rows: int = 0  # rows in the feature table afterwards (= events)
+    total_users: int = 0  # users with features afterwards
 
 
 def create_tables(engine: Engine) -> None:
@@ -162,10 +163,8 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
                 )
             )
             conn.execute(text(f"TRUNCATE {LATEST_TABLE}"))
-            conn.execute(text(_latest_sql(False)))
-            users = int(
-                conn.execute(text("SELECT COUNT(DISTINCT user_id) FROM events")).scalar_one()
-            )
+            users = total_users = conn.execute(text(_latest_sql(False))).rowcount
+            total_rows = rows
             mode = "full"
         elif state is not None and max_id > int(state["event_id"]):
             conn.execute(
@@ -180,31 +179,49 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             # rows before a user's earliest new event keep their windows: only the rows from
             # there on (all of them for a late-arriving event) are recomputed
             conn.execute(text("ANALYZE _users"))
-            conn.execute(
+            deleted = conn.execute(
                 text(
                     f"DELETE FROM {TABLE} f USING _users u "
                     "WHERE f.user_id = u.user_id AND f.order_us >= u.from_us"
                 )
-            )
-            conn.execute(
+            ).rowcount
+            gone = conn.execute(
                 text(f"DELETE FROM {LATEST_TABLE} WHERE user_id IN (SELECT user_id FROM _users)")
-            )
+            ).rowcount
             rows = conn.execute(text(_insert_sql(max_len, True)), params).rowcount
-            conn.execute(text(_latest_sql(True)))
+            back = conn.execute(text(_latest_sql(True))).rowcount
+            total_rows = int(state.get("rows", 0)) - deleted + rows
+            total_users = int(state.get("users", 0)) - gone + back
             mode = "incremental"
         else:
-            return RefreshReport("none", 0, 0, max_id, round(time.perf_counter() - t0, 3))
+            assert state is not None
+            return RefreshReport(
+                "none",
+                0,
+                0,
+                max_id,
+                round(time.perf_counter() - t0, 3),
+                int(state.get("rows", 0)),
+                int(state.get("users", 0)),
+            )
         write_state(
             conn,
             FEATURES_STATE,
-            {"event_id": max_id, "max_len": max_len, "purchase_idx": p_idx},
+            {
+                "event_id": max_id,
+                "max_len": max_len,
+                "purchase_idx": p_idx,
+                "rows": total_rows,
+                "users": total_users,
+            },
         )
     if stale:
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.execute(text(f"VACUUM ANALYZE {TABLE}"))
             conn.execute(text(f"ANALYZE {LATEST_TABLE}"))
-    return RefreshReport(mode, users, int(rows), max_id, round(time.perf_counter() - t0, 3))
+    secs = round(time.perf_counter() - t0, 3)
+    return RefreshReport(mode, users, int(rows), max_id, secs, total_rows, total_users)
 
 
 def feature_state(engine: Engine) -> dict[str, Any] | None:
