@@ -66,8 +66,72 @@ _COLUMNS = (
 )
 
 
+def _extend_sql(max_len: int) -> str:
+    """Rows from each ``_users`` user's ``from_us`` on, built from the user's last row before
+    it (arrays, counts) plus the events from there on: only those events are read. Works for
+    appended and late-arriving events alike (a late one makes the tail longer)."""
+    L = max_len
+
+    def trim(col: str) -> str:
+        return f"{col}_a[greatest(1, cardinality({col}_a) - {L - 1}):] AS {col}"
+
+    return f"""
+WITH tail AS (
+    SELECT e.user_id, e.event_id, e.item_idx, e.type_idx, e.ts_ms
+    FROM events e JOIN _users u ON u.user_id = e.user_id
+    WHERE e.ts_ms >= u.from_us / 1000
+),
+ordered AS (
+    SELECT t.*,
+           t.ts_ms * 1000
+               + (ROW_NUMBER() OVER (PARTITION BY t.user_id, t.ts_ms ORDER BY t.event_id) - 1)
+               AS order_us,
+           ROW_NUMBER() OVER (PARTITION BY t.user_id ORDER BY t.ts_ms, t.event_id) AS k
+    FROM tail t
+),
+prev AS (
+    SELECT u.user_id, p.item_seq AS p_item_seq, p.type_seq AS p_type_seq,
+           p.ts_seq AS p_ts_seq, p.n_events AS p_n_events, p.n_purchases AS p_n_purchases,
+           p.order_us / 1000 AS p_ts_ms
+    FROM _users u
+    LEFT JOIN LATERAL (
+        SELECT f.* FROM {TABLE} f
+        WHERE f.user_id = u.user_id AND f.order_us < u.from_us
+        ORDER BY f.order_us DESC LIMIT 1
+    ) p ON true
+),
+win AS (
+    SELECT o.user_id, o.order_us,
+           COALESCE(pr.p_n_events, 0) + o.k AS n_events,
+           COALESCE(pr.p_item_seq, '{{}}'::bigint[]) || array_agg(o.item_idx::bigint) OVER w
+               AS item_seq_a,
+           COALESCE(pr.p_type_seq, '{{}}'::bigint[]) || array_agg(o.type_idx::bigint) OVER w
+               AS type_seq_a,
+           COALESCE(pr.p_ts_seq, '{{}}'::bigint[]) || array_agg(o.ts_ms / 1000) OVER w
+               AS ts_seq_a,
+           COALESCE(pr.p_n_purchases, 0)
+               + SUM(CASE WHEN o.type_idx = :purchase_idx THEN 1 ELSE 0 END)
+                   OVER (PARTITION BY o.user_id ORDER BY o.order_us ROWS UNBOUNDED PRECEDING)
+               AS n_purchases,
+           COALESCE((o.ts_ms - LAG(o.ts_ms) OVER (PARTITION BY o.user_id ORDER BY o.order_us))
+                        / 1000,
+                    (o.ts_ms - pr.p_ts_ms) / 1000, -1) AS last_gap_s
+    FROM ordered o JOIN prev pr ON pr.user_id = o.user_id
+    WINDOW w AS (PARTITION BY o.user_id ORDER BY o.order_us
+                 ROWS BETWEEN {L - 1} PRECEDING AND CURRENT ROW)
+)
+SELECT user_id, order_us, n_events, {trim("item_seq")}, {trim("type_seq")}, {trim("ts_seq")},
+       n_purchases, last_gap_s
+FROM win
+"""
+
+
 def _insert_sql(max_len: int, users_filter: bool) -> str:
-    query = feature_rows_sql("postgresql", max_len, users_filter=users_filter, ordered=False)
+    query = (
+        _extend_sql(max_len)
+        if users_filter
+        else feature_rows_sql("postgresql", max_len, ordered=False)
+    )
     return f"""
 INSERT INTO {TABLE} ({_COLUMNS})
 SELECT q.user_id, q.order_us, TIMESTAMPTZ 'epoch' + q.order_us * INTERVAL '1 microsecond',
