@@ -243,6 +243,9 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             # rows before a user's earliest new event keep their windows: only the rows from
             # there on (all of them for a late-arriving event) are recomputed
             conn.execute(text("ANALYZE _users"))
+            # per-user index range scans, not a scan of the whole table
+            conn.execute(text("SET LOCAL enable_hashjoin = off"))
+            conn.execute(text("SET LOCAL enable_mergejoin = off"))
             deleted = conn.execute(
                 text(
                     f"DELETE FROM {TABLE} f USING _users u "
@@ -252,8 +255,18 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             gone = conn.execute(
                 text(f"DELETE FROM {LATEST_TABLE} WHERE user_id IN (SELECT user_id FROM _users)")
             ).rowcount
-            rows = conn.execute(text(_insert_sql(max_len, True)), params).rowcount
-            back = conn.execute(text(_latest_sql(True))).rowcount
+            conn.execute(text("SET LOCAL enable_hashjoin = on"))
+            conn.execute(text("SET LOCAL enable_mergejoin = on"))
+            # each changed user's newest row is among the rows just computed
+            rows, back = conn.execute(
+                text(
+                    f"WITH ins AS ({_insert_sql(max_len, True)} RETURNING *), "
+                    f"lat AS (INSERT INTO {LATEST_TABLE} SELECT DISTINCT ON (user_id) * "
+                    "FROM ins ORDER BY user_id, order_us DESC RETURNING 1) "
+                    "SELECT (SELECT COUNT(*) FROM ins), (SELECT COUNT(*) FROM lat)"
+                ),
+                params,
+            ).one()
             total_rows = int(state.get("rows", 0)) - deleted + rows
             total_users = int(state.get("users", 0)) - gone + back
             mode = "incremental"
