@@ -152,6 +152,22 @@ class SeqModel(nn.Module):
         return any(p.requires_grad for p in self.parameters())
 
 
+#: time-gap buckets: 0 = padding / first event / unknown, k = 1 + floor(log2(gap_seconds + 1)), capped
+GAP_BUCKETS = 32
+
+
+def time_gap_buckets(times: Tensor, mask: Tensor) -> Tensor:
+    """[B, L] bucketised log2 of seconds since the previous event (0 for padding and first).
+
+    Shared by the built-in plugins so every model reads time the same way; ``mask`` [B, L] marks
+    real events (a position whose own or previous time is unknown gets bucket 0).
+    """
+    gap = (times[:, 1:] - times[:, :-1]).clamp(min=0).float()  # [B, L-1]
+    bucket = (1 + torch.log2(gap + 1).floor().long()).clamp(max=GAP_BUCKETS - 1)
+    bucket = bucket.masked_fill(~(mask[:, 1:] & mask[:, :-1]), 0)
+    return F.pad(bucket, (1, 0))  # [B, L]
+
+
 def sampled_softmax_loss(
     hidden: Tensor, targets: Tensor, embeddings: Tensor, bias: Tensor | None, num_negatives: int
 ) -> Tensor:
