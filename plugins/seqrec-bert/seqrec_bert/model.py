@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
-from seqrec.models import GAP_BUCKETS, Batch, ModelContext, SeqModel, time_gap_buckets
+from seqrec.models import (
+    GAP_BUCKETS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    newest_distance,
+    time_gap_buckets,
+)
 from seqrec_bert.cloze import append_newest, cloze_positions
 
 DEFAULTS: dict[str, Any] = {
@@ -127,7 +134,14 @@ class BertNextItem(SeqModel):
         )
         # masked positions against real items only (the MASK row is not a candidate)
         emb = self.item_weight[: self.mask_id]  # [n_items, d]
-        return self.item_loss(self._out(h[chosen]), items[chosen], emb, self.out_bias)
+        hist = dist = None
+        if self.repeat_bias is not None:  # the visible (unmasked) items, both directions
+            T = items.shape[1]
+            idx = torch.arange(T, device=items.device)
+            seen = items.masked_fill(chosen, 0)[:, None, :].expand(-1, T, -1)  # [B, T, T]
+            hist = seen[chosen]
+            dist = (idx[:, None] - idx[None, :]).abs().expand_as(seen)[chosen]
+        return self.item_loss(self._out(h[chosen]), items[chosen], emb, self.out_bias, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""
@@ -135,6 +149,7 @@ class BertNextItem(SeqModel):
         items, types, times = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
         h = self._out(self.encode(items, types, times)[:, -1])  # [B, d]
         scores = h @ self.item_weight[: self.mask_id].T + self.out_bias  # [B, n_items]
+        scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items, 1))
         scores[:, 0] = torch.finfo(scores.dtype).min
         return scores
 

@@ -38,6 +38,7 @@ def _batch(rows: list[list[int]], width: int) -> Batch:
 
 def test_bert_passes_the_model_contract() -> None:
     check_model_contract("bert")
+    check_model_contract("bert", {"repeat_bias": True, "use_time_gaps": True})
     check_model_contract("bert", {"use_event_types": False, "n_layers": 1, "mask_prob": 0.4})
     check_model_contract("bert", {"use_time_gaps": True, "head_transform": True})
 

@@ -13,7 +13,15 @@ import torch
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
 
-from seqrec.models import GAP_BUCKETS, Batch, ModelContext, SeqModel, time_gap_buckets
+from seqrec.models import (
+    GAP_BUCKETS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    newest_distance,
+    prefix_history,
+    time_gap_buckets,
+)
 
 DEFAULTS: dict[str, Any] = {
     "d_model": 64,
@@ -86,10 +94,14 @@ class GPT2NextItem(SeqModel):
         assert batch.targets is not None
         sel = batch.targets > 0  # [B, L] positions that have a next item
         h = self.hidden(batch)[sel]  # [N, d]
-        return self.item_loss(h, batch.targets[sel], self.backbone.wte.weight)
+        hist = dist = None
+        if self.repeat_bias is not None:
+            hist, dist = (x[sel] for x in prefix_history(batch.items))
+        return self.item_loss(h, batch.targets[sel], self.backbone.wte.weight, None, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
-        return self._logits(self.hidden(batch)[:, -1])
+        logits = self._logits(self.hidden(batch)[:, -1])
+        return self.add_repeat_bias(logits, batch.items, newest_distance(batch.items))
 
     def class_logits(self, batch: Batch) -> Tensor:
         # GPT2ForSequenceClassification-style: the newest (last real, as inputs are

@@ -10,6 +10,7 @@ from seqrec.testing import check_model_contract
 
 def test_gpt2_passes_the_model_contract() -> None:
     check_model_contract("gpt2")
+    check_model_contract("gpt2", {"use_time_gaps": True, "repeat_bias": True})
     check_model_contract("gpt2", {"use_event_types": False, "n_layer": 1})
     check_model_contract(
         "gpt2", {"use_time_gaps": True, "attn_dropout": 0.1, "inner": 2, "label_smoothing": 0.1}

@@ -14,7 +14,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqrec.models import GAP_BUCKETS, Batch, ModelContext, SeqModel, time_gap_buckets
+from seqrec.models import (
+    GAP_BUCKETS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    newest_distance,
+    prefix_history,
+    time_gap_buckets,
+)
 
 __all__ = ["DEFAULTS", "GAP_BUCKETS", "LSTMNextItem", "roll_rows", "time_gap_buckets"]
 
@@ -86,10 +94,14 @@ class LSTMNextItem(SeqModel):
         assert batch.targets is not None
         sel = batch.targets > 0  # [B, L]
         h = self.hidden(batch)[sel]  # [N, d]
-        return self.item_loss(h, batch.targets[sel], self.item_emb.weight)
+        hist = dist = None
+        if self.repeat_bias is not None:
+            hist, dist = (x[sel] for x in prefix_history(batch.items))
+        return self.item_loss(h, batch.targets[sel], self.item_emb.weight, None, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         scores = self.hidden(batch)[:, -1] @ self.item_emb.weight.T  # [B, n_items]
+        scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items))
         scores[:, 0] = torch.finfo(scores.dtype).min
         return scores
 
