@@ -43,16 +43,33 @@ WS = DATA / "ws-ml100k"
 CONFIGS: dict[str, dict[str, Any]] = {
     "popularity": {"params": {}, "train": {}},
     "gpt2": {
-        "params": {"d_model": 64, "n_layer": 2, "n_head": 2, "dropout": 0.5},
-        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 50, "patience": 8},
+        "params": {
+            "d_model": 64,
+            "n_layer": 2,
+            "n_head": 2,
+            "dropout": 0.5,
+            "use_time_gaps": True,
+            "repeat_bias": True,
+        },
+        "train": {"lr": 2e-3, "batch_size": 32, "epochs": 50, "patience": 8},
     },
     "lstm": {
-        "params": {"d_model": 64, "hidden": 128, "dropout": 0.5},
+        "params": {"d_model": 64, "hidden": 128, "dropout": 0.5, "repeat_bias": True},
         "train": {"lr": 5e-3, "batch_size": 32, "epochs": 50, "patience": 8},
     },
     "bert": {
-        "params": {"d_model": 64, "n_layers": 2, "n_heads": 2, "dropout": 0.3, "mask_prob": 0.2},
-        "train": {"lr": 5e-3, "batch_size": 32, "epochs": 60, "patience": 8},
+        "params": {
+            "d_model": 64,
+            "n_layers": 2,
+            "n_heads": 2,
+            "dropout": 0.2,
+            "mask_prob": 0.4,
+            "last_mask_prob": 0.2,
+            "use_time_gaps": True,
+            "head_transform": True,
+            "repeat_bias": True,
+        },
+        "train": {"lr": 2e-3, "batch_size": 32, "epochs": 80, "patience": 10},
     },
 }
 STRIDE = 50  # training window stride (= max_len: no overlap)

@@ -25,7 +25,9 @@ from seqrec.errors import SeqrecError
 TASKS = ("next-item", "classify")
 
 #: hyperparameters every model accepts; the loss policy belongs to the platform
-COMMON_PARAMS: dict[str, Any] = {"loss": "full", "num_negatives": 256}
+COMMON_PARAMS: dict[str, Any] = {"loss": "full", "num_negatives": 256, "repeat_bias": False}
+#: recency buckets of the learned repeat bias: bucket = floor(log2(distance + 1)), capped
+REPEAT_BUCKETS = 8
 WEIGHTS_FILE = "model.safetensors"
 CONTEXT_FILE = "seqrec_model.json"
 
@@ -93,6 +95,11 @@ class SeqModel(nn.Module):
         self.spec_name: str = ""
         #: per-class loss weights for classification, set by the trainer
         self.class_weights: Tensor | None = None
+        #: learned score offset for items already in the input sequence, per recency bucket
+        #: (``params["repeat_bias"]``, next-item only); see :meth:`repeat_scores`
+        self.repeat_bias: nn.Parameter | None = None
+        if ctx.task == "next-item" and ctx.params.get("repeat_bias", False):
+            self.repeat_bias = nn.Parameter(torch.zeros(REPEAT_BUCKETS))
 
     def loss(self, batch: Batch) -> Tensor:
         """Scalar training loss for ``batch``."""
@@ -123,8 +130,36 @@ class SeqModel(nn.Module):
         """[B, n_classes] logits for the sequence's label."""
         raise NotImplementedError(f"{type(self).__name__} does not classify")
 
+    def repeat_scores(self, history: Tensor, distance: Tensor) -> Tensor | None:
+        """[N, H] learned score offsets of the ``history`` items [N, H] (0 = padding) at
+        ``distance`` [N, H] events before the predicted position, or None when the model has no
+        repeat bias.
+
+        Whether users come back to items they already interacted with is a property of the data
+        (re-purchases: yes; ratings: never), so the offset is learned, one value per recency
+        bucket, starting at 0 (no effect). It is part of the model's scores, not a filter: the
+        evaluator still ranks every item.
+        """
+        if self.repeat_bias is None:
+            return None
+        bucket = torch.log2(distance.float() + 1).floor().long().clamp(0, REPEAT_BUCKETS - 1)
+        return self.repeat_bias[bucket] * (history > 0)
+
+    def add_repeat_bias(self, scores: Tensor, history: Tensor, distance: Tensor) -> Tensor:
+        """``scores`` [N, V] (column = item index) plus the repeat offsets of ``history``."""
+        vals = self.repeat_scores(history, distance)
+        if vals is None:
+            return scores
+        return scores.scatter_add(1, history, vals.to(scores.dtype))
+
     def item_loss(
-        self, hidden: Tensor, targets: Tensor, embeddings: Tensor, bias: Tensor | None = None
+        self,
+        hidden: Tensor,
+        targets: Tensor,
+        embeddings: Tensor,
+        bias: Tensor | None = None,
+        history: Tensor | None = None,
+        distance: Tensor | None = None,
     ) -> Tensor:
         """Cross-entropy of ``hidden`` [N, d] against item ``targets`` [N] over item
         ``embeddings`` [V, d] (padding row 0 excluded).
@@ -132,16 +167,30 @@ class SeqModel(nn.Module):
         The loss policy is the platform's, not the plugin's: full softmax by default; with
         ``ctx.params["loss"] == "sampled"``, a sampled softmax over
         ``ctx.params["num_negatives"]`` uniform negatives shared by the batch (accidental hits
-        masked) for catalogues too big for a full softmax.
+        masked) for catalogues too big for a full softmax. ``ctx.params["label_smoothing"]``
+        smooths the full softmax. ``history``/``distance`` [N, H]: the items each row has seen
+        and how many events ago, for the learned repeat bias (ignored when it is off).
         """
         smoothing = float(self.ctx.params.get("label_smoothing", 0.0))
+        rep = None
+        if history is not None and distance is not None:
+            rep = self.repeat_scores(history, distance)
+        repeat = None if rep is None or history is None else (history, rep)
         if self.ctx.params.get("loss", "full") == "sampled":
             return sampled_softmax_loss(
-                hidden, targets, embeddings, bias, int(self.ctx.params.get("num_negatives", 256))
+                hidden,
+                targets,
+                embeddings,
+                bias,
+                int(self.ctx.params.get("num_negatives", 256)),
+                repeat,
             )
         logits = hidden @ embeddings[1:].T  # padding (row 0) never enters the softmax
         if bias is not None:
             logits = logits + bias[1:]
+        if repeat is not None:  # padding adds 0 (to column 0)
+            hist, vals = repeat
+            logits = logits.scatter_add(1, (hist - 1).clamp(min=0), vals.to(logits.dtype))
         return F.cross_entropy(logits.float(), targets - 1, label_smoothing=smoothing)
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
@@ -152,8 +201,45 @@ class SeqModel(nn.Module):
         return any(p.requires_grad for p in self.parameters())
 
 
+#: time-gap buckets: 0 = padding / first event / unknown, k = 1 + floor(log2(gap_seconds + 1)), capped
+GAP_BUCKETS = 32
+
+
+def time_gap_buckets(times: Tensor, mask: Tensor) -> Tensor:
+    """[B, L] bucketised log2 of seconds since the previous event (0 for padding and first).
+
+    Shared by the built-in plugins so every model reads time the same way; ``mask`` [B, L] marks
+    real events (a position whose own or previous time is unknown gets bucket 0).
+    """
+    gap = (times[:, 1:] - times[:, :-1]).clamp(min=0).float()  # [B, L-1]
+    bucket = (1 + torch.log2(gap + 1).floor().long()).clamp(max=GAP_BUCKETS - 1)
+    bucket = bucket.masked_fill(~(mask[:, 1:] & mask[:, :-1]), 0)
+    return F.pad(bucket, (1, 0))  # [B, L]
+
+
+def prefix_history(items: Tensor) -> tuple[Tensor, Tensor]:
+    """For causal training at every position of left-padded ``items`` [B, L]: [B, L, L] the
+    items seen up to each position (0 after it) and their distance back from it."""
+    L = items.shape[1]
+    idx = torch.arange(L, device=items.device)
+    dist = idx[:, None] - idx[None, :]  # [t, j] = t - j
+    seen = items[:, None, :].masked_fill(dist < 0, 0)
+    return seen, dist.clamp(min=0).expand_as(seen)
+
+
+def newest_distance(items: Tensor, offset: int = 0) -> Tensor:
+    """[B, L] distance of each column of left-padded ``items`` from the newest one (+ offset)."""
+    L = items.shape[1]
+    return (L - 1 + offset - torch.arange(L, device=items.device)).expand_as(items)
+
+
 def sampled_softmax_loss(
-    hidden: Tensor, targets: Tensor, embeddings: Tensor, bias: Tensor | None, num_negatives: int
+    hidden: Tensor,
+    targets: Tensor,
+    embeddings: Tensor,
+    bias: Tensor | None,
+    num_negatives: int,
+    repeat: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Sampled softmax: the target against ``num_negatives`` uniform items shared by the batch.
 
@@ -167,6 +253,10 @@ def sampled_softmax_loss(
     if bias is not None:
         pos = pos + bias[targets].unsqueeze(1)
         neg = neg + bias[negatives].unsqueeze(0)
+    if repeat is not None:  # history items [N, H] and their learned offsets [N, H]
+        hist, vals = repeat
+        pos = pos + ((hist == targets[:, None]) * vals).sum(1, keepdim=True)
+        neg = neg + ((hist[:, :, None] == negatives[None, None, :]) * vals[:, :, None]).sum(1)
     neg = neg.float().masked_fill(
         negatives.unsqueeze(0) == targets.unsqueeze(1), torch.finfo(torch.float32).min
     )

@@ -151,24 +151,41 @@ def test_incremental_refresh_only_recomputes_changed_users_and_handles_late_even
         first_ts = c.execute(
             text("SELECT user_id, MIN(ts_ms) FROM events GROUP BY user_id ORDER BY user_id")
         ).all()
-    (u, t_min), (v, _) = first_ts[0], first_ts[1]
+    (u, t_min), (v, _), (w, w_min) = first_ts[0], first_ts[1], first_ts[2]
     late = t_min - 3_600_000  # older than everything u had: it goes first in u's history
-    _add(pg_ws, [(u, 7, late), (v, 9, int(datetime.now(UTC).timestamp() * 1000))])
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    _add(
+        pg_ws,
+        [
+            (u, 7, late),
+            (v, 9, now),
+            (w, 3, w_min + 1),  # late, in the middle of w's history
+            (w, 4, now - 5_000),  # and appended ones, two in the same millisecond
+            (w, 5, now - 5_000),
+            ("newcomer", 2, now - 1_000),
+            ("newcomer", 6, now),
+        ],
+    )
+    with make_engine(pg_ws.events_url).begin() as c:  # a purchase among the new events
+        c.execute(
+            text("UPDATE events SET type_idx = 2 WHERE user_id = 'newcomer' AND item_idx = 6")
+        )
     info = fs.ensure_snapshot(pg_ws)
-    assert info.mode == "incremental" and info.users_refreshed == 2
+    assert info.mode == "incremental" and info.users_refreshed == 4
     report = fs.materialize(pg_ws, incremental=True)
-    assert report.mode == "incremental" and report.users_written == 2
-    online = _online_all(pg_ws, [u, v])
+    assert report.mode == "incremental" and report.users_written == 4
+    online = _online_all(pg_ws, [u, v, w, "newcomer"])
     assert online["item_seq"][1][-1] == 9
+    assert online["item_seq"][2][-2:] == [4, 5] and online["item_seq"][3] == [2, 6]
     incremental_table = _table(pg_ws)
     fs.build_snapshot(pg_ws)  # a full rebuild gives the same table
     pd.testing.assert_frame_equal(incremental_table, _table(pg_ws))
     u_rows = incremental_table[incremental_table.user_id == u]
     assert u_rows.iloc[0]["item_seq"] == [7]  # the late event is u's first
-    full = _online_all(pg_ws, [u, v])
-    assert full == online
+    fs.materialize(pg_ws)  # full
+    assert _online_all(pg_ws, [u, v, w, "newcomer"]) == online
     twice = fs.materialize(pg_ws, incremental=True)
-    assert twice.users_written == 0 and _online_all(pg_ws, [u, v]) == online
+    assert twice.users_written == 0 and _online_all(pg_ws, [u, v, w, "newcomer"]) == online
 
 
 def test_status_reports_watermarks_and_staleness(pg_ws: Workspace) -> None:

@@ -231,3 +231,52 @@ def test_init_from_warm_starts(trained_ws: Workspace) -> None:
     assert out.valid["ndcg@10"] != cold.valid["ndcg@10"]
     with pytest.raises(SeqrecError):
         train_model(trained_ws, "gpt2", epochs=1, init_from=trained_ws.root, progress=False)
+
+
+def test_repeat_bias_is_learned_and_offsets_history_items() -> None:
+    """The learned repeat bias starts at 0, shifts only history items' scores, matches between
+    the full and sampled softmax, and learns to push seen items down where nothing repeats."""
+    from seqrec.models import ModelContext, get_spec, newest_distance, prefix_history
+    from seqrec.testing import random_batch
+
+    torch.manual_seed(0)
+    ctx = ModelContext(n_items=30, n_event_types=3, max_len=8, params={"repeat_bias": True})
+    model = get_spec("lstm").make(ctx).eval()
+    assert model.repeat_bias is not None and not model.repeat_bias.any()
+    batch = random_batch(ctx)
+    with torch.no_grad():
+        before = model.score(batch)
+        model.repeat_bias.fill_(-3.0)
+        after = model.score(batch)
+    seen = torch.zeros_like(before, dtype=torch.bool).scatter_(1, batch.items, True)
+    seen[:, 0] = False
+    assert torch.allclose((after - before)[seen], torch.tensor(-3.0))
+    assert torch.equal(after[~seen], before[~seen])
+    # prefix history: position t sees items[:t + 1], distance t - j
+    hist, dist = prefix_history(batch.items)
+    assert torch.equal(hist[:, -1], batch.items) and (hist[:, 0, 1:] == 0).all()
+    assert dist[0, 3, 1].item() == 2 and newest_distance(batch.items)[0, -1].item() == 0
+    # untrained, then trained on sequences that never repeat an item: the bias goes negative
+    model.repeat_bias.data.zero_()
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+    assert (model.repeat_bias[:3] < 0).all(), model.repeat_bias
+
+
+def test_repeat_bias_in_sampled_softmax_matches_full_softmax_offsets() -> None:
+    from seqrec.models import sampled_softmax_loss
+
+    torch.manual_seed(0)
+    hidden, emb = torch.randn(4, 8), torch.randn(10, 8)
+    targets = torch.tensor([1, 2, 3, 4])
+    hist = torch.stack([targets, torch.zeros_like(targets)], 1)  # each row saw its own target
+    vals = torch.full(hist.shape, -2.0) * (hist > 0)
+    torch.manual_seed(1)
+    plain = sampled_softmax_loss(hidden, targets, emb, None, 64)
+    torch.manual_seed(1)
+    biased = sampled_softmax_loss(hidden, targets, emb, None, 64, (hist, vals))
+    assert torch.isfinite(biased) and biased > plain  # the targets are pushed down

@@ -9,9 +9,11 @@ in file order. What differs is the path:
    files), mapped to vocabulary indices in Python and streamed with ``COPY`` (psycopg 3) into
    a temporary staging table, with explicit event ids ``max(event_id) + line order``;
 2. one ``INSERT ... SELECT`` moves them into ``events``, sorted by the natural key so index
-   maintenance walks the B-trees in order and duplicates resolve to the earliest row. When the
-   import is larger than the table (a first load), the two secondary indexes are dropped and
-   rebuilt inside the same transaction, which is several times faster than maintaining them.
+   maintenance walks the B-trees in order and duplicates resolve to the earliest row. Into an
+   empty table (a first load) the rows are copied directly and the two secondary indexes are
+   built at the end, inside the same transaction, several times faster than maintaining them;
+   duplicate keys within the file are then removed (keeping the earliest) before the unique
+   index is built.
 
 Imports serialise on a ``SHARE ROW EXCLUSIVE`` lock of ``events`` (readers are not blocked).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -29,10 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 
 from seqrec.data.schema import MAX_ID_LEN
 
 MAX_TYPE_LEN = 64
+_ADD_UNIQUE = "ALTER TABLE events ADD CONSTRAINT uq_events_natural UNIQUE (user_id, item_idx, type_idx, ts_ms)"
 STAGE_COLUMNS = ("event_id", "user_id", "item_idx", "type_idx", "ts_ms", "value")
 _INT_RE = r"^[0-9]{1,15}$"
 _VALUE_RE = r"^-?[0-9]{1,15}(\.[0-9]{1,15})?$"
@@ -166,7 +170,7 @@ class PgBulkLoad:
 
     def __init__(self, conn: Connection):
         self.conn = conn
-        self.raw: Any = conn.connection.driver_connection  # psycopg.Connection
+        self.raw: Any = cast(Any, conn.connection.driver_connection)  # psycopg.Connection
         conn.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
         self.before = int(conn.execute(text("SELECT COUNT(*) FROM events")).scalar_one())
         self.next_id = (
@@ -180,12 +184,49 @@ class PgBulkLoad:
             str(k): int(i) for k, i in conn.execute(text("SELECT name, type_idx FROM event_types"))
         }
         self.staged = 0
-        conn.execute(
-            text(
-                "CREATE TEMP TABLE _staging (event_id bigint, user_id text, item_idx integer, "
-                "type_idx integer, ts_ms bigint, value double precision) ON COMMIT DROP"
+        # An empty table is loaded directly (COPY into events, secondary indexes built at the
+        # end); otherwise rows are staged and merged against what is there.
+        self.direct = self.before == 0
+        if self.direct:
+            self.pkey = str(
+                conn.execute(
+                    text(
+                        "SELECT conname FROM pg_constraint "
+                        "WHERE conrelid = 'events'::regclass AND contype = 'p'"
+                    )
+                ).scalar_one()
             )
+            conn.execute(text(f'ALTER TABLE events DROP CONSTRAINT "{self.pkey}"'))
+            conn.execute(text("ALTER TABLE events DROP CONSTRAINT uq_events_natural"))
+            conn.execute(text("DROP INDEX ix_events_user_order"))
+            self.target = "events"
+        else:
+            conn.execute(
+                text(
+                    "CREATE TEMP TABLE _staging (event_id bigint, user_id text, "
+                    "item_idx integer, type_idx integer, ts_ms bigint, value double precision) "
+                    "ON COMMIT DROP"
+                )
+            )
+            self.target = "_staging"
+        self._new_vocab: dict[str, list[tuple[int, str]]] = {"items": [], "event_types": []}
+        # One COPY stream for the whole load: the server parses rows while Python prepares the
+        # next batch. Vocabulary rows are written after it (no COPY may interleave).
+        self._copy_cm: Any = self.raw.cursor().copy(
+            f"COPY {self.target} ({', '.join(STAGE_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
         )
+        self._copy: Any = self._copy_cm.__enter__()
+
+    def __enter__(self) -> PgBulkLoad:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._end_copy(*exc)
+
+    def _end_copy(self, *exc: Any) -> None:
+        if self._copy is not None:
+            self._copy = None
+            self._copy_cm.__exit__(*(exc or (None, None, None)))
 
     def _vocab(self, values: np.ndarray, vocab: dict[str, int], table: str) -> np.ndarray:
         codes, uniques = pd.factorize(values, sort=False)  # order of first appearance
@@ -199,11 +240,7 @@ class PgBulkLoad:
                 nxt += 1
                 new.append((i, name))
             idx[j] = i
-        if new:
-            cols = "(item_idx, item_id)" if table == "items" else "(type_idx, name)"
-            with self.raw.cursor().copy(f"COPY {table} {cols} FROM STDIN") as copy:
-                for row in new:
-                    copy.write_row(row)
+        self._new_vocab[table] += new
         return idx[codes]
 
     def add_frame(self, df: pd.DataFrame) -> None:
@@ -227,57 +264,60 @@ class PgBulkLoad:
         )
         buf = io.BytesIO()
         pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
-        with self.raw.cursor().copy(
-            f"COPY _staging ({', '.join(STAGE_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
-        ) as copy:
-            copy.write(buf.getbuffer())
+        self._copy.write(buf.getvalue())
         self.staged += n
 
     def finish(self) -> int:
         """Move the staged rows into ``events``; returns the number of rows added."""
-        if self.staged == 0:
-            return 0
+        self._end_copy()
+        for table, rows in self._new_vocab.items():
+            if rows:
+                cols = "(item_idx, item_id)" if table == "items" else "(type_idx, name)"
+                with self.raw.cursor().copy(f"COPY {table} {cols} FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
         conn = self.conn
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
         conn.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
         cols = ", ".join(STAGE_COLUMNS)
         key = "user_id, item_idx, type_idx, ts_ms"
-        if self.staged > self.before:
-            # a first (or relatively big) load: rebuild the secondary indexes afterwards
-            conn.execute(text("ALTER TABLE events DROP CONSTRAINT uq_events_natural"))
-            conn.execute(text("DROP INDEX ix_events_user_order"))
-            anti = (
-                ""
-                if self.before == 0
-                else "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.user_id = s.user_id "
-                "AND e.item_idx = s.item_idx AND e.type_idx = s.type_idx AND e.ts_ms = s.ts_ms)"
-            )
-            added = conn.execute(
-                text(
-                    f"INSERT INTO events ({cols}) SELECT DISTINCT ON ({key}) {cols} "
-                    f"FROM _staging s {anti} ORDER BY {key}, event_id"
-                )
-            ).rowcount
+        if self.direct:
+            added = self.staged
             conn.execute(
-                text(f"ALTER TABLE events ADD CONSTRAINT uq_events_natural UNIQUE ({key})")
+                text(f'ALTER TABLE events ADD CONSTRAINT "{self.pkey}" PRIMARY KEY (event_id)')
             )
+            try:  # usually a file has no duplicate keys
+                with conn.begin_nested():
+                    conn.execute(text(_ADD_UNIQUE))
+            except IntegrityError:  # duplicates within the file: the first of each wins
+                added -= conn.execute(
+                    text(
+                        "DELETE FROM events a USING events b WHERE a.user_id = b.user_id "
+                        "AND a.item_idx = b.item_idx AND a.type_idx = b.type_idx "
+                        "AND a.ts_ms = b.ts_ms AND a.event_id > b.event_id"
+                    )
+                ).rowcount
+                conn.execute(text(_ADD_UNIQUE))
             conn.execute(
                 text("CREATE INDEX ix_events_user_order ON events (user_id, ts_ms, event_id)")
             )
-        else:
+        elif self.staged:
             added = conn.execute(
                 text(
                     f"INSERT INTO events ({cols}) SELECT {cols} FROM _staging "
                     f"ORDER BY {key}, event_id ON CONFLICT ({key}) DO NOTHING"
                 )
             ).rowcount
-        conn.execute(
-            text(
-                "SELECT setval(pg_get_serial_sequence('events', 'event_id'), "
-                "(SELECT MAX(event_id) FROM events))"
+            conn.execute(text("DROP TABLE _staging"))
+        else:
+            added = 0
+        if added:
+            conn.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('events', 'event_id'), "
+                    "(SELECT MAX(event_id) FROM events))"
+                )
             )
-        )
-        conn.execute(text("DROP TABLE _staging"))
         return int(added)
 
 

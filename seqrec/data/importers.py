@@ -29,6 +29,7 @@ stripped of surrounding whitespace; empty ones, or ones longer than 256 characte
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import math
@@ -479,13 +480,13 @@ def import_events(
         it = bar
     pg = engine.dialect.name == "postgresql"
     try:
-        with engine.begin() as conn:
+        with engine.begin() as conn, contextlib.ExitStack() as stack:
             batch: list[dict[str, Any]] = []
             staged: list[tuple[str, str, str, int, float | None]] = []
             if pg:  # COPY into a staging table, one set-based insert (seqrec.data.bulk)
                 from seqrec.data.bulk import PgBulkLoad, stage_rows_frame
 
-                load = PgBulkLoad(conn)
+                load = stack.enter_context(PgBulkLoad(conn))
                 before = load.before
             else:
                 before = _count(conn)
@@ -603,8 +604,8 @@ def _import_csv_fast(
         bar = tqdm(file=sys.stderr, unit=" rows", desc=str(path)[-40:], mininterval=0.5)
     rows_read = 0
     try:
-        with engine.begin() as conn:
-            load = PgBulkLoad(conn)
+        with engine.begin() as conn, contextlib.ExitStack() as stack:
+            load = stack.enter_context(PgBulkLoad(conn))
             for frame in csv_frames(
                 path,
                 len(header),

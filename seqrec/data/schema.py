@@ -32,6 +32,9 @@ from sqlalchemy.exc import OperationalError
 from seqrec.errors import SeqrecError
 
 MAX_ID_LEN = 256
+#: ids compare byte-wise on PostgreSQL (collation "C"): the same order as SQLite and Python, and
+#: much faster sorts and index builds than a linguistic collation
+ID = String(MAX_ID_LEN).with_variant(String(MAX_ID_LEN, collation="C"), "postgresql")
 
 metadata = MetaData()
 
@@ -39,7 +42,7 @@ items = Table(
     "items",
     metadata,
     Column("item_idx", Integer, primary_key=True, autoincrement=False),
-    Column("item_id", String(MAX_ID_LEN), nullable=False, unique=True),
+    Column("item_id", ID, nullable=False, unique=True),
 )
 
 event_types = Table(
@@ -53,7 +56,7 @@ events = Table(
     "events",
     metadata,
     Column("event_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("user_id", String(MAX_ID_LEN), nullable=False),
+    Column("user_id", ID, nullable=False),
     Column("item_idx", Integer, nullable=False),
     Column("type_idx", Integer, nullable=False),
     Column("ts_ms", BigInteger, nullable=False),

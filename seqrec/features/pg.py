@@ -37,13 +37,13 @@ FEATURES_STATE = "features"
 
 _DDL = f"""
 CREATE UNLOGGED TABLE IF NOT EXISTS {TABLE} (
-    user_id varchar(256) NOT NULL,
+    user_id varchar(256) COLLATE "C" NOT NULL,
     order_us bigint NOT NULL,
     event_timestamp timestamptz NOT NULL,
     created timestamptz NOT NULL,
-    item_seq bigint[] NOT NULL,
-    type_seq bigint[] NOT NULL,
-    ts_seq bigint[] NOT NULL,
+    item_seq bigint[] COMPRESSION lz4 NOT NULL,
+    type_seq bigint[] COMPRESSION lz4 NOT NULL,
+    ts_seq bigint[] COMPRESSION lz4 NOT NULL,
     seq_len bigint NOT NULL,
     n_events bigint NOT NULL,
     n_purchases bigint NOT NULL,
@@ -66,15 +66,78 @@ _COLUMNS = (
 )
 
 
+def _extend_sql(max_len: int) -> str:
+    """Rows from each ``_users`` user's ``from_us`` on, built from the user's last row before
+    it (arrays, counts) plus the events from there on: only those events are read. Works for
+    appended and late-arriving events alike (a late one makes the tail longer)."""
+    L = max_len
+
+    def trim(col: str) -> str:
+        return f"{col}_a[greatest(1, cardinality({col}_a) - {L - 1}):] AS {col}"
+
+    return f"""
+WITH tail AS (
+    SELECT e.user_id, e.event_id, e.item_idx, e.type_idx, e.ts_ms
+    FROM events e JOIN _users u ON u.user_id = e.user_id
+    WHERE e.ts_ms >= u.from_us / 1000
+),
+ordered AS (
+    SELECT t.*,
+           t.ts_ms * 1000
+               + (ROW_NUMBER() OVER (PARTITION BY t.user_id, t.ts_ms ORDER BY t.event_id) - 1)
+               AS order_us,
+           ROW_NUMBER() OVER (PARTITION BY t.user_id ORDER BY t.ts_ms, t.event_id) AS k
+    FROM tail t
+),
+prev AS (
+    SELECT u.user_id, p.item_seq AS p_item_seq, p.type_seq AS p_type_seq,
+           p.ts_seq AS p_ts_seq, p.n_events AS p_n_events, p.n_purchases AS p_n_purchases,
+           p.order_us / 1000 AS p_ts_ms
+    FROM _users u
+    LEFT JOIN LATERAL (
+        SELECT f.* FROM {TABLE} f
+        WHERE f.user_id = u.user_id AND f.order_us < u.from_us
+        ORDER BY f.order_us DESC LIMIT 1
+    ) p ON true
+),
+win AS (
+    SELECT o.user_id, o.order_us,
+           COALESCE(pr.p_n_events, 0) + o.k AS n_events,
+           COALESCE(pr.p_item_seq, '{{}}'::bigint[]) || array_agg(o.item_idx::bigint) OVER w
+               AS item_seq_a,
+           COALESCE(pr.p_type_seq, '{{}}'::bigint[]) || array_agg(o.type_idx::bigint) OVER w
+               AS type_seq_a,
+           COALESCE(pr.p_ts_seq, '{{}}'::bigint[]) || array_agg(o.ts_ms / 1000) OVER w
+               AS ts_seq_a,
+           COALESCE(pr.p_n_purchases, 0)
+               + SUM(CASE WHEN o.type_idx = :purchase_idx THEN 1 ELSE 0 END)
+                   OVER (PARTITION BY o.user_id ORDER BY o.order_us ROWS UNBOUNDED PRECEDING)
+               AS n_purchases,
+           COALESCE((o.ts_ms - LAG(o.ts_ms) OVER (PARTITION BY o.user_id ORDER BY o.order_us))
+                        / 1000,
+                    (o.ts_ms - pr.p_ts_ms) / 1000, -1) AS last_gap_s
+    FROM ordered o JOIN prev pr ON pr.user_id = o.user_id
+    WINDOW w AS (PARTITION BY o.user_id ORDER BY o.order_us
+                 ROWS BETWEEN {L - 1} PRECEDING AND CURRENT ROW)
+)
+SELECT user_id, order_us, n_events, {trim("item_seq")}, {trim("type_seq")}, {trim("ts_seq")},
+       n_purchases, last_gap_s
+FROM win
+"""
+
+
 def _insert_sql(max_len: int, users_filter: bool) -> str:
-    query = feature_rows_sql("postgresql", max_len, users_filter=users_filter, ordered=False)
+    query = (
+        _extend_sql(max_len)
+        if users_filter
+        else feature_rows_sql("postgresql", max_len, ordered=False)
+    )
     return f"""
 INSERT INTO {TABLE} ({_COLUMNS})
 SELECT q.user_id, q.order_us, TIMESTAMPTZ 'epoch' + q.order_us * INTERVAL '1 microsecond',
        now(), q.item_seq, q.type_seq, q.ts_seq, cardinality(q.item_seq), q.n_events,
        q.n_purchases, q.last_gap_s
 FROM ({query}) AS q
-{"JOIN _users u ON u.user_id = q.user_id AND q.order_us >= u.from_us" if users_filter else ""}
 """
 
 
@@ -93,16 +156,28 @@ class RefreshReport:
     """What one refresh of the feature table did."""
 
     mode: str  # "full", "incremental" or "none"
-    users: int
-    rows: int
+    users: int  # users whose rows were (re)computed
+    rows: int  # rows written
     max_event_id: int
     seconds: float
+    total_rows: int = 0  # rows in the feature table afterwards (= events)
+    total_users: int = 0  # users with features afterwards
 
 
 def create_tables(engine: Engine) -> None:
+    """Create the feature tables (arrays compressed with lz4 where the server has it: much
+    cheaper than the default pglz on these wide rows)."""
+    from sqlalchemy.exc import DBAPIError
+
     ensure_pg_schema(engine)
-    with engine.begin() as conn:
-        conn.execute(text(_DDL))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(_DDL))
+    except DBAPIError as exc:
+        if "lz4" not in str(exc.orig):
+            raise
+        with engine.begin() as conn:
+            conn.execute(text(_DDL.replace(" COMPRESSION lz4", "")))
 
 
 def read_state(conn: Connection, name: str, *, lock: bool = False) -> dict[str, Any] | None:
@@ -152,10 +227,8 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
                 )
             )
             conn.execute(text(f"TRUNCATE {LATEST_TABLE}"))
-            conn.execute(text(_latest_sql(False)))
-            users = int(
-                conn.execute(text("SELECT COUNT(DISTINCT user_id) FROM events")).scalar_one()
-            )
+            users = total_users = conn.execute(text(_latest_sql(False))).rowcount
+            total_rows = rows
             mode = "full"
         elif state is not None and max_id > int(state["event_id"]):
             conn.execute(
@@ -170,31 +243,62 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
             # rows before a user's earliest new event keep their windows: only the rows from
             # there on (all of them for a late-arriving event) are recomputed
             conn.execute(text("ANALYZE _users"))
-            conn.execute(
+            # per-user index range scans, not a scan of the whole table
+            conn.execute(text("SET LOCAL enable_hashjoin = off"))
+            conn.execute(text("SET LOCAL enable_mergejoin = off"))
+            deleted = conn.execute(
                 text(
                     f"DELETE FROM {TABLE} f USING _users u "
                     "WHERE f.user_id = u.user_id AND f.order_us >= u.from_us"
                 )
-            )
-            conn.execute(
+            ).rowcount
+            gone = conn.execute(
                 text(f"DELETE FROM {LATEST_TABLE} WHERE user_id IN (SELECT user_id FROM _users)")
-            )
-            rows = conn.execute(text(_insert_sql(max_len, True)), params).rowcount
-            conn.execute(text(_latest_sql(True)))
+            ).rowcount
+            conn.execute(text("SET LOCAL enable_hashjoin = on"))
+            conn.execute(text("SET LOCAL enable_mergejoin = on"))
+            # each changed user's newest row is among the rows just computed
+            rows, back = conn.execute(
+                text(
+                    f"WITH ins AS ({_insert_sql(max_len, True)} RETURNING *), "
+                    f"lat AS (INSERT INTO {LATEST_TABLE} SELECT DISTINCT ON (user_id) * "
+                    "FROM ins ORDER BY user_id, order_us DESC RETURNING 1) "
+                    "SELECT (SELECT COUNT(*) FROM ins), (SELECT COUNT(*) FROM lat)"
+                ),
+                params,
+            ).one()
+            total_rows = int(state.get("rows", 0)) - deleted + rows
+            total_users = int(state.get("users", 0)) - gone + back
             mode = "incremental"
         else:
-            return RefreshReport("none", 0, 0, max_id, round(time.perf_counter() - t0, 3))
+            assert state is not None
+            return RefreshReport(
+                "none",
+                0,
+                0,
+                max_id,
+                round(time.perf_counter() - t0, 3),
+                int(state.get("rows", 0)),
+                int(state.get("users", 0)),
+            )
         write_state(
             conn,
             FEATURES_STATE,
-            {"event_id": max_id, "max_len": max_len, "purchase_idx": p_idx},
+            {
+                "event_id": max_id,
+                "max_len": max_len,
+                "purchase_idx": p_idx,
+                "rows": total_rows,
+                "users": total_users,
+            },
         )
     if stale:
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.execute(text(f"VACUUM ANALYZE {TABLE}"))
             conn.execute(text(f"ANALYZE {LATEST_TABLE}"))
-    return RefreshReport(mode, users, int(rows), max_id, round(time.perf_counter() - t0, 3))
+    secs = round(time.perf_counter() - t0, 3)
+    return RefreshReport(mode, users, int(rows), max_id, secs, total_rows, total_users)
 
 
 def feature_state(engine: Engine) -> dict[str, Any] | None:

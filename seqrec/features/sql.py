@@ -39,23 +39,56 @@ def _agg(dialect: str, col: str) -> str:
 def feature_rows_sql(
     dialect: str, max_len: int, users_filter: bool = False, ordered: bool = True
 ) -> str:
-    """The feature query for ``dialect`` ('sqlite' or 'postgresql'); ``users_filter`` keeps
-    only the users in a (temporary) table ``_users``."""
+    """The feature query for ``dialect`` ('sqlite' or 'postgresql').
+
+    With ``users_filter`` it reads only the users of a temporary table
+    ``_users(user_id, from_us)`` and returns their rows with ``order_us >= from_us``; the
+    (costly) array windows are then computed only for those rows and the ``max_len - 1`` rows
+    before each user's first one, while positions and running counts still cover the whole
+    history (PostgreSQL only)."""
     where = "WHERE user_id IN (SELECT user_id FROM _users)" if users_filter else ""
+    scalars = """
+scalars AS (
+    SELECT o.*,
+           SUM(CASE WHEN type_idx = :purchase_idx THEN 1 ELSE 0 END)
+               OVER (PARTITION BY user_id ORDER BY order_us ROWS UNBOUNDED PRECEDING)
+               AS n_purchases,
+           COALESCE((ts_ms - LAG(ts_ms) OVER (PARTITION BY user_id ORDER BY order_us)) / 1000,
+                    -1) AS last_gap_s
+    FROM ordered o
+)"""
+    source = "scalars"
+    if users_filter:
+        scalars += f""",
+marked AS (
+    SELECT s.*, u.from_us,
+           MIN(CASE WHEN s.order_us >= u.from_us THEN s.pos END)
+               OVER (PARTITION BY s.user_id) AS first_pos
+    FROM scalars s JOIN _users u ON u.user_id = s.user_id
+),
+context AS (
+    SELECT * FROM marked WHERE pos >= first_pos - {max_len - 1}
+)"""
+        source = "context"
+    keep = "WHERE order_us >= from_us" if users_filter else ""
     return f"""
-WITH {_ORDERED.format(where=where)}
-SELECT user_id,
-       order_us,
-       pos AS n_events,
-       {_agg(dialect, _int64(dialect, "item_idx"))} OVER w AS item_seq,
-       {_agg(dialect, _int64(dialect, "type_idx"))} OVER w AS type_seq,
-       {_agg(dialect, "ts_ms / 1000")} OVER w AS ts_seq,
-       SUM(CASE WHEN type_idx = :purchase_idx THEN 1 ELSE 0 END)
-           OVER (PARTITION BY user_id ORDER BY order_us ROWS UNBOUNDED PRECEDING) AS n_purchases,
-       COALESCE((ts_ms - LAG(ts_ms) OVER (PARTITION BY user_id ORDER BY order_us)) / 1000, -1)
-           AS last_gap_s
-FROM ordered
-WINDOW w AS (PARTITION BY user_id ORDER BY order_us ROWS BETWEEN {max_len - 1} PRECEDING AND CURRENT ROW)
+WITH {_ORDERED.format(where=where)},
+{scalars},
+windows AS (
+    SELECT user_id,
+           order_us,
+           pos AS n_events,
+           {_agg(dialect, _int64(dialect, "item_idx"))} OVER w AS item_seq,
+           {_agg(dialect, _int64(dialect, "type_idx"))} OVER w AS type_seq,
+           {_agg(dialect, "ts_ms / 1000")} OVER w AS ts_seq,
+           n_purchases,
+           last_gap_s{", from_us" if users_filter else ""}
+    FROM {source}
+    WINDOW w AS (PARTITION BY user_id ORDER BY order_us
+                 ROWS BETWEEN {max_len - 1} PRECEDING AND CURRENT ROW)
+)
+SELECT user_id, order_us, n_events, item_seq, type_seq, ts_seq, n_purchases, last_gap_s
+FROM windows {keep}
 {"ORDER BY user_id, order_us" if ordered else ""}
 """
 

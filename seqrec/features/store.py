@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, distinct, func, select
+from sqlalchemy import Engine, func, select
 
 from seqrec.config import Workspace
 from seqrec.data.schema import events, make_engine, require_schema
@@ -177,14 +177,11 @@ def _pg_info(ws: Workspace, engine: Engine, full: bool) -> SnapshotInfo:
     from seqrec.features import pg
 
     rep = pg.refresh(engine, ws.config.features.max_len, full=full)
-    n_events, _ = _events_state(engine)
-    with engine.connect() as conn:
-        users = conn.execute(select(func.count(distinct(events.c.user_id)))).scalar()
     return SnapshotInfo(
-        rows=pg.table_rows(engine),
-        users=int(users or 0),
+        rows=rep.total_rows,
+        users=rep.total_users,
         max_event_id=rep.max_event_id,
-        events=n_events,
+        events=rep.total_rows,  # one feature row per event
         max_len=ws.config.features.max_len,
         built_at=datetime.now(UTC).isoformat(),
         seconds=rep.seconds,

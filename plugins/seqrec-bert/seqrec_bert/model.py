@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
-from seqrec.models import Batch, ModelContext, SeqModel
+from seqrec.models import (
+    GAP_BUCKETS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    newest_distance,
+    time_gap_buckets,
+)
 from seqrec_bert.cloze import append_newest, cloze_positions
 
 DEFAULTS: dict[str, Any] = {
@@ -33,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "mask_prob": 0.2,
     "last_mask_prob": 0.1,
     "use_event_types": True,
+    "use_time_gaps": False,
+    "head_transform": False,
     "label_smoothing": 0.0,
 }
 
@@ -63,6 +72,19 @@ class BertNextItem(SeqModel):
         if self.type_emb is not None:
             nn.init.normal_(self.type_emb.weight, std=self.config.initializer_range)
             nn.init.zeros_(self.type_emb.weight[0])
+        # .get: models saved before these options existed load unchanged
+        self.gap_emb = (
+            nn.Embedding(GAP_BUCKETS, d, padding_idx=0) if p.get("use_time_gaps", False) else None
+        )
+        if self.gap_emb is not None:
+            nn.init.normal_(self.gap_emb.weight, std=self.config.initializer_range)
+            nn.init.zeros_(self.gap_emb.weight[0])
+        # BERT's masked-LM head: dense + GELU + LayerNorm before the tied output layer
+        self.head = (
+            nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=1e-12))
+            if p.get("head_transform", False)
+            else None
+        )
         self.out_bias = nn.Parameter(torch.zeros(ctx.n_items))
         self.mask_prob = float(p["mask_prob"])
         self.last_mask_prob = float(p["last_mask_prob"])
@@ -74,44 +96,66 @@ class BertNextItem(SeqModel):
         """[n_items + 1, d] item embeddings; row 0 is padding, row ``n_items`` is MASK."""
         return self.backbone.embeddings.word_embeddings.weight
 
-    def encode(self, items: Tensor, types: Tensor) -> Tensor:
-        """[B, T, d] hidden states for left-padded ``items``/``types`` [B, T] (T <= max_len + 1)."""
+    def encode(self, items: Tensor, types: Tensor, times: Tensor | None = None) -> Tensor:
+        """[B, T, d] hidden states for left-padded ``items``/``types``/``times`` [B, T]
+        (T <= max_len + 1); a time of 0 marks an unknown time (MASK or appended column)."""
         mask = items > 0
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         emb = self.backbone.embeddings.word_embeddings(items)
         if self.type_emb is not None:
             emb = emb + self.type_emb(types)
+        if self.gap_emb is not None and times is not None:
+            emb = emb + self.gap_emb(time_gap_buckets(times, mask & (times > 0)))
         out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions)
         return out.last_hidden_state
 
-    def _extend(self, batch: Batch, col: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        """Items and types [B, T] with ``col`` appended after the newest event (type 0)."""
+    def _extend(self, batch: Batch, col: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Items, types and times [B, T] with ``col`` appended after the newest event (type
+        and time 0: unknown at inference)."""
+        zero = torch.zeros_like(col)
         items = append_newest(batch.items, col, keep)[:, -self.width :]
-        types = append_newest(batch.types, torch.zeros_like(col), keep)[:, -self.width :]
-        return items, types
+        types = append_newest(batch.types, zero, keep)[:, -self.width :]
+        times = append_newest(batch.times, zero, keep)[:, -self.width :]
+        return items, types, times
+
+    def _out(self, h: Tensor) -> Tensor:
+        return h if self.head is None else self.head(h)
 
     def next_item_loss(self, batch: Batch) -> Tensor:
         """Cloze loss over randomly masked real positions of the items + final target."""
         assert batch.targets is not None
         last = batch.targets[:, -1]  # [B]
-        items, types = self._extend(batch, last, last > 0)  # [B, T]
+        items, types, times = self._extend(batch, last, last > 0)  # [B, T]
         chosen = cloze_positions(items > 0, self.mask_prob, self.last_mask_prob)  # [B, T]
-        h = self.encode(items.masked_fill(chosen, self.mask_id), types.masked_fill(chosen, 0))
+        h = self.encode(
+            items.masked_fill(chosen, self.mask_id),
+            types.masked_fill(chosen, 0),
+            times.masked_fill(chosen, 0),
+        )
         # masked positions against real items only (the MASK row is not a candidate)
         emb = self.item_weight[: self.mask_id]  # [n_items, d]
-        return self.item_loss(h[chosen], items[chosen], emb, self.out_bias)
+        hist = dist = None
+        if self.repeat_bias is not None:  # the visible (unmasked) items, both directions
+            T = items.shape[1]
+            idx = torch.arange(T, device=items.device)
+            seen = items.masked_fill(chosen, 0)[:, None, :].expand(-1, T, -1)  # [B, T, T]
+            hist = seen[chosen]
+            dist = (idx[:, None] - idx[None, :]).abs().expand_as(seen)[chosen]
+        return self.item_loss(self._out(h[chosen]), items[chosen], emb, self.out_bias, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""
         col = torch.full_like(batch.items[:, 0], self.mask_id)
-        items, types = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
-        h = self.encode(items, types)[:, -1]  # [B, d]
+        items, types, times = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
+        h = self._out(self.encode(items, types, times)[:, -1])  # [B, d]
         scores = h @ self.item_weight[: self.mask_id].T + self.out_bias  # [B, n_items]
+        scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items, 1))
         scores[:, 0] = torch.finfo(scores.dtype).min
         return scores
 
     def class_logits(self, batch: Batch) -> Tensor:
         """[B, n_classes] from the newest event's hidden state (no MASK appended)."""
         assert self.classifier is not None, "built for next-item, not classification"
-        h = self.encode(batch.items[:, -self.width :], batch.types[:, -self.width :])[:, -1]
+        w = -self.width
+        h = self.encode(batch.items[:, w:], batch.types[:, w:], batch.times[:, w:])[:, -1]
         return self.classifier(self.dropout(h))

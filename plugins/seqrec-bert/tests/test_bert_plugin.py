@@ -38,7 +38,21 @@ def _batch(rows: list[list[int]], width: int) -> Batch:
 
 def test_bert_passes_the_model_contract() -> None:
     check_model_contract("bert")
+    check_model_contract("bert", {"repeat_bias": True, "use_time_gaps": True})
     check_model_contract("bert", {"use_event_types": False, "n_layers": 1, "mask_prob": 0.4})
+    check_model_contract("bert", {"use_time_gaps": True, "head_transform": True})
+
+
+def test_time_gaps_and_head_ignore_left_padding() -> None:
+    model = _model(use_time_gaps=True, head_transform=True).eval()
+
+    def batch(width: int) -> Batch:
+        b = _batch([[3, 4, 5]], width)
+        b.times = torch.tensor([[0] * (width - 3) + [1_000, 1_060, 90_000]])
+        return b
+
+    with torch.no_grad():
+        assert torch.allclose(model.score(batch(3)), model.score(batch(8)), atol=1e-5)
 
 
 def test_left_padding_does_not_change_scores() -> None:

@@ -13,14 +13,25 @@ import torch
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2Model
 
-from seqrec.models import Batch, ModelContext, SeqModel
+from seqrec.models import (
+    GAP_BUCKETS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    newest_distance,
+    prefix_history,
+    time_gap_buckets,
+)
 
 DEFAULTS: dict[str, Any] = {
     "d_model": 64,
     "n_layer": 2,
     "n_head": 2,
     "dropout": 0.2,
+    "attn_dropout": None,  # None = dropout
+    "inner": 4,  # feed-forward width as a multiple of d_model
     "use_event_types": True,
+    "use_time_gaps": False,
     "label_smoothing": 0.0,
 }
 
@@ -35,10 +46,10 @@ class GPT2NextItem(SeqModel):
             n_embd=p["d_model"],
             n_layer=p["n_layer"],
             n_head=p["n_head"],
-            n_inner=4 * p["d_model"],
+            n_inner=int(p.get("inner", 4) * p["d_model"]),
             resid_pdrop=p["dropout"],
             embd_pdrop=p["dropout"],
-            attn_pdrop=p["dropout"],
+            attn_pdrop=p["dropout"] if p.get("attn_dropout") is None else p["attn_dropout"],
             bos_token_id=0,
             eos_token_id=0,
             pad_token_id=0,
@@ -49,6 +60,16 @@ class GPT2NextItem(SeqModel):
             if p["use_event_types"]
             else None
         )
+        # .get: models saved before these options existed load unchanged
+        self.gap_emb = (
+            nn.Embedding(GAP_BUCKETS, p["d_model"], padding_idx=0)
+            if p.get("use_time_gaps", False)
+            else None
+        )
+        for emb in (self.type_emb, self.gap_emb):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=self.config.initializer_range)
+                nn.init.zeros_(emb.weight[0])
         self.dropout = nn.Dropout(p["dropout"])
         self.classifier = nn.Linear(p["d_model"], ctx.n_classes) if ctx.task == "classify" else None
 
@@ -59,6 +80,8 @@ class GPT2NextItem(SeqModel):
         emb = self.backbone.wte(batch.items)
         if self.type_emb is not None:
             emb = emb + self.type_emb(batch.types)
+        if self.gap_emb is not None:
+            emb = emb + self.gap_emb(time_gap_buckets(batch.times, mask))
         out = self.backbone(inputs_embeds=emb, attention_mask=mask.long(), position_ids=positions)
         return out.last_hidden_state
 
@@ -71,10 +94,14 @@ class GPT2NextItem(SeqModel):
         assert batch.targets is not None
         sel = batch.targets > 0  # [B, L] positions that have a next item
         h = self.hidden(batch)[sel]  # [N, d]
-        return self.item_loss(h, batch.targets[sel], self.backbone.wte.weight)
+        hist = dist = None
+        if self.repeat_bias is not None:
+            hist, dist = (x[sel] for x in prefix_history(batch.items))
+        return self.item_loss(h, batch.targets[sel], self.backbone.wte.weight, None, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
-        return self._logits(self.hidden(batch)[:, -1])
+        logits = self._logits(self.hidden(batch)[:, -1])
+        return self.add_repeat_bias(logits, batch.items, newest_distance(batch.items))
 
     def class_logits(self, batch: Batch) -> Tensor:
         # GPT2ForSequenceClassification-style: the newest (last real, as inputs are

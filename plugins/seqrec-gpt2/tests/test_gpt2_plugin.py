@@ -10,7 +10,35 @@ from seqrec.testing import check_model_contract
 
 def test_gpt2_passes_the_model_contract() -> None:
     check_model_contract("gpt2")
+    check_model_contract("gpt2", {"use_time_gaps": True, "repeat_bias": True})
     check_model_contract("gpt2", {"use_event_types": False, "n_layer": 1})
+    check_model_contract(
+        "gpt2", {"use_time_gaps": True, "attn_dropout": 0.1, "inner": 2, "label_smoothing": 0.1}
+    )
+
+
+def test_time_gaps_ignore_left_padding() -> None:
+    torch.manual_seed(0)
+    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, params={"use_time_gaps": True})
+    model = get_spec("gpt2").make(ctx).eval()
+
+    def batch(width: int) -> Batch:
+        items = torch.tensor([[0] * (width - 3) + [3, 4, 5]])
+        times = torch.tensor([[0] * (width - 3) + [1_000, 1_060, 90_000]])
+        return Batch(items=items, types=(items > 0).long(), times=times)
+
+    with torch.no_grad():
+        assert torch.allclose(model.score(batch(3)), model.score(batch(8)), atol=1e-5)
+
+
+def test_models_saved_before_new_options_still_build() -> None:
+    """A stored context from an older version lacks the newer keys: build must not need them."""
+    from seqrec_gpt2.model import GPT2NextItem
+
+    old = {"d_model": 16, "n_layer": 1, "n_head": 2, "dropout": 0.1, "use_event_types": True}
+    old |= {"loss": "full", "num_negatives": 8, "label_smoothing": 0.0}
+    model = GPT2NextItem(ModelContext(n_items=20, n_event_types=3, max_len=8, params=old))
+    assert model.gap_emb is None and model.config.n_inner == 64
 
 
 def test_left_padding_does_not_change_scores() -> None:

@@ -11,11 +11,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from seqrec.models import Batch, ModelContext, SeqModel
+from seqrec.models import (
+    GAP_BUCKETS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    newest_distance,
+    prefix_history,
+    time_gap_buckets,
+)
+
+__all__ = ["DEFAULTS", "GAP_BUCKETS", "LSTMNextItem", "roll_rows", "time_gap_buckets"]
 
 DEFAULTS: dict[str, Any] = {
     "d_model": 64,
@@ -26,17 +35,6 @@ DEFAULTS: dict[str, Any] = {
     "use_time_gaps": True,
     "label_smoothing": 0.0,
 }
-
-#: time-gap buckets: 0 = padding / first event, k = 1 + floor(log2(gap_seconds + 1)), capped
-GAP_BUCKETS = 32
-
-
-def time_gap_buckets(times: Tensor, mask: Tensor) -> Tensor:
-    """[B, L] bucketised log2 of seconds since the previous event (0 for padding and first)."""
-    gap = (times[:, 1:] - times[:, :-1]).clamp(min=0).float()  # [B, L-1]
-    bucket = (1 + torch.log2(gap + 1).floor().long()).clamp(max=GAP_BUCKETS - 1)
-    bucket = bucket.masked_fill(~(mask[:, 1:] & mask[:, :-1]), 0)
-    return F.pad(bucket, (1, 0))  # [B, L]
 
 
 def roll_rows(x: Tensor, shift: Tensor) -> Tensor:
@@ -96,10 +94,14 @@ class LSTMNextItem(SeqModel):
         assert batch.targets is not None
         sel = batch.targets > 0  # [B, L]
         h = self.hidden(batch)[sel]  # [N, d]
-        return self.item_loss(h, batch.targets[sel], self.item_emb.weight)
+        hist = dist = None
+        if self.repeat_bias is not None:
+            hist, dist = (x[sel] for x in prefix_history(batch.items))
+        return self.item_loss(h, batch.targets[sel], self.item_emb.weight, None, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         scores = self.hidden(batch)[:, -1] @ self.item_emb.weight.T  # [B, n_items]
+        scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items))
         scores[:, 0] = torch.finfo(scores.dtype).min
         return scores
 

@@ -30,6 +30,7 @@ def _batch(items: list[int], pad: int) -> Batch:
 
 def test_lstm_passes_the_model_contract() -> None:
     check_model_contract("lstm")
+    check_model_contract("lstm", {"repeat_bias": True})
     check_model_contract(
         "lstm",
         {"n_layers": 2, "hidden": 32, "use_event_types": False, "use_time_gaps": False},
