@@ -27,7 +27,6 @@ import csv
 import gc
 import random
 import shutil
-import statistics
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -35,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402
+import report
 
-from seqrec.config import Workspace  # noqa: E402
-from seqrec.data.importers import import_file  # noqa: E402
-from seqrec.data.schema import make_engine  # noqa: E402
-from seqrec.data.synth import write_csv  # noqa: E402
-from seqrec.features import store as fs  # noqa: E402
-from seqrec.testing import (  # noqa: E402
+from seqrec.config import Workspace
+from seqrec.data.importers import import_file
+from seqrec.data.schema import make_engine
+from seqrec.data.synth import write_csv
+from seqrec.features import store as fs
+from seqrec.testing import (
     drop_pg_redis_workspace,
     make_pg_redis_workspace,
     make_workspace,
