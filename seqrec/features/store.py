@@ -470,14 +470,7 @@ def status(ws: Workspace) -> dict[str, Any]:
         )
     except Exception as exc:
         out["events"] = f"unreachable: {exc}"
-    try:
-        store = get_store(ws)
-        store.get_feature_view(VIEW_NAME)
-        out["applied"] = True
-    except SeqrecError as exc:
-        out["applied"] = f"error: {exc}"
-    except Exception:
-        out["applied"] = False
+    out["applied"] = _applied(ws)
     state = _read_online_state(ws)
     out["online_max_event_id"] = state["max_event_id"] if state else None
     out["online_materialized_at"] = state["at"] if state else None
@@ -493,6 +486,17 @@ def status(ws: Workspace) -> dict[str, Any]:
     out["online_store"] = str(ws.path(ws.config.features.online_path))
     out["online_reachable"] = ws.path(ws.config.features.online_path).is_file()
     return out
+
+
+def _applied(ws: Workspace) -> bool | str:
+    """Whether the feature view is registered (an error message when the repo is broken)."""
+    try:
+        get_store(ws).get_feature_view(VIEW_NAME)
+        return True
+    except SeqrecError as exc:
+        return f"error: {exc}"
+    except Exception:
+        return False
 
 
 def _status_pg(ws: Workspace) -> dict[str, Any]:
@@ -511,14 +515,7 @@ def _status_pg(ws: Workspace) -> dict[str, Any]:
         out["features_stale"] = state is None or int(state["event_id"]) != max_id
     except Exception as exc:
         out["events"] = f"unreachable: {exc}"
-    try:
-        store = get_store(ws)
-        store.get_feature_view(VIEW_NAME)
-        out["applied"] = True
-    except SeqrecError as exc:
-        out["applied"] = f"error: {exc}"
-    except Exception:
-        out["applied"] = False
+    out["applied"] = _applied(ws)
     online_rows = redis_online(ws)
     out["online_store"] = _safe_url(ws.redis_url)
     out["online_reachable"] = online_rows.ping()
