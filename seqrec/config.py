@@ -138,6 +138,16 @@ class ServeConfig(_Section):
     micro_batch: int = Field(
         64, ge=1, le=4096, description="most concurrent requests scored in one model call"
     )
+    fast_path: bool = Field(
+        True,
+        description="answer the POST endpoints in seqrec's ASGI layer (same validation and "
+        "answers, without BentoML's per-request routing and IO descriptors)",
+    )
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry spans for seqrec's endpoints (configure BentoML's tracing "
+        "exporter too); off saves about 1 ms of CPU per request",
+    )
     store_retry_s: float = Field(
         1.0,
         gt=0,

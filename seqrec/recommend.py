@@ -334,15 +334,22 @@ class Recommender:
     ) -> list[list[dict[str, Any]]]:
         """Top-k per row (row i answers queries[i]); seen/excluded items masked out."""
         scores = self._scores(items, types, times)
+        # mask padding and each row's history (padding is item 0: masked anyway) in one scatter
         scores[:, 0] = -torch.inf
+        seen = [r for r, q in enumerate(queries) if q.exclude_seen]
+        if len(seen) == len(queries):
+            scores.scatter_(1, torch.from_numpy(items).to(scores.device), -torch.inf)
+        elif seen:
+            sel = torch.tensor(seen, device=scores.device)
+            hist = torch.from_numpy(items[seen]).to(scores.device)
+            scores[sel] = scores[sel].scatter(1, hist, -torch.inf)
         rows: list[int] = []
         cols: list[int] = []
         for r, q in enumerate(queries):
-            ex = self._indices(q.exclude_items) if q.exclude_items else set()
-            if q.exclude_seen:
-                ex.update(int(i) for i in items[r] if i > 0)
-            rows += [r] * len(ex)
-            cols += ex
+            if q.exclude_items:
+                ex = self._indices(q.exclude_items)
+                rows += [r] * len(ex)
+                cols += ex
         if rows:
             scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
         kmax = min(max(q.k for q in queries), self.n_items - 1)

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from seqrec.recommend import Metrics
 log = logging.getLogger("seqrec.serve")
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
+API_PATHS = ("/recommend", "/recommend_batch", "/recommend_from_events", "/predict", "/status")
 
 
 def _project() -> tuple[str | None, bool]:
@@ -160,13 +162,24 @@ class MicroBatcher(Generic[T, R]):
     """Coalesce concurrent calls into batches of at most ``max_batch`` for ``fn``.
 
     ``fn`` runs on ``executor`` (one thread): one batch at a time; whatever queued up meanwhile
-    becomes the next batch. An idle batcher starts a batch at once: no added delay at low load.
+    becomes the next batch. An idle batcher starts a batch on the next turn of the event loop:
+    no added delay at low load, and requests that arrived together are scored together.
+
+    ``lock`` serializes every call of ``fn`` with whatever else uses the model. With ``inline``,
+    a batch of one runs on the event loop itself when the lock is free: the hop to the worker
+    thread and back costs more than it saves when nothing else is waiting.
     """
 
     def __init__(
-        self, fn: Callable[[list[T]], list[R]], executor: ThreadPoolExecutor, max_batch: int
+        self,
+        fn: Callable[[list[T]], list[R]],
+        executor: ThreadPoolExecutor,
+        max_batch: int,
+        lock: threading.Lock,
+        inline: bool = True,
     ):
         self.fn, self.executor, self.max_batch = fn, executor, max_batch
+        self.lock, self.inline = lock, inline
         self.pending: list[tuple[T, asyncio.Future[R]]] = []
         self.running = False
         self.task: asyncio.Task[None] | None = None
@@ -185,10 +198,15 @@ class MicroBatcher(Generic[T, R]):
             while self.pending:
                 batch = self.pending[: self.max_batch]
                 del self.pending[: self.max_batch]
+                items = [item for item, _ in batch]
                 try:
-                    results = await loop.run_in_executor(
-                        self.executor, self.fn, [item for item, _ in batch]
-                    )
+                    if self.inline and len(items) == 1 and self.lock.acquire(blocking=False):
+                        try:
+                            results = self.fn(items)
+                        finally:
+                            self.lock.release()
+                    else:
+                        results = await loop.run_in_executor(self.executor, self._locked, items)
                 except Exception as exc:
                     for _, fut in batch:
                         if not fut.done():
@@ -199,6 +217,10 @@ class MicroBatcher(Generic[T, R]):
                             fut.set_result(res)
         finally:
             self.running = False
+
+    def _locked(self, items: list[T]) -> list[R]:
+        with self.lock:
+            return self.fn(items)
 
 
 # -- metrics --------------------------------------------------------------------------------------
@@ -260,18 +282,21 @@ async def _send_json(
 
 class Guard:
     """Pure ASGI middleware: 401 without the bearer token (when ``SEQREC_API_TOKEN`` is set;
-    /livez and /readyz stay open), ``GET /status``, 415 for a POST body that is not JSON, and
-    413 past ``max_body`` bytes."""
+    /livez and /readyz stay open), ``GET /status``, 415 for a POST body that is not JSON, 413
+    past ``max_body`` bytes, and (``fast_path``) the POST endpoints of :data:`FAST_ROUTES`.
 
-    def __init__(self, app: Any, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
+    BentoML's own middleware (request metrics, tracing, timeout, concurrency limit) wraps this
+    one, so it applies to the fast path too."""
+
+    def __init__(self, app: Any, max_body: int, fast_path: bool = True) -> None:
+        self.app, self.max_body, self.fast_path = app, max_body, fast_path
         token = os.environ.get("SEQREC_API_TOKEN", "")
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        path, method = scope["path"], scope["method"]
         if self.expected is not None and path not in OPEN_PATHS:
             got = b""
             for name, value in scope["headers"]:
@@ -285,57 +310,104 @@ class Guard:
                     {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
                     **{"www-authenticate": "Bearer"},
                 )
-        if path == "/status" and scope["method"] == "GET":
+        if path == "/status" and method == "GET":
             status = _SERVICE.status() if _SERVICE is not None else {"ready": False}
             return await _send_json(send, 200, status)
-        if scope["method"] == "POST":
-            for name, value in scope["headers"]:
-                if name == b"content-type":
-                    media = value.split(b";", 1)[0].strip().lower()
-                    if media != b"application/json":
-                        return await _send_json(
-                            send,
-                            415,
-                            {"error": f"Content-Type must be application/json, not {media!r}"},
-                        )
-                    break
+        length: int | None = None
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_body:
+            if name == b"content-type" and method == "POST":
+                media = value.split(b";", 1)[0].strip().lower()
+                if media != b"application/json":
                     return await _send_json(
-                        send, 413, {"error": f"request body larger than {self.max_body} bytes"}
+                        send,
+                        415,
+                        {"error": f"Content-Type must be application/json, not {media!r}"},
                     )
-                break
-        else:
-            if scope["method"] in ("POST", "PUT", "PATCH"):
-                return await self._chunked(scope, receive, send)
+            elif name == b"content-length" and length is None:
+                if not value.isdigit() or int(value) > self.max_body:
+                    return await self._too_large(send)
+                length = int(value)
+        route = FAST_ROUTES.get(path) if method == "POST" and self.fast_path else None
+        if route is not None and _SERVICE is not None:
+            body = await self._body(receive)
+            if body is None:
+                return await self._too_large(send)
+            return await _fast(_SERVICE, route, body, send)
+        if length is None and method in ("POST", "PUT", "PATCH"):
+            body = await self._body(receive)
+            if body is None:
+                return await self._too_large(send)
+            return await self.app(scope, _replay(body), send)
         return await self.app(scope, receive, send)
 
-    async def _chunked(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """A body without Content-Length: read it all (bounded) before the app sees it."""
+    async def _too_large(self, send: Any) -> None:
+        await _send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes"})
+
+    async def _body(self, receive: Any) -> bytes | None:
+        """The whole request body, or None past ``max_body`` bytes (or if the client left)."""
         chunks, size = [], 0
         while True:
             msg = await receive()
             if msg["type"] != "http.request":
-                return
-            size += len(msg.get("body", b""))
+                return None
+            chunk = msg.get("body", b"")
+            size += len(chunk)
             if size > self.max_body:
-                return await _send_json(
-                    send, 413, {"error": f"request body larger than {self.max_body} bytes"}
-                )
-            chunks.append(msg.get("body", b""))
+                return None
+            chunks.append(chunk)
             if not msg.get("more_body"):
-                break
-        body, sent = b"".join(chunks), False
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """An ASGI ``receive`` that hands the app a body already read."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def _fast(
+    service: SeqrecService, route: tuple[type[_Request], str], body: bytes, send: Any
+) -> None:
+    """Validate ``body`` with the endpoint's request model and answer it: the same statuses
+    and error bodies as BentoML's endpoints (400 names the field), never a traceback."""
+    from pydantic import ValidationError
+
+    from seqrec.errors import SeqrecError
+
+    model, answer = route
+    try:
+        req = model.model_validate_json(body or b"{}")
+        data = await getattr(service, answer)(req)
+    except ValidationError as exc:
+        return await _send_json(
+            send,
+            400,
+            {
+                "error": f"{exc.error_count()} validation error for {exc.title}",
+                "detail": exc.errors(include_context=False, include_input=False),
+            },
+        )
+    except SeqrecError as exc:
+        return await _send_json(send, 400, {"error": str(exc)})
+    except Exception:
+        log.exception("request to %s failed", answer)
+        return await _send_json(
+            send, 500, {"error": "An unexpected error has occurred, please check the server log."}
+        )
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
 
 
 # -- the service ----------------------------------------------------------------------------------
@@ -361,6 +433,9 @@ def _threads(setting: int) -> int:
     traffic={"timeout": 30},
     workers=1,
     logging={"access": {"enabled": LIMITS.access_log}},
+    # BentoML traces every request by default (OpenTelemetry), spans dropped unless an exporter
+    # is configured; at ~1 ms of CPU per request, seqrec's endpoints opt in with [serve] tracing
+    tracing={} if LIMITS.tracing else {"excluded_urls": list(API_PATHS)},
 )
 class SeqrecService:
     """Recommendations (and class probabilities) from the served model and online features."""
@@ -399,8 +474,13 @@ class SeqrecService:
             self.metrics.batch_size.observe(len(users))
             return [to_json(r) for r in rec.predict_many(users)]
 
-        self.recommend_batcher = MicroBatcher(recommend_many, self.executor, cfg.micro_batch)
-        self.predict_batcher = MicroBatcher(predict_many, self.executor, cfg.micro_batch)
+        self.model_lock = threading.Lock()
+        self.recommend_batcher = MicroBatcher(
+            recommend_many, self.executor, cfg.micro_batch, self.model_lock
+        )
+        self.predict_batcher = MicroBatcher(
+            predict_many, self.executor, cfg.micro_batch, self.model_lock
+        )
         self._probe_task: asyncio.Task[None] | None = None
         _SERVICE = self
         # everything loaded so far lives as long as the process: keep it out of the garbage
@@ -419,26 +499,25 @@ class SeqrecService:
     # -- helpers --------------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` on the model thread, under the model lock."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._locked, fn, *args
+        )
+
+    async def _via_bentoml(self, answer: Awaitable[bytes]) -> Response:
+        """An answer for BentoML's endpoint: a seqrec error is a 400 naming the problem."""
         from bentoml.exceptions import InvalidArgument
 
         from seqrec.errors import SeqrecError
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+            return Response(await answer, media_type="application/json")
         except SeqrecError as exc:
             raise InvalidArgument(str(exc)) from None
 
-    async def _batched(self, batcher: MicroBatcher[Any, bytes], item: Any) -> Response:
-        from bentoml.exceptions import InvalidArgument
-
-        from seqrec.errors import SeqrecError
-
-        try:
-            body = await batcher(item)
-        except SeqrecError as exc:
-            raise InvalidArgument(str(exc)) from None
-        self._watch_store()
-        return Response(body, media_type="application/json")
+    def _locked(self, fn: Callable[..., R], *args: Any) -> R:
+        with self.model_lock:
+            return fn(*args)
 
     def _watch_store(self) -> None:
         """While degraded, probe the store in the background so recovery needs no traffic."""
@@ -452,7 +531,7 @@ class SeqrecService:
             await asyncio.sleep(health.retry_s)
             if not health.up:
                 await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.recommender.probe
+                    self.executor, self._locked, self.recommender.probe
                 )
 
     def status(self) -> dict[str, Any]:
@@ -467,7 +546,35 @@ class SeqrecService:
             "uptime_s": round(time.time() - self.started, 1),
         }
 
-    # -- endpoints ------------------------------------------------------------------------------
+    # -- answers: JSON bytes, shared by BentoML's endpoints and the fast path -----------------
+
+    async def answer_recommend(self, r: RecommendRequest) -> bytes:
+        q = self.Query(r.user_id, r.k, r.exclude_seen, tuple(r.exclude_items))
+        body = await self.recommend_batcher(q)
+        self._watch_store()
+        return body
+
+    async def answer_recommend_batch(self, r: RecommendBatchRequest) -> bytes:
+        rec = self.recommender
+        ex = tuple(r.exclude_items)
+        results = await self._run(rec.recommend_batch, r.user_ids, r.k, r.exclude_seen, ex)
+        self._watch_store()
+        return to_json({"results": results})
+
+    async def answer_recommend_from_events(self, r: EventsRequest) -> bytes:
+        from seqrec.recommend import Event
+
+        evs = [Event(e.item_id, e.event_type, e.timestamp) for e in r.events]
+        rec = self.recommender
+        ex = tuple(r.exclude_items)
+        return to_json(await self._run(rec.recommend_from_events, evs, r.k, r.exclude_seen, ex))
+
+    async def answer_predict(self, r: PredictRequest) -> bytes:
+        body = await self.predict_batcher(r.user_id)
+        self._watch_store()
+        return body
+
+    # -- endpoints (BentoML's: they define the OpenAPI spec; see FAST_ROUTES) --------------------
 
     @bentoml.api(input_spec=RecommendRequest, output_spec=Recommendation)
     async def recommend(
@@ -478,9 +585,10 @@ class SeqrecService:
         exclude_items: Sequence[str] = (),
     ) -> Response:
         """Top-k next items for a user from their online sequence (popularity if none)."""
-        return await self._batched(
-            self.recommend_batcher, self.Query(user_id, k, exclude_seen, tuple(exclude_items))
+        r = RecommendRequest.model_construct(
+            user_id=user_id, k=k, exclude_seen=exclude_seen, exclude_items=list(exclude_items)
         )
+        return await self._via_bentoml(self.answer_recommend(r))
 
     @bentoml.api(input_spec=RecommendBatchRequest, output_spec=BatchRecommendation)
     async def recommend_batch(
@@ -491,11 +599,10 @@ class SeqrecService:
         exclude_items: Sequence[str] = (),
     ) -> Response:
         """Top-k for many users with one batched online lookup and one model call."""
-        results = await self._run(
-            self.recommender.recommend_batch, user_ids, k, exclude_seen, tuple(exclude_items)
+        r = RecommendBatchRequest.model_construct(
+            user_ids=user_ids, k=k, exclude_seen=exclude_seen, exclude_items=list(exclude_items)
         )
-        self._watch_store()
-        return _json({"results": results})
+        return await self._via_bentoml(self.answer_recommend_batch(r))
 
     @bentoml.api(input_spec=EventsRequest, output_spec=SessionRecommendation)
     async def recommend_from_events(
@@ -507,21 +614,30 @@ class SeqrecService:
     ) -> Response:
         """Top-k for a live session given as events (oldest first); no store lookup. Events with
         items the model does not know are skipped and counted in ``unknown_items``."""
-        from seqrec.recommend import Event
-
-        evs = [Event(e.item_id, e.event_type, e.timestamp) for e in events]
-        return _json(
-            await self._run(
-                self.recommender.recommend_from_events, evs, k, exclude_seen, exclude_items
-            )
+        r = EventsRequest.model_construct(
+            events=events, k=k, exclude_seen=exclude_seen, exclude_items=list(exclude_items)
         )
+        return await self._via_bentoml(self.answer_recommend_from_events(r))
 
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     async def predict(self, user_id: str) -> Response:
         """Class probabilities for a user (classification models; uniform as the fallback)."""
-        return await self._batched(self.predict_batcher, user_id)
+        r = PredictRequest.model_construct(user_id=user_id)
+        return await self._via_bentoml(self.answer_predict(r))
 
 
-SeqrecService.add_asgi_middleware(Guard, max_body=LIMITS.max_body_bytes)  # type: ignore[attr-defined]
+#: POST path -> (request model, answer method): served by :class:`Guard` directly when
+#: ``[serve] fast_path`` is on, with the same validation and the same answers as BentoML's
+#: endpoints, but without BentoML's per-request routing, request context and IO descriptors.
+FAST_ROUTES: dict[str, tuple[type[_Request], str]] = {
+    "/recommend": (RecommendRequest, "answer_recommend"),
+    "/recommend_batch": (RecommendBatchRequest, "answer_recommend_batch"),
+    "/recommend_from_events": (EventsRequest, "answer_recommend_from_events"),
+    "/predict": (PredictRequest, "answer_predict"),
+}
+
+SeqrecService.add_asgi_middleware(  # type: ignore[attr-defined]
+    Guard, max_body=LIMITS.max_body_bytes, fast_path=LIMITS.fast_path
+)
 
 __all__ = ["SeqrecService"]

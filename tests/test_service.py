@@ -263,6 +263,19 @@ def test_body_size_limit(server: Server) -> None:
     )
     assert resp.status_code == 413, resp.text[:300]
 
+    def small() -> Iterator[bytes]:  # chunked, within the limit: answered
+        yield b'{"user_id": '
+        yield b'"nobody", "k": 2}'
+
+    resp = httpx.post(
+        f"{server.url}/recommend",
+        content=small(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text[:300]
+    assert len(resp.json()["items"]) == 2
+
 
 @pytest.mark.parametrize(
     "ctype", ["multipart/form-data", "text/plain", "application/x-www-form-urlencoded"]
@@ -493,6 +506,8 @@ def classifier_ws(trained_ws: Workspace, tmp_path_factory: pytest.TempPathFactor
         f'online_path = "{trained_ws.path(f.online_path)}"\n'
         f'registry_path = "{trained_ws.path(f.registry_path)}"\n'
         '\n[models]\nstore = "models"\n'
+        # this server answers through BentoML's own endpoints, the other one the fast path
+        "\n[serve]\nfast_path = false\n"
     )
     ws = load_workspace(root)
     spec = get_spec("gpt2")
@@ -557,6 +572,8 @@ def test_predict(secured: Server, known_user: str) -> None:
     assert cold["fallback"] is True and cold["probabilities"] == {"no": 0.5, "yes": 0.5}
     resp = secured.post({"user_id": known_user}, "/recommend", headers=auth)
     assert resp.status_code == 400 and "classify model" in resp.text
+    resp = secured.post({"user_id": known_user, "k": 3}, "/predict", headers=auth)
+    assert resp.status_code == 400 and resp.json()["detail"][0]["loc"] == ["k"]  # BentoML's
 
 
 # -- startup failures and the Bento ---------------------------------------------------------------

@@ -56,3 +56,30 @@ def test_left_padding_does_not_change_scores() -> None:
 
 def test_gpt2_is_an_entry_point_plugin() -> None:
     assert get_spec("gpt2").plugin == "gpt2"
+
+
+def test_newest_only_scoring_equals_the_full_forward() -> None:
+    """Eval-mode scoring computes the last block for the newest position only: it must give
+    the full forward's hidden state, for any padding, and the same answer for equal rows."""
+    for task, extra in (("next-item", {}), ("classify", {"use_time_gaps": True, "n_layer": 3})):
+        torch.manual_seed(1)
+        ctx = ModelContext(
+            n_items=300, n_event_types=4, max_len=12, params=extra, task=task, n_classes=3
+        )
+        model = get_spec("gpt2").make(ctx).eval()
+        items = torch.randint(1, 300, (6, 12))
+        for row, n in enumerate((12, 1, 5, 11, 7, 7)):
+            items[row, : 12 - n] = 0
+        items[5] = items[4]  # two equal rows
+        times = torch.arange(12).repeat(6, 1) * 600 * (items > 0)
+        batch = Batch(items=items, types=(items > 0).long() + items % 2, times=times)
+        with torch.no_grad():
+            full = model.hidden(batch)[:, -1]
+            newest = model.newest_hidden(batch)
+            scores = model.score(batch)
+        assert torch.allclose(full, newest, atol=1e-5)
+        assert torch.equal(scores[4], scores[5])
+        model.train()  # training keeps the full forward (every position has a loss)
+        torch.manual_seed(2)
+        with torch.no_grad():
+            assert model._newest(batch).shape == newest.shape
