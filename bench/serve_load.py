@@ -5,11 +5,13 @@ d=64, L=50; weights untrained: latency does not depend on them) in the model sto
 newest feature row of 100k users written to a private Redis (postgres-redis profile, Feast's
 Redis layout). Then `seqrec serve` runs on 127.0.0.1 and `bench/loadgen.py`, a separate process,
 drives POST /recommend (k=10, exclude_seen, random known users) at each concurrency with a fixed
-number of requests after a warm-up. Results: bench/results/serve.json and the "serve" section of
-docs/benchmarks.md. With a GPU, the model call alone is also timed on cuda (fp16).
+number of requests after a warm-up. The same load then drives two reference servers, one after
+the other (see VARIANTS): seqrec through BentoML's own endpoints, and a BentoML endpoint returning
+a constant. Results: bench/results/serve.json and the "serve" section of docs/benchmarks.md. With a
+GPU, the model call alone is also timed on cuda (fp16).
 
-    python bench/serve_load.py                          # c = 1, 8, 32, 64
-    python bench/serve_load.py --requests 1000 --users 20000
+    python bench/serve_load.py                          # c = 1, 8, 32, 64; all three servers
+    python bench/serve_load.py --servers seqrec --requests 1000 --users 20000
 """
 
 from __future__ import annotations
@@ -152,7 +154,7 @@ def gpu_model_call(ws: Any, tag: str) -> list[dict[str, Any]] | str:
     import torch
 
     if not torch.cuda.is_available():
-        return "no GPU on this machine: the model call on cuda was not measured"
+        return "not measured: this machine has no GPU, and the device tool lent none to this project; on a machine with CUDA the same command adds this table (the model call alone, fp16, by batch size)"
     from seqrec.recommend import Query, Recommender
 
     rec = Recommender(ws, tag, device="cuda")
@@ -179,6 +181,73 @@ def gpu_model_call(ws: Any, tag: str) -> list[dict[str, Any]] | str:
     return rows
 
 
+#: the servers one run compares, each driven by the same load: seqrec as configured by default,
+#: seqrec answering through BentoML's own endpoints with tracing on (what the fast path and the
+#: tracing default save), and a BentoML endpoint returning a constant (the framework's floor)
+VARIANTS = {
+    "seqrec": "",
+    "seqrec-bentoml-path": "fast_path = false\ntracing = true\n",
+    "bentoml-constant": None,
+}
+
+
+def serve(ws: Any, variant: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start one variant on 127.0.0.1:port (its own process group)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SEQREC_PROJECT", "SEQREC_MODEL")}
+    env["BENTOML_DO_NOT_TRACK"] = "True"
+    bindir = Path(sys.executable).parent
+    serve_cfg = VARIANTS[variant]
+    if serve_cfg is None:
+        cmd = [str(bindir / "bentoml"), "serve", "const_service:Constant", "--host", "127.0.0.1"]
+        cwd: Path | None = Path(__file__).parent
+    else:
+        toml = ws.root / "seqrec.toml"
+        base = toml.read_text().split("\n[serve]\n")[0]
+        toml.write_text(base + (f"\n[serve]\n{serve_cfg}" if serve_cfg else ""))
+        cmd = [str(bindir / "seqrec"), "serve", "--project", str(ws.root)]
+        cwd = None
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*cmd, "--port", str(port)],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def drive(ws: Any, variant: str, bodies: Path, levels: list[int], args: Any) -> list[dict]:
+    """Start ``variant``, run every concurrency level against it, stop it."""
+    from seqrec.testing import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = DATA / f"serve-{variant}.log"
+    proc = serve(ws, variant, port, log)
+    results = []
+    try:
+        wait_ready(url, proc, log)
+        for c in levels:
+            load(url, bodies, c, args.warmup)
+            r = {"server": variant, **load(url, bodies, c, args.requests)}
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    finally:
+        stop(proc)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -189,14 +258,23 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000, help="measured requests per level")
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--concurrency", default="1,8,32,64")
+    ap.add_argument(
+        "--servers",
+        default=",".join(VARIANTS),
+        help=f"which of {', '.join(VARIANTS)} to run (the first is the one judged)",
+    )
     ap.add_argument("--note", default="", help="conditions to record (e.g. other load)")
     args = ap.parse_args()
 
     import random
 
-    from seqrec.testing import RedisServer, free_port
+    from seqrec.testing import RedisServer
 
     levels = [int(c) for c in args.concurrency.split(",")]
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown --servers {sorted(unknown)}; known: {list(VARIANTS)}")
     load_before = os.getloadavg()
     with RedisServer() as redis:
         ws, tag = build_workspace(DATA, redis.url, args.users, args.items, args.max_len)
@@ -207,38 +285,12 @@ def main() -> None:
                 [{"user_id": f"u{rnd.randrange(args.users):06d}", "k": 10} for _ in range(5000)]
             )
         )
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = DATA / "serve.log"
-        env = {k: v for k, v in os.environ.items() if k not in ("SEQREC_PROJECT", "SEQREC_MODEL")}
-        env["BENTOML_DO_NOT_TRACK"] = "True"
-        seqrec = str(Path(sys.executable).parent / "seqrec")
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [seqrec, "serve", "--project", str(ws.root), "--port", str(port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        results = []
-        try:
-            wait_ready(url, proc, log)
-            for c in levels:
-                load(url, bodies, c, args.warmup)
-                r = load(url, bodies, c, args.requests)
-                print(json.dumps(r))
-                results.append(r)
-            load_avg = os.getloadavg()
-        finally:
-            import signal
-
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        all_results: list[dict] = []
+        for variant in servers:
+            all_results += drive(ws, variant, bodies, levels, args)
+        load_avg = os.getloadavg()
         gpu = gpu_model_call(ws, tag)
+    results = [r for r in all_results if r["server"] == servers[0]]
     by_c = {r["concurrency"]: r for r in results}
     checks = {
         "c1_p50_ms": by_c.get(1, {}).get("p50_ms"),
@@ -246,6 +298,7 @@ def main() -> None:
         "c8_p99_ms": by_c.get(8, {}).get("p99_ms"),
         "c32_rps": by_c.get(32, {}).get("rps"),
     }
+    judged = servers[0] == "seqrec"
     passed = {
         k: (v is not None and (v >= TARGETS[k] if k.endswith("rps") else v <= TARGETS[k]))
         for k, v in checks.items()
@@ -261,6 +314,7 @@ def main() -> None:
             "online_store": "Redis (private redis-server), postgres-redis profile reader",
             "requests_per_level": args.requests,
             "warmup_per_level": args.warmup,
+            "servers": {v: VARIANTS[v] for v in servers},
             "client": "bench/loadgen.py: closed loop, one keep-alive connection per client, "
             "separate process on the same machine",
         },
@@ -268,13 +322,20 @@ def main() -> None:
         "load_average_after": [round(x, 2) for x in load_avg],
         "note": args.note,
         "results": results,
-        "acceptance": {"targets": TARGETS, "measured": checks, "passed": passed},
+        "all_servers": all_results,
+        "acceptance": {
+            "targets": TARGETS,
+            "measured": checks,
+            "passed": passed,
+            "judged_server": servers[0],
+        },
         "errors": errors,
         "gpu_model_call": gpu,
     }
     path = report.save_json("serve", payload)
     rows = [
         [
+            r["server"],
             r["concurrency"],
             r["requests"],
             r["p50_ms"],
@@ -284,11 +345,38 @@ def main() -> None:
             r["errors"],
             r["n_503"],
         ]
-        for r in results
+        for r in all_results
     ]
+    ratio_rows = []
+    for c in levels:
+        own = by_c.get(c)
+        if own is None:
+            continue
+        row: list[Any] = [c]
+        for other in servers[1:]:
+            o = next(
+                (r for r in all_results if r["server"] == other and r["concurrency"] == c), None
+            )
+            row += (
+                [f"{own['p50_ms'] / o['p50_ms']:.2f}x", f"{own['rps'] / o['rps']:.2f}x"]
+                if o
+                else ["", ""]
+            )
+        ratio_rows.append(row)
+    ratio_md = ""
+    if len(servers) > 1:
+        heads = ["concurrency"]
+        for other in servers[1:]:
+            heads += [f"p50 vs {other}", f"req/s vs {other}"]
+        ratio_md = (
+            f"\n`{servers[0]}` as a ratio of the others (p50 latency: lower is better; "
+            "req/s: higher is better):\n\n" + report.table(heads, ratio_rows) + "\n"
+        )
     verdict = ", ".join(
         f"{k} {checks[k]} ({'ok' if passed[k] else 'MISSED'}; target {TARGETS[k]})" for k in TARGETS
     )
+    if not judged:
+        verdict += " (measured on a variant, not seqrec's defaults)"
     gpu_md = (
         gpu
         if isinstance(gpu, str)
@@ -307,11 +395,16 @@ d=64, L={args.max_len}, {args.items:,} items; online features of {args.users:,} 
 Redis (Feast's layout, read by the postgres-redis profile's reader). `bench/loadgen.py` (a
 separate process on the same 2 cores) sends POST /recommend (k=10, exclude_seen) in a closed
 loop: {args.warmup} warm-up then {args.requests} measured requests per concurrency level.
+Servers, one after the other in the same run: `seqrec` (defaults), `seqrec-bentoml-path`
+(`[serve] fast_path = false, tracing = true`: every request through BentoML's routing, IO
+descriptors and OpenTelemetry middleware) and `bentoml-constant` (`bench/const_service.py`: a
+BentoML endpoint that returns a constant answer of the same shape, the framework's floor).
 
-{report.table(["concurrency", "requests", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "503s"], rows)}
-
-Acceptance: {verdict}. Errors in all: {errors}. Load average (1, 5, 15 min) before the run
-{payload["load_average_before"]}, after {payload["load_average_after"]} (2 cores).{(" " + args.note) if args.note else ""}
+{report.table(["server", "concurrency", "requests", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "503s"], rows)}
+{ratio_md}
+Acceptance (`{servers[0]}`): {verdict}. Errors in all: {errors}. Load average (1, 5, 15 min)
+before the run {payload["load_average_before"]}, after {payload["load_average_after"]}
+(2 cores).{(" " + args.note) if args.note else ""}
 
 Model call on cuda (fp16), without HTTP: {gpu_md}
 """
