@@ -239,13 +239,11 @@ def test_error_names_the_field(server: Server, path: str, body: Any, field: str)
 
 
 def test_body_size_limit(server: Server) -> None:
-    big = b'{"user_id": "u", "exclude_items": [' + b'"i",' * 400_000 + b'"i"]}'
-    resp = httpx.post(
-        f"{server.url}/recommend",
-        content=big,
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    def post(content: bytes | Iterator[bytes]) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        return httpx.post(f"{server.url}/recommend", content=content, headers=headers, timeout=30)
+
+    resp = post(b'{"user_id": "u", "exclude_items": [' + b'"i",' * 400_000 + b'"i"]}')
     assert resp.status_code == 413, resp.text[:300]
     assert "larger than" in resp.json()["error"]
 
@@ -255,24 +253,14 @@ def test_body_size_limit(server: Server) -> None:
             yield b'"i",' * 2000
         yield b'"i"]}'
 
-    resp = httpx.post(
-        f"{server.url}/recommend",
-        content=chunks(),
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    resp = post(chunks())
     assert resp.status_code == 413, resp.text[:300]
 
     def small() -> Iterator[bytes]:  # chunked, within the limit: answered
         yield b'{"user_id": '
         yield b'"nobody", "k": 2}'
 
-    resp = httpx.post(
-        f"{server.url}/recommend",
-        content=small(),
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
+    resp = post(small())
     assert resp.status_code == 200, resp.text[:300]
     assert len(resp.json()["items"]) == 2
 
