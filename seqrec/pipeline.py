@@ -281,6 +281,11 @@ def evaluate_model(
     t0 = time.perf_counter()
     out: dict[str, Any]
     if task == "classify":
+        n_model = stored.model.ctx.n_items
+        if data.n_items > n_model:  # items new since training are unknown to it: padding
+            e = examples
+            items = np.where(e.items < n_model, e.items, 0)
+            examples = SequenceSet(e.user_ids, items, e.types, e.times, e.labels)
         probs = predict(stored.model, examples, device=device, progress=progress)["probs"]
         out = classification_metrics(examples.labels, probs, stored.info.get("threshold"))
         out["class_names"] = stored.info.get("class_names")

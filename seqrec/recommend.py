@@ -191,6 +191,8 @@ class Recommender:
             if self._traced is not None:
                 self._warm(ws.config.serve.micro_batch)
         self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
+        #: moving average of online lookup time (seconds)
+        self.lookup_s = 0.0
         self.reader = feature_store.online_reader(
             ws, self.stored.info.get("feature_service", ws.config.features.feature_service)
         )
@@ -214,13 +216,20 @@ class Recommender:
         """Online features, or None while the store is unavailable (health updated)."""
         if not self.health.should_try():
             return None
+        t0 = time.perf_counter()
         try:
             feats = self.lookup(user_ids)
         except StoreUnavailable as exc:
             self.health.failed(exc)
             return None
+        finally:
+            self.lookup_s = 0.8 * self.lookup_s + 0.2 * (time.perf_counter() - t0)
         self.health.succeeded()
         return feats
+
+    def store_is_quick(self, limit_s: float = 0.005) -> bool:
+        """The store answers, and recent lookups took under ``limit_s`` on average."""
+        return self.health.up and self.lookup_s < limit_s
 
     def probe(self) -> bool:
         """Try the store once (used while degraded, so recovery needs no traffic)."""
@@ -299,10 +308,26 @@ class Recommender:
                 for _ in range(2):
                     self._traced(*x)
 
+    def _known(self, items: np.ndarray, types: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Drop events whose item is newer than the model (unknown to it) and left-pad those
+        rows again, in place, as ``/recommend_from_events`` skips unknown items; returns, per
+        row, whether any event is left."""
+        unknown = items >= self.n_items
+        if unknown.any():
+            for r in np.flatnonzero(unknown.any(axis=1)):
+                keep = (items[r] > 0) & ~unknown[r]
+                n = int(keep.sum())
+                for a in (items, types, times):
+                    kept = a[r][keep]
+                    a[r] = 0
+                    if n:
+                        a[r, -n:] = kept
+        types[types >= self.n_types] = 0
+        return np.asarray(items[:, -1] > 0)
+
     def _scores(self, items: np.ndarray, types: np.ndarray, times: np.ndarray) -> torch.Tensor:
         """[B, n_items] (or [B, n_classes]) float32 scores on the model's device."""
-        items[items >= self.n_items] = 0  # items newer than the model are unknown to it
-        types[types >= self.n_types] = 0
+        self._known(items, types, times)
         if self._traced is not None:
             n = len(items)
             size = next((b for b in self._buckets if b >= n), n)  # beyond: as is
@@ -399,6 +424,15 @@ class Recommender:
             items = left_pad([seqs[r] for r in rows], self.max_len)
             types = left_pad([type_seqs[r] if type_seqs else None for r in rows], self.max_len)
             times = left_pad([tss[r] if tss else None for r in rows], self.max_len)
+            known = self._known(items, types, times)
+            if not known.all():  # every event's item is newer than the model
+                for j in np.flatnonzero(~known):
+                    results[live[j]] = self._fallback(queries[live[j]], "empty_history")
+                self.metrics.fallback("empty_history", int((~known).sum()))
+                keep = np.flatnonzero(known)
+                live, rows = [live[j] for j in keep], [rows[j] for j in keep]
+                items, types, times = items[keep], types[keep], times[keep]
+        if live:
             ranked = self._rank(items, types, times, [queries[i] for i in live])
             now = time.time()
             for i, r, recs in zip(live, rows, ranked, strict=True):
@@ -489,9 +523,12 @@ class Recommender:
             )
             tss = get("ts_seq") or [None] * len(users)
             times = left_pad([tss[i] for i in live], self.max_len)
+            known = self._known(items, types, times)
             probs = torch.softmax(self._scores(items, types, times), dim=1).cpu().numpy()
             now = time.time()
             for row, i in enumerate(live):
+                if not known[row]:  # every event's item is newer than the model: fallback
+                    continue
                 ts = tss[i]
                 by_user[users[i]] = {
                     "probabilities": {n: float(p) for n, p in zip(names, probs[row], strict=True)},

@@ -165,9 +165,11 @@ class MicroBatcher(Generic[T, R]):
     becomes the next batch. An idle batcher starts a batch on the next turn of the event loop:
     no added delay at low load, and requests that arrived together are scored together.
 
-    ``lock`` serializes every call of ``fn`` with whatever else uses the model. With ``inline``,
-    a batch of one runs on the event loop itself when the lock is free: the hop to the worker
-    thread and back costs more than it saves when nothing else is waiting.
+    ``lock`` serializes every call of ``fn`` with whatever else uses the model. While
+    ``inline()`` says so (the online store answers quickly), a batch of one runs on the event
+    loop itself when the lock is free: the hop to the worker thread and back costs more than it
+    saves when nothing else is waiting. A slow or failing store never blocks the event loop for
+    more than the one lookup that showed it (health probes stay answered).
     """
 
     def __init__(
@@ -176,7 +178,7 @@ class MicroBatcher(Generic[T, R]):
         executor: ThreadPoolExecutor,
         max_batch: int,
         lock: threading.Lock,
-        inline: bool = True,
+        inline: Callable[[], bool] = lambda: True,
     ):
         self.fn, self.executor, self.max_batch = fn, executor, max_batch
         self.lock, self.inline = lock, inline
@@ -200,7 +202,7 @@ class MicroBatcher(Generic[T, R]):
                 del self.pending[: self.max_batch]
                 items = [item for item, _ in batch]
                 try:
-                    if self.inline and len(items) == 1 and self.lock.acquire(blocking=False):
+                    if len(items) == 1 and self.inline() and self.lock.acquire(blocking=False):
                         try:
                             results = self.fn(items)
                         finally:
@@ -289,7 +291,8 @@ class Guard:
     one, so it applies to the fast path too."""
 
     def __init__(self, app: Any, max_body: int, fast_path: bool = True) -> None:
-        self.app, self.max_body, self.fast_path = app, max_body, fast_path
+        self.app, self.max_body = app, max_body
+        self.fast_path = fast_path and not _cors_enabled()
         token = os.environ.get("SEQREC_API_TOKEN", "")
         self.expected = f"Bearer {token}".encode() if token else None
 
@@ -328,28 +331,29 @@ class Guard:
                     return await self._too_large(send)
                 length = int(value)
         route = FAST_ROUTES.get(path) if method == "POST" and self.fast_path else None
-        if route is not None and _SERVICE is not None:
+        bounded = length is None and method in ("POST", "PUT", "PATCH")
+        if (route is not None and _SERVICE is not None) or bounded:
             body = await self._body(receive)
+            if body is _GONE:  # the client left mid-body: nobody to answer
+                return None
             if body is None:
                 return await self._too_large(send)
-            return await _fast(_SERVICE, route, body, send)
-        if length is None and method in ("POST", "PUT", "PATCH"):
-            body = await self._body(receive)
-            if body is None:
-                return await self._too_large(send)
+            assert isinstance(body, bytes)
+            if route is not None and _SERVICE is not None:
+                return await _fast(_SERVICE, route, body, send)
             return await self.app(scope, _replay(body), send)
         return await self.app(scope, receive, send)
 
     async def _too_large(self, send: Any) -> None:
         await _send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes"})
 
-    async def _body(self, receive: Any) -> bytes | None:
-        """The whole request body, or None past ``max_body`` bytes (or if the client left)."""
+    async def _body(self, receive: Any) -> bytes | object | None:
+        """The whole request body; None past ``max_body`` bytes, ``_GONE`` if the client left."""
         chunks, size = [], 0
         while True:
             msg = await receive()
             if msg["type"] != "http.request":
-                return None
+                return _GONE
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -357,6 +361,20 @@ class Guard:
             chunks.append(chunk)
             if not msg.get("more_body"):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_GONE = object()
+
+
+def _cors_enabled() -> bool:
+    """Whether BentoML's CORS middleware is on: it sits inside this middleware, so the fast
+    path would answer without its headers; seqrec then leaves the endpoints to BentoML."""
+    try:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        return bool(BentoMLContainer.http.cors.enabled.get())
+    except Exception:  # a BentoML without that setting: no CORS middleware either
+        return False
 
 
 def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
@@ -475,11 +493,12 @@ class SeqrecService:
             return [to_json(r) for r in rec.predict_many(users)]
 
         self.model_lock = threading.Lock()
+        quick = rec.store_is_quick
         self.recommend_batcher = MicroBatcher(
-            recommend_many, self.executor, cfg.micro_batch, self.model_lock
+            recommend_many, self.executor, cfg.micro_batch, self.model_lock, quick
         )
         self.predict_batcher = MicroBatcher(
-            predict_many, self.executor, cfg.micro_batch, self.model_lock
+            predict_many, self.executor, cfg.micro_batch, self.model_lock, quick
         )
         self._probe_task: asyncio.Task[None] | None = None
         _SERVICE = self

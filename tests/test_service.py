@@ -419,6 +419,29 @@ def test_recommender_batch_order_and_fallback(
     assert pair[1]["items"] == out[0]["items"]
 
 
+def test_items_newer_than_the_model_are_skipped(recommender: Any) -> None:
+    """Online sequences may hold items added after training: they are dropped (as
+    /recommend_from_events does), not scored as padding in the middle of the sequence."""
+    from seqrec.features.sql import left_pad
+    from seqrec.recommend import Query
+
+    n, width = recommender.n_items, recommender.max_len
+
+    def arrays(seq: list[int], times: list[int]) -> tuple[Any, Any, Any]:
+        return (
+            left_pad([seq], width),
+            left_pad([[1] * len(seq)], width),
+            left_pad([times], width),
+        )
+
+    t = [1_700_000_000 + 60 * i for i in range(4)]
+    with_new = recommender._rank(*arrays([3, 5, n + 4, 7], t), [Query("x", 5)])
+    without = recommender._rank(*arrays([3, 5, 7], [t[0], t[1], t[3]]), [Query("x", 5)])
+    assert with_new == without
+    only_new = arrays([n + 1, n + 2], t[:2])
+    assert not recommender._known(*only_new)[0]  # nothing known left: the caller falls back
+
+
 def test_recommender_single_matches_batch(recommender: Any, known_user: str) -> None:
     single = recommender.recommend(known_user, k=5, exclude_seen=False)
     batch = recommender.recommend_batch([known_user], k=5, exclude_seen=False)[0]

@@ -198,3 +198,69 @@ def register(cli: click.Group) -> None:
             _print_classification(res, split)
         else:
             _print_ranking(res, ks, split)
+
+    @cli.command()
+    @project_option
+    @click.option(
+        "--production",
+        "production_label",
+        default="stage=production",
+        show_default=True,
+        help="Label that marks the production model (moved to the candidate on promotion).",
+    )
+    @click.option("--model", "-m", "model_name", help="Only without a production model.")
+    @click.option("--task", type=click.Choice(["next-item", "classify"]), default=None)
+    @click.option("--label", help="For classify without a production model.")
+    @click.option("--metric", help="Compared metric (default: ndcg@10, or roc_auc to classify).")
+    @click.option(
+        "--min-gain",
+        type=float,
+        default=0.0,
+        show_default=True,
+        help="Promote only if the candidate beats production by at least this much.",
+    )
+    @click.option("--epochs", type=click.IntRange(1), default=None)
+    @click.option("--seed", type=int, default=None)
+    @click.option("--no-promote", is_flag=True, help="Compare and report; change no labels.")
+    @click.option("--no-materialize", is_flag=True, help="Skip the incremental materialization.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+    def retrain(
+        project: Path | None,
+        production_label: str,
+        model_name: str | None,
+        task: str | None,
+        label: str | None,
+        metric: str | None,
+        min_gain: float,
+        epochs: int | None,
+        seed: int | None,
+        no_promote: bool,
+        no_materialize: bool,
+        as_json: bool,
+    ) -> None:
+        """Refresh features, warm-start a candidate from production, compare both on the newest
+        window, and promote it by label if it is better (exit 0 either way; see the report)."""
+        from seqrec.retrain import retrain as run
+
+        ws = workspace(project)
+        rep = run(
+            ws,
+            production_label=production_label,
+            model_name=model_name,
+            task=task,
+            label=label,
+            metric=metric,
+            min_gain=min_gain,
+            epochs=epochs,
+            seed=seed,
+            promote=not no_promote,
+            materialize=not no_materialize,
+            progress=not as_json,
+        )
+        if as_json:
+            emit_json(rep.to_dict())
+            return
+        verdict = "PROMOTED" if rep.promoted else "kept production"
+        click.echo(f"{verdict}: {rep.reason}")
+        click.echo(f"candidate {rep.candidate}; production was {rep.production or 'none'}")
+        click.echo(f"report: {rep.report_path} ({rep.seconds:.0f} s)")

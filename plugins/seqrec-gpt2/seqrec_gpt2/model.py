@@ -106,8 +106,10 @@ class GPT2NextItem(SeqModel):
         mask = batch.mask
         n = x.shape[1]
         seen = torch.ones(n, n, dtype=torch.bool, device=x.device).tril() & mask[:, None, :]
-        # a padding position sees itself: no query is left with nothing to attend to
-        seen = seen | torch.eye(n, dtype=torch.bool, device=x.device)
+        # a query that sees no key (left padding) sees itself instead: no empty softmax rows;
+        # every other mask row is the full forward's (causal, real keys only)
+        alone = torch.eye(n, dtype=torch.bool, device=x.device) & ~seen.any(-1, keepdim=True)
+        seen = seen | alone
         blocks = list(self.backbone.h)
         for block in blocks[:-1]:
             x = _block(block, x, seen[:, None], newest_only=False)

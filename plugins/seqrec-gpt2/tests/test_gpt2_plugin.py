@@ -71,6 +71,7 @@ def test_newest_only_scoring_equals_the_full_forward() -> None:
         for row, n in enumerate((12, 1, 5, 11, 7, 7)):
             items[row, : 12 - n] = 0
         items[5] = items[4]  # two equal rows
+        items[3, -1] = 0  # padding after real events: the full forward's mask, too
         times = torch.arange(12).repeat(6, 1) * 600 * (items > 0)
         batch = Batch(items=items, types=(items > 0).long() + items % 2, times=times)
         with torch.no_grad():

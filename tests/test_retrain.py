@@ -1,0 +1,150 @@
+"""Retraining: features refreshed, candidate warm-started from production, both compared on the
+newest window, labels moved only when the candidate wins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from seqrec import model_store
+from seqrec.config import Workspace
+from seqrec.errors import SeqrecError
+from seqrec.testing import load_synth, make_workspace
+
+
+def _labels(ws: Workspace, tag: str) -> dict[str, str]:
+    row = next(r for r in model_store.list_models(ws.model_store) if r["tag"] == tag)
+    return dict(row["labels"])
+
+
+def _new_events(ws: Workspace, n_users: int = 40) -> None:
+    """Each of ``n_users`` users views two more items, one of them new to the catalogue."""
+    from sqlalchemy import func, select
+
+    from seqrec.data.importers import RawEvent, import_events
+    from seqrec.data.schema import events, make_engine
+
+    engine = make_engine(ws.events_url)
+    with engine.connect() as conn:
+        last = conn.execute(select(func.max(events.c.ts_ms))).scalar_one()
+        users = [r[0] for r in conn.execute(select(events.c.user_id).distinct().limit(n_users))]
+    rows = []
+    for i, u in enumerate(users):
+        for j, item in enumerate((f"brand-new-{i % 3}", f"i{(i * 7) % 50}")):
+            rows.append(RawEvent(u, item, int(last) + 60_000 * (1 + 2 * i + j), "view", None))
+    source = "test:new-events"
+    import_events(
+        engine,
+        enumerate(rows, 1),
+        source=source,
+        sha256=hashlib.sha256(source.encode()).hexdigest(),
+        fmt="test",
+    )
+    engine.dispose()
+
+
+@pytest.fixture
+def prod_ws(tmp_path: Path) -> tuple[Workspace, str]:
+    """A workspace with gpt2 trained, online and labelled stage=production."""
+    from seqrec.commands.serve import set_labels
+    from seqrec.features import store as fs
+    from seqrec.pipeline import train_model
+
+    ws = make_workspace(tmp_path / "ws")
+    load_synth(ws, users=80, items=50)
+    fs.apply(ws)
+    fs.materialize(ws)
+    tag = train_model(ws, "gpt2", epochs=1, progress=False).tag
+    set_labels(ws, tag, {"stage": "production"})
+    return ws, tag
+
+
+def test_retrain_promotes_a_better_candidate(prod_ws: tuple[Workspace, str]) -> None:
+    from seqrec.retrain import find_production, retrain
+
+    ws, prod = prod_ws
+    _new_events(ws)
+    rep = retrain(ws, min_gain=-1.0, epochs=1, progress=False)  # any candidate is "better"
+    assert rep.production == prod and rep.candidate != prod
+    assert rep.promoted and "better" in rep.reason
+    assert rep.metric == "ndcg@10" and rep.production_score is not None
+    assert rep.materialized_users is not None and rep.materialized_users >= 40  # incremental
+    # labels moved: the candidate serves, the old model is archived
+    assert find_production(ws, "stage=production") == rep.candidate
+    assert _labels(ws, prod)["stage"] == "archived"
+    # warm start from production's stored weights, on the grown vocabulary
+    cand = model_store.load(rep.candidate, store=ws.model_store)
+    old = model_store.load(prod, store=ws.model_store)
+    assert cand.info["init_from"] == str(old.path)
+    assert cand.model.ctx.n_items > old.model.ctx.n_items  # brand-new items are in the vocab
+    # both were scored on the same window; the report is on disk
+    evals = rep.evaluations
+    assert evals["candidate"]["users"] == evals["production"]["window_users"] > 0
+    assert evals["production"]["users"] < evals["production"]["window_users"]  # new targets
+    saved = json.loads(Path(rep.report_path).read_text())
+    assert saved["candidate"] == rep.candidate and saved["promoted"] is True
+
+
+def test_retrain_keeps_production_when_the_candidate_is_not_better(
+    prod_ws: tuple[Workspace, str],
+) -> None:
+    from seqrec.retrain import find_production, retrain
+
+    ws, prod = prod_ws
+    _new_events(ws)
+    rep = retrain(ws, min_gain=1.0, epochs=1, progress=False)  # NDCG cannot gain 1.0
+    assert not rep.promoted and "production kept" in rep.reason
+    assert find_production(ws, "stage=production") == prod
+    assert _labels(ws, prod)["stage"] == "production"
+    assert _labels(ws, rep.candidate)["retrain"] == "rejected"
+    assert "stage" not in _labels(ws, rep.candidate)
+
+
+def test_retrain_without_production_beats_popularity_first(tmp_path: Path) -> None:
+    from seqrec.features import store as fs
+    from seqrec.retrain import retrain
+
+    ws = make_workspace(tmp_path / "ws")
+    load_synth(ws, users=60, items=40)
+    fs.apply(ws)
+    rep = retrain(ws, min_gain=-1.0, epochs=1, progress=False, materialize=False)
+    assert rep.production is None and rep.baseline_score is not None
+    assert rep.promoted and "popularity" in rep.reason
+    assert _labels(ws, rep.candidate)["stage"] == "production"
+
+
+def test_retrain_rejects_bad_requests(prod_ws: tuple[Workspace, str]) -> None:
+    from seqrec.retrain import retrain
+
+    ws, _ = prod_ws
+    with pytest.raises(SeqrecError, match="bad production label"):
+        retrain(ws, production_label="production", progress=False)
+    with pytest.raises(SeqrecError, match="not 'lstm'"):
+        retrain(ws, model_name="lstm", progress=False, materialize=False)
+    with pytest.raises(SeqrecError, match="not classify"):
+        retrain(ws, task="classify", progress=False, materialize=False)
+
+
+def test_retrain_command(prod_ws: tuple[Workspace, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from seqrec.cli import build_cli
+
+    for name in ("SEQREC_PROJECT", "BENTOML_HOME"):  # the CLI sets them: undone after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+    ws, prod = prod_ws
+    _new_events(ws, n_users=10)
+    args = ["retrain", "--no-promote", "--epochs", "1", "--json", "--project", str(ws.root)]
+    result = CliRunner().invoke(build_cli(), args)
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.output)
+    assert rep["production"] == prod and rep["promoted"] is False
+    assert _labels(ws, prod)["stage"] == "production"  # --no-promote: nothing moved
+    bad = CliRunner().invoke(build_cli(), ["retrain", "--production", "x", "--project", ws.root])
+    assert bad.exit_code == 1 and "bad production label" in bad.output
