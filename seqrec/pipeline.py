@@ -281,11 +281,8 @@ def evaluate_model(
     t0 = time.perf_counter()
     out: dict[str, Any]
     if task == "classify":
-        n_model = stored.model.ctx.n_items
-        if data.n_items > n_model:  # items new since training are unknown to it: padding
-            e = examples
-            items = np.where(e.items < n_model, e.items, 0)
-            examples = SequenceSet(e.user_ids, items, e.types, e.times, e.labels)
+        if data.n_items > stored.model.ctx.n_items:  # items new since training: unknown to it
+            examples = _clip_vocab(examples, stored.model.ctx.n_items, targets=False)
         probs = predict(stored.model, examples, device=device, progress=progress)["probs"]
         out = classification_metrics(examples.labels, probs, stored.info.get("threshold"))
         out["class_names"] = stored.info.get("class_names")
@@ -342,8 +339,12 @@ def evaluate_model(
     return out
 
 
-def _clip_vocab(s: SequenceSet, n_items: int) -> SequenceSet:
+def _clip_vocab(s: SequenceSet, n_items: int, targets: bool = True) -> SequenceSet:
+    """Input items a model of ``n_items`` does not know become padding; with ``targets``
+    (next-item), examples whose target it does not know are dropped (it cannot rank them)."""
     items = np.where(s.items < n_items, s.items, 0)
+    if not targets:
+        return SequenceSet(s.user_ids, items, s.types, s.times, s.labels)
     labels = np.where(s.labels < n_items, s.labels, 0)
     keep = labels > 0
     return SequenceSet(s.user_ids[keep], items[keep], s.types[keep], s.times[keep], labels[keep])

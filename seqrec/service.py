@@ -148,10 +148,6 @@ class Prediction(bentoml.IODescriptor):
     feature_age_s: float | None
 
 
-def _json(obj: Any) -> Response:
-    return Response(to_json(obj), media_type="application/json")
-
-
 # -- batching -------------------------------------------------------------------------------------
 
 T = TypeVar("T")
@@ -275,7 +271,13 @@ _SERVICE: SeqrecService | None = None
 async def _send_json(
     send: Callable[..., Awaitable[None]], status: int, body: Any, **hdr: str
 ) -> None:
-    data = to_json(body)
+    await _send_bytes(send, status, to_json(body), **hdr)
+
+
+async def _send_bytes(
+    send: Callable[..., Awaitable[None]], status: int, data: bytes, **hdr: str
+) -> None:
+    """One whole JSON response (``data`` already serialized)."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in hdr.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -391,9 +393,6 @@ def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
     return receive
 
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
 async def _fast(
     service: SeqrecService, route: tuple[type[_Request], str], body: bytes, send: Any
 ) -> None:
@@ -423,9 +422,7 @@ async def _fast(
         return await _send_json(
             send, 500, {"error": "An unexpected error has occurred, please check the server log."}
         )
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    await _send_bytes(send, 200, data)
 
 
 # -- the service ----------------------------------------------------------------------------------
