@@ -245,15 +245,38 @@ def seen_items_mask(ws: Workspace, data: SequenceSet, n_items: int, split_offset
     return mask
 
 
+#: at most this many resampled indices are held at once by :func:`bootstrap_ci` (64 MiB)
+BOOTSTRAP_CHUNK = 1 << 23
+
+
+def bootstrap_chunks(n_boot: int, n: int, budget: int = BOOTSTRAP_CHUNK) -> list[int]:
+    """How many resamples of ``n`` values each step of :func:`bootstrap_ci` draws: as many as
+    fit ``budget`` indices (at least one), summing to ``n_boot``."""
+    per = max(1, budget // max(1, n))
+    return [min(per, n_boot - i) for i in range(0, n_boot, per)]
+
+
 def bootstrap_ci(
-    values: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    values: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    budget: int = BOOTSTRAP_CHUNK,
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of per-user ``values``."""
+    """Percentile bootstrap confidence interval of the mean of per-user ``values``.
+
+    Resamples are drawn a chunk at a time (:func:`bootstrap_chunks`), so memory stays near
+    ``budget`` indices whatever ``n_boot * len(values)`` is; the draws, and so the interval,
+    are those of drawing every resample at once."""
     if len(values) == 0:
         return (0.0, 0.0)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
+    means = np.concatenate(
+        [
+            values[rng.integers(0, len(values), size=(b, len(values)))].mean(axis=1)
+            for b in bootstrap_chunks(n_boot, len(values), budget)
+        ]
+    )
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
