@@ -18,7 +18,7 @@ import pluggy
 from seqrec import __version__, hookspecs
 
 GROUP = "seqrec"
-DEFAULT_PLUGINS = ("seqrec.default_plugins.popularity",)
+DEFAULT_PLUGINS = ("seqrec.default_plugins.popularity", "seqrec.default_plugins.markov")
 
 
 @dataclass

@@ -200,28 +200,28 @@ def test_load_plugins_empty_loads_no_entry_points(
     monkeypatch.setenv("SEQREC_LOAD_PLUGINS", "")
     pm = new_plugin_manager()
     names = {name for name, _ in pm.list_name_plugin()}
-    assert names == {"popularity"}
+    assert names == {"popularity", "markov"}
     assert pm.failures == {}
-    assert set(model_registry(pm)) == {"popularity"}
+    assert set(model_registry(pm)) == {"popularity", "markov"}
 
 
 def test_load_plugins_selects_named(monkeypatch: pytest.MonkeyPatch, broken_dist: Path) -> None:
     monkeypatch.setenv("SEQREC_LOAD_PLUGINS", "gpt2")
     pm = new_plugin_manager()  # the broken plugin is not selected, so no warning and no failure
     names = {name for name, _ in pm.list_name_plugin()}
-    assert names == {"popularity", "gpt2"}
+    assert names == {"popularity", "markov", "gpt2"}
     assert pm.failures == {}
 
 
 def test_load_plugins_selects_with_spaces(monkeypatch: pytest.MonkeyPatch, toy_dist: Path) -> None:
     monkeypatch.setenv("SEQREC_LOAD_PLUGINS", " toyplug , ")
     pm = new_plugin_manager()
-    assert set(model_registry(pm)) == {"popularity", "toy"}
+    assert set(model_registry(pm)) == {"popularity", "markov", "toy"}
 
 
 def test_load_entrypoints_false() -> None:
     pm = new_plugin_manager(load_entrypoints=False)
-    assert set(model_registry(pm)) == {"popularity"}
+    assert set(model_registry(pm)) == {"popularity", "markov"}
 
 
 def test_duplicate_model_name_names_both_plugins() -> None:

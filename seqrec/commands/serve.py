@@ -170,11 +170,13 @@ def build_bento(ws: Workspace, ref: str, version: str | None = None) -> dict[str
 
     from seqrec import model_store
     from seqrec.features.store import write_repo
+    from seqrec.plugins import DEFAULT_PLUGINS
 
     tag, task = check_model(ws, ref)
     _, path = model_store.locate(tag, ws.model_store)
     plugin = json.loads((path / "seqrec.json").read_text()).get("plugin")
-    dists = ["seqrec"] + ([f"seqrec-{plugin}"] if plugin and plugin != "popularity" else [])
+    builtin = {m.rsplit(".", 1)[-1] for m in DEFAULT_PLUGINS}  # ship inside seqrec itself
+    dists = ["seqrec"] + ([f"seqrec-{plugin}"] if plugin and plugin not in builtin else [])
     with tempfile.TemporaryDirectory(prefix="seqrec-bento-") as tmp:
         ctx = Path(tmp)
         wheels = ctx / "wheels"
