@@ -131,6 +131,14 @@ def register(cli: click.Group) -> None:
     @click.option("--items", type=click.IntRange(min=2), required=True, help="Number of items.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
     @click.option(
+        "--kind",
+        type=click.Choice(["default", "markov-clusters"]),
+        default="default",
+        show_default=True,
+        help="default: categories, drifting interests, sessions, a purchase funnel; "
+        "markov-clusters: an item chain mixed with per-user interest clusters (views only).",
+    )
+    @click.option(
         "--out",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
@@ -139,7 +147,13 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
     @project_option
     def synth_cmd(
-        users: int, items: int, seed: int, out: Path | None, as_json: bool, project: Path | None
+        users: int,
+        items: int,
+        seed: int,
+        kind: str,
+        out: Path | None,
+        as_json: bool,
+        project: Path | None,
     ) -> None:
         """Generate a synthetic event log with sequential structure (deterministic per seed)."""
         from seqrec.cli import emit_json
@@ -149,7 +163,7 @@ def register(cli: click.Group) -> None:
             import time
 
             t0 = time.perf_counter()
-            n = synth.write_csv(out, users, items, seed)
+            n = synth.write_csv(out, users, items, seed, kind=kind)
             info = {"out": str(out), "rows": n, "seconds": round(time.perf_counter() - t0, 3)}
             if as_json:
                 emit_json(info)
@@ -170,6 +184,7 @@ def register(cli: click.Group) -> None:
                 seed,
                 batch_size=ws.config.events.batch_size,
                 progress=not as_json,
+                kind=kind,
             )
         finally:
             engine.dispose()

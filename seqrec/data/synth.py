@@ -14,6 +14,9 @@ that a sequence model can learn and a popularity model cannot:
 * funnel: a view is followed by a cart of the same item with probability :data:`P_CART`, a cart
   by a purchase with probability :data:`P_PURCHASE`; purchases carry the item's price as value.
 
+``kind="markov-clusters"`` generates a simpler log instead: a first-order item chain mixed with
+per-user interest clusters (:mod:`seqrec.data.synth_clusters`).
+
 Ids are strings ``u000001`` and ``i00001`` (1-based). Timestamps are epoch milliseconds, strictly
 increasing per user; events are emitted user by user. Everything is determined by the seed.
 """
@@ -44,6 +47,8 @@ P_CART = 0.10
 P_PURCHASE = 0.40
 MEAN_SESSION_LEN = 8.0
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
+#: the logs :func:`generate` can make: this module's world, or :mod:`seqrec.data.synth_clusters`
+KINDS = ("default", "markov-clusters")
 START_SPREAD_MS = 30 * 86_400_000  # users start within 30 days of ``start``
 
 
@@ -146,14 +151,23 @@ def generate(
     *,
     start: datetime = DEFAULT_START,
     mean_events_per_user: int = 60,
+    kind: str = "default",
 ) -> Iterator[RawEvent]:
-    """Yield a synthetic event log, user by user, deterministic for ``seed``."""
+    """Yield a synthetic event log, user by user, deterministic for ``seed``; ``kind`` is one
+    of :data:`KINDS`."""
     _check_sizes(users, items)
     if mean_events_per_user < 5:
         raise SeqrecError(f"mean_events_per_user must be at least 5, got {mean_events_per_user}")
+    if kind not in KINDS:
+        raise SeqrecError(f"unknown synthetic log kind '{kind}'", hint=f"choose one of {KINDS}")
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     start_ms = int(start.timestamp() * 1000)
+    if kind == "markov-clusters":
+        from seqrec.data import synth_clusters
+
+        yield from synth_clusters.generate(users, items, seed, start_ms, mean_events_per_user)
+        return
     cat = catalog(items, seed)
     succ = cat.successors.tolist()
     category = cat.category.tolist()
@@ -236,6 +250,7 @@ def write_csv(
     *,
     start: datetime = DEFAULT_START,
     mean_events_per_user: int = 60,
+    kind: str = "default",
 ) -> int:
     """Write :func:`generate`'s log as CSV (timestamps in epoch ms); returns the row count."""
     path = Path(path)
@@ -245,7 +260,7 @@ def write_csv(
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "timestamp", "event_type", "value"])
         for ev in generate(
-            users, items, seed, start=start, mean_events_per_user=mean_events_per_user
+            users, items, seed, start=start, mean_events_per_user=mean_events_per_user, kind=kind
         ):
             w.writerow(
                 [
@@ -269,6 +284,7 @@ def import_synth(
     mean_events_per_user: int = 60,
     batch_size: int = 10_000,
     progress: bool = False,
+    kind: str = "default",
 ) -> ImportReport:
     """Generate a log straight into the events DB; rerunning with the same arguments adds 0."""
     from seqrec.data.importers import import_events
@@ -278,7 +294,9 @@ def import_synth(
     source = f"synth:users={users},items={items},seed={seed}"
     if mean_events_per_user != 60:
         source += f",mean={mean_events_per_user}"
-    events = generate(users, items, seed, mean_events_per_user=mean_events_per_user)
+    if kind != "default":
+        source += f",kind={kind}"
+    events = generate(users, items, seed, mean_events_per_user=mean_events_per_user, kind=kind)
     return import_events(
         engine,
         enumerate(events, 1),
