@@ -18,7 +18,7 @@ from seqrec.config import Workspace
 from seqrec.data.schema import make_engine
 from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
-from seqrec.features.sql import event_positions
+from seqrec.features.sql import drop_unknown, event_positions
 from seqrec.models import ModelContext, SeqModel, get_spec
 from seqrec.training.data import (
     ClassificationData,
@@ -304,16 +304,16 @@ def evaluate_model(
     t0 = time.perf_counter()
     out: dict[str, Any]
     if task == "classify":
-        if data.n_items > stored.model.ctx.n_items:  # items new since training: unknown to it
-            examples = _clip_vocab(examples, stored.model.ctx.n_items, targets=False)
+        if _newer_than(data, stored.model.ctx):  # items new since training: unknown to it
+            examples = _clip_vocab(examples, stored.model.ctx, targets=False)
         probs = predict(stored.model, examples, device=device, progress=progress)["probs"]
         out = classification_metrics(examples.labels, probs, stored.info.get("threshold"))
         out["class_names"] = stored.info.get("class_names")
         out["label"] = stored.info.get("label")
     else:
         n_model = stored.model.ctx.n_items
-        if data.n_items > n_model:  # items new since training cannot be scored
-            examples = _clip_vocab(examples, n_model)
+        if _newer_than(data, stored.model.ctx):  # items new since training cannot be scored
+            examples = _clip_vocab(examples, stored.model.ctx)
         exclude = (
             seen_items_mask(ws, examples, n_model, 0 if split == "test" else 1)
             if exclude_seen
@@ -362,12 +362,19 @@ def evaluate_model(
     return out
 
 
-def _clip_vocab(s: SequenceSet, n_items: int, targets: bool = True) -> SequenceSet:
-    """Input items a model of ``n_items`` does not know become padding; with ``targets``
-    (next-item), examples whose target it does not know are dropped (it cannot rank them)."""
-    items = np.where(s.items < n_items, s.items, 0)
+def _newer_than(data: Data, ctx: ModelContext) -> bool:
+    """Whether ``data`` has items or event types the model of ``ctx`` does not know."""
+    return data.n_items > ctx.n_items or data.n_event_types > ctx.n_event_types
+
+
+def _clip_vocab(s: SequenceSet, ctx: ModelContext, targets: bool = True) -> SequenceSet:
+    """``s`` as the model of ``ctx`` is served it: input events whose item it does not know
+    are dropped and the rest left-padded again (:func:`drop_unknown`, as serving does); with
+    ``targets`` (next-item), examples whose target it does not know are dropped too (it cannot
+    rank them). ``s`` itself is not changed."""
+    items, types, times = s.items.copy(), s.types.copy(), s.times.copy()
+    drop_unknown(items, types, times, ctx.n_items, ctx.n_event_types)
     if not targets:
-        return SequenceSet(s.user_ids, items, s.types, s.times, s.labels)
-    labels = np.where(s.labels < n_items, s.labels, 0)
-    keep = labels > 0
-    return SequenceSet(s.user_ids[keep], items[keep], s.types[keep], s.times[keep], labels[keep])
+        return SequenceSet(s.user_ids, items, types, times, s.labels)
+    keep = (s.labels > 0) & (s.labels < ctx.n_items)
+    return SequenceSet(s.user_ids[keep], items[keep], types[keep], times[keep], s.labels[keep])

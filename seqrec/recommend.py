@@ -23,7 +23,7 @@ import torch
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.features import store as feature_store
-from seqrec.features.sql import left_pad
+from seqrec.features.sql import drop_unknown, left_pad
 from seqrec.models import Batch
 from seqrec.training.trainer import pick_device
 
@@ -312,18 +312,7 @@ class Recommender:
         """Drop events whose item is newer than the model (unknown to it) and left-pad those
         rows again, in place, as ``/recommend_from_events`` skips unknown items; returns, per
         row, whether any event is left."""
-        unknown = items >= self.n_items
-        if unknown.any():
-            for r in np.flatnonzero(unknown.any(axis=1)):
-                keep = (items[r] > 0) & ~unknown[r]
-                n = int(keep.sum())
-                for a in (items, types, times):
-                    kept = a[r][keep]
-                    a[r] = 0
-                    if n:
-                        a[r, -n:] = kept
-        types[types >= self.n_types] = 0
-        return np.asarray(items[:, -1] > 0)
+        return drop_unknown(items, types, times, self.n_items, self.n_types)
 
     def _scores(self, items: np.ndarray, types: np.ndarray, times: np.ndarray) -> torch.Tensor:
         """[B, n_items] (or [B, n_classes]) float32 scores on the model's device."""

@@ -150,3 +150,23 @@ def left_pad(seqs: Any, length: int) -> np.ndarray:
         if s:
             out[i, length - len(s) :] = s
     return out
+
+
+def drop_unknown(
+    items: np.ndarray, types: np.ndarray, times: np.ndarray, n_items: int, n_types: int
+) -> np.ndarray:
+    """Fit left-padded [N, L] sequences to a model of ``n_items`` items and ``n_types`` event
+    types, in place: events whose item the model does not know (newer than it) are dropped and
+    the rest shifted right, types and times alongside, so rows stay left-padded with column -1
+    the newest known event; unknown event types become 0. Serving, evaluation and retraining
+    all prepare inputs with this. Returns [N] bool: whether a row has any event left."""
+    unknown = items >= n_items
+    rows = np.flatnonzero(unknown.any(axis=1))
+    if len(rows):
+        keep = (items[rows] > 0) & ~unknown[rows]  # [R, L]
+        order = np.argsort(keep, axis=1, kind="stable")  # dropped first, kept in their order
+        kept = np.take_along_axis(keep, order, axis=1)
+        for a in (items, types, times):
+            a[rows] = np.where(kept, np.take_along_axis(a[rows], order, axis=1), 0)
+    types[types >= n_types] = 0
+    return np.asarray(items[:, -1] > 0)
