@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,8 @@ class Batch:
     items, types, times: [B, L] (item index, event-type index, epoch seconds; 0 = padding)
     targets: [B, L] next item after each position (0 = no target there), next-item training only
     labels: [B] class index, classification only
+    now: [B] epoch seconds the prediction is made at (the cutoff of a training example, the
+        request time in serving), or None where unknown; the built-in neural models ignore it
     """
 
     items: Tensor
@@ -46,6 +48,7 @@ class Batch:
     times: Tensor
     targets: Tensor | None = None
     labels: Tensor | None = None
+    now: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {
@@ -85,8 +88,13 @@ class SeqModel(nn.Module):
     Next-item models implement ``next_item_loss`` and ``next_item_scores``; classifiers
     implement ``class_logits`` (the loss is cross-entropy, class-weighted by the trainer for
     imbalanced labels). ``loss`` and ``score`` dispatch on ``ctx.task``; the trainer, evaluator
-    and service only call those two.
+    and service only call those two. Models that do not learn by gradient fit in
+    ``fit_statistics`` (next-item) or ``fit_classifier`` (classification) instead.
     """
+
+    #: whether ``score`` can run as a TorchScript trace; False (e.g. a model calling a native
+    #: library such as LightGBM) makes the service run it eagerly without trying
+    traceable: ClassVar[bool] = True
 
     def __init__(self, ctx: ModelContext):
         super().__init__()
@@ -195,6 +203,14 @@ class SeqModel(nn.Module):
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
         """Optional: non-gradient models (popularity) fit here from the training tensors."""
+
+    def fit_classifier(self, tensors: Mapping[str, Tensor]) -> None:
+        """Optional: non-gradient classifiers (gbdt) fit here, once, before any epoch.
+
+        ``tensors`` are the training set's ``items``, ``types``, ``times`` [N, L], ``labels``
+        [N] and ``now`` [N] (when known); ``self.class_weights`` is already set. The trainer
+        has seeded torch's RNG, so a seed drawn from it makes the fit deterministic.
+        """
 
     @property
     def trainable(self) -> bool:

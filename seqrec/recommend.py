@@ -186,7 +186,7 @@ class Recommender:
         self._pop_cache: dict[int, list[dict[str, Any]]] = {}
         self._traced: Any = None
         self._buckets: list[int] = []
-        if ws.config.serve.trace:
+        if ws.config.serve.trace and type(self.model).traceable:
             self._traced = self._trace()
             if self._traced is not None:
                 self._warm(ws.config.serve.micro_batch)
@@ -314,8 +314,15 @@ class Recommender:
         row, whether any event is left."""
         return drop_unknown(items, types, times, self.n_items, self.n_types)
 
-    def _scores(self, items: np.ndarray, types: np.ndarray, times: np.ndarray) -> torch.Tensor:
-        """[B, n_items] (or [B, n_classes]) float32 scores on the model's device."""
+    def _scores(
+        self,
+        items: np.ndarray,
+        types: np.ndarray,
+        times: np.ndarray,
+        now: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """[B, n_items] (or [B, n_classes]) float32 scores on the model's device; ``now`` [B]:
+        the request time (epoch seconds) for eager models that read it."""
         self._known(items, types, times)
         if self._traced is not None:
             n = len(items)
@@ -335,6 +342,7 @@ class Recommender:
             items=torch.from_numpy(items),
             types=torch.from_numpy(types),
             times=torch.from_numpy(times),
+            now=None if now is None else torch.from_numpy(now),
         ).to(self.device)
         return self.model.score(batch).float()
 
@@ -513,8 +521,9 @@ class Recommender:
             tss = get("ts_seq") or [None] * len(users)
             times = left_pad([tss[i] for i in live], self.max_len)
             known = self._known(items, types, times)
-            probs = torch.softmax(self._scores(items, types, times), dim=1).cpu().numpy()
             now = time.time()
+            at = np.full(len(live), int(now), dtype=np.int64)
+            probs = torch.softmax(self._scores(items, types, times, at), dim=1).cpu().numpy()
             for row, i in enumerate(live):
                 if not known[row]:  # every event's item is newer than the model: fallback
                     continue

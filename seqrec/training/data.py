@@ -37,6 +37,7 @@ class SequenceSet:
     times: np.ndarray  # [N, L] int64 epoch seconds
     labels: np.ndarray  # [N] target item (next-item) or class index
     loss_from: np.ndarray | None = None  # [N] first column whose target is trained on
+    now: np.ndarray | None = None  # [N] int64 epoch seconds of the example (its cutoff)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,6 +60,8 @@ class SequenceSet:
         }
         if with_targets:
             out["targets"] = torch.from_numpy(self.next_item_targets())
+        if self.now is not None:
+            out["now"] = torch.from_numpy(self.now)
         return out
 
     def subset(self, idx: np.ndarray) -> SequenceSet:
@@ -69,6 +72,7 @@ class SequenceSet:
             self.times[idx],
             self.labels[idx],
             None if self.loss_from is None else self.loss_from[idx],
+            None if self.now is None else self.now[idx],
         )
 
 
@@ -90,6 +94,7 @@ def iter_batches(
             times=tensors["times"][idx],
             targets=tensors["targets"][idx] if "targets" in tensors else None,
             labels=tensors["labels"][idx],
+            now=tensors["now"][idx] if "now" in tensors else None,
         )
 
 
@@ -172,7 +177,15 @@ def _to_set(df: pd.DataFrame, max_len: int) -> SequenceSet:
         times=left_pad(df["ts_seq"].tolist(), max_len),
         labels=df["label"].to_numpy(dtype=np.int64),
         loss_from=df["loss_from"].to_numpy(dtype=np.int64) if "loss_from" in df else None,
+        now=_epoch_seconds(df["event_timestamp"]),
     )
+
+
+def _epoch_seconds(ts: pd.Series) -> np.ndarray:
+    """Entity times (UTC, one microsecond before the cutoff) -> [N] int64 epoch seconds of the
+    cutoff, floored like the event times of ``ts_seq``."""
+    us = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "us")
+    return np.asarray((us.to_numpy(dtype=np.int64) + 1) // 1_000_000, dtype=np.int64)
 
 
 def build_next_item_data(

@@ -234,6 +234,8 @@ def train(
 
     Early-stops on ``settings.metric`` (higher is better) and restores the best weights. With
     ``run_dir``, checkpoints after every epoch; ``resume`` continues from the last one.
+    Non-gradient models fit once first (``fit_statistics`` for next-item, ``fit_classifier``
+    for classification); one without trainable parameters is then validated once, no epochs.
     """
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
@@ -242,6 +244,8 @@ def train(
     model.to(device)
     if "targets" in train_tensors:
         model.fit_statistics(train_tensors["items"], train_tensors["targets"])
+    elif model.ctx.task == "classify":
+        model.fit_classifier(train_tensors)
     t_start = time.perf_counter()
     ckpt = Checkpointer(run_dir) if run_dir else None
     log = (run_dir / LOG_FILE) if run_dir else None
