@@ -139,6 +139,12 @@ def register(cli: click.Group) -> None:
         "markov-clusters: an item chain mixed with per-user interest clusters (views only).",
     )
     @click.option(
+        "--random-event-types",
+        is_flag=True,
+        help="Control for classification: draw every event's type independently of everything "
+        "(next-event-type labels become pure noise).",
+    )
+    @click.option(
         "--out",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
@@ -151,6 +157,7 @@ def register(cli: click.Group) -> None:
         items: int,
         seed: int,
         kind: str,
+        random_event_types: bool,
         out: Path | None,
         as_json: bool,
         project: Path | None,
@@ -163,7 +170,9 @@ def register(cli: click.Group) -> None:
             import time
 
             t0 = time.perf_counter()
-            n = synth.write_csv(out, users, items, seed, kind=kind)
+            n = synth.write_csv(
+                out, users, items, seed, kind=kind, random_event_types=random_event_types
+            )
             info = {"out": str(out), "rows": n, "seconds": round(time.perf_counter() - t0, 3)}
             if as_json:
                 emit_json(info)
@@ -185,6 +194,7 @@ def register(cli: click.Group) -> None:
                 batch_size=ws.config.events.batch_size,
                 progress=not as_json,
                 kind=kind,
+                random_event_types=random_event_types,
             )
         finally:
             engine.dispose()

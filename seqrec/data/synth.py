@@ -17,6 +17,12 @@ that a sequence model can learn and a popularity model cannot:
 ``kind="markov-clusters"`` generates a simpler log instead: a first-order item chain mixed with
 per-user interest clusters (:mod:`seqrec.data.synth_clusters`).
 
+``random_event_types=True`` (either kind) is a control for classification: every event's type
+is redrawn independently of everything (user, item, time, history) from
+:data:`RANDOM_TYPE_P`, and no event carries a value, so ``next-event-type`` labels are pure
+noise (no model can beat chance). ``purchase-within`` labels are not: how many events a user
+has in the horizon still depends on the user.
+
 Ids are strings ``u000001`` and ``i00001`` (1-based). Timestamps are epoch milliseconds, strictly
 increasing per user; events are emitted user by user. Everything is determined by the seed.
 """
@@ -50,6 +56,8 @@ DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
 #: the logs :func:`generate` can make: this module's world, or :mod:`seqrec.data.synth_clusters`
 KINDS = ("default", "markov-clusters")
 START_SPREAD_MS = 30 * 86_400_000  # users start within 30 days of ``start``
+#: event-type probabilities of ``random_event_types`` (every class common enough to evaluate)
+RANDOM_TYPE_P = {"view": 0.6, "cart": 0.25, "purchase": 0.15}
 
 
 @dataclass(frozen=True)
@@ -152,9 +160,16 @@ def generate(
     start: datetime = DEFAULT_START,
     mean_events_per_user: int = 60,
     kind: str = "default",
+    random_event_types: bool = False,
 ) -> Iterator[RawEvent]:
     """Yield a synthetic event log, user by user, deterministic for ``seed``; ``kind`` is one
-    of :data:`KINDS`."""
+    of :data:`KINDS`; ``random_event_types``: types drawn independently of everything."""
+    if random_event_types:
+        log = generate(
+            users, items, seed, start=start, mean_events_per_user=mean_events_per_user, kind=kind
+        )
+        yield from _random_types(log, seed)
+        return
     _check_sizes(users, items)
     if mean_events_per_user < 5:
         raise SeqrecError(f"mean_events_per_user must be at least 5, got {mean_events_per_user}")
@@ -242,6 +257,17 @@ def generate(
             interest = category[cur] if follow[k] else interest
 
 
+def _random_types(events: Iterator[RawEvent], seed: int) -> Iterator[RawEvent]:
+    """``events`` with each type redrawn from :data:`RANDOM_TYPE_P` and no values."""
+    rng = np.random.default_rng([seed, 3])
+    names, p = list(RANDOM_TYPE_P), list(RANDOM_TYPE_P.values())
+    block: list[int] = []
+    for ev in events:
+        if not block:
+            block = rng.choice(len(names), size=65_536, p=p).tolist()[::-1]
+        yield RawEvent(ev.user_id, ev.item_id, ev.ts_ms, names[block.pop()], None)
+
+
 def write_csv(
     path: str | Path,
     users: int,
@@ -251,6 +277,7 @@ def write_csv(
     start: datetime = DEFAULT_START,
     mean_events_per_user: int = 60,
     kind: str = "default",
+    random_event_types: bool = False,
 ) -> int:
     """Write :func:`generate`'s log as CSV (timestamps in epoch ms); returns the row count."""
     path = Path(path)
@@ -260,7 +287,13 @@ def write_csv(
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "timestamp", "event_type", "value"])
         for ev in generate(
-            users, items, seed, start=start, mean_events_per_user=mean_events_per_user, kind=kind
+            users,
+            items,
+            seed,
+            start=start,
+            mean_events_per_user=mean_events_per_user,
+            kind=kind,
+            random_event_types=random_event_types,
         ):
             w.writerow(
                 [
@@ -285,6 +318,7 @@ def import_synth(
     batch_size: int = 10_000,
     progress: bool = False,
     kind: str = "default",
+    random_event_types: bool = False,
 ) -> ImportReport:
     """Generate a log straight into the events DB; rerunning with the same arguments adds 0."""
     from seqrec.data.importers import import_events
@@ -296,7 +330,16 @@ def import_synth(
         source += f",mean={mean_events_per_user}"
     if kind != "default":
         source += f",kind={kind}"
-    events = generate(users, items, seed, mean_events_per_user=mean_events_per_user, kind=kind)
+    if random_event_types:
+        source += ",random_event_types"
+    events = generate(
+        users,
+        items,
+        seed,
+        mean_events_per_user=mean_events_per_user,
+        kind=kind,
+        random_event_types=random_event_types,
+    )
     return import_events(
         engine,
         enumerate(events, 1),
