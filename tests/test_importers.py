@@ -248,6 +248,24 @@ def test_recbole_event_type_column_and_no_rating(engine, tmp_path):
         import_file(engine, g, "recbole")
 
 
+def test_event_type_from_names_events_by_rating(engine, tmp_path):
+    """``liked``: 4 and up liked, below disliked; ``rating``: r<value>; no value is a bad row."""
+    f = write(tmp_path / "u.data", f"1\t10\t5\t{TS}\n1\t11\t3\t{TS + 1}\n2\t10\t4\t{TS}\n")
+    import_file(engine, f, "movielens", event_type_from="liked")
+    assert [r[2] for r in rows(engine)] == ["liked", "disliked", "liked"]
+    g = write(
+        tmp_path / "ml.inter",
+        f"user_id:token\titem_id:token\trating:float\ttimestamp:float\n3\t12\t2\t{TS}\n",
+    )
+    import_file(engine, g, "recbole", event_type_from="rating")
+    assert rows(engine)[-1][2] == "r2"
+    h = write(tmp_path / "e.csv", f"user_id,item_id,timestamp\n4,13,{TS}\n")
+    with pytest.raises(SeqrecError, match=r"e.csv: line 2: no value \(rating\)"):
+        import_file(engine, h, "csv", event_type_from="liked")
+    with pytest.raises(SeqrecError, match="unknown event_type_from"):
+        import_file(engine, h, "csv", event_type_from="stars")  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad rows: fail leaves the DB untouched, skip imports the rest
 

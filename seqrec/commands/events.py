@@ -74,6 +74,13 @@ def register(cli: click.Group) -> None:
         help="Event type for rows without one [default: view for csv, rating otherwise].",
     )
     @click.option(
+        "--event-type-from",
+        type=click.Choice(["rating", "liked"]),
+        default=None,
+        help="Name each event by its value (a rating): rating: r1..r5; "
+        "liked: liked (4 and up) / disliked.",
+    )
+    @click.option(
         "--on-error",
         type=click.Choice(["fail", "skip"]),
         default="fail",
@@ -93,6 +100,7 @@ def register(cli: click.Group) -> None:
         time_unit: str,
         delimiter: str,
         event_type: str | None,
+        event_type_from: str | None,
         on_error: str,
         as_json: bool,
         project: Path | None,
@@ -116,6 +124,7 @@ def register(cli: click.Group) -> None:
                 delimiter=delimiter,
                 default_event_type=event_type,
                 on_error=on_error,  # type: ignore[arg-type]
+                event_type_from=event_type_from,  # type: ignore[arg-type]
                 batch_size=ws.config.events.batch_size,
                 progress=not as_json,
             )

@@ -22,6 +22,11 @@ Timestamp rules (CSV ``time_unit``):
 * ``"auto"`` (default): a numeric value >= 1e11 is milliseconds, a smaller one seconds, and a
   non-numeric one ISO-8601.
 
+``event_type_from`` names each event by its value (a rating) instead: ``"rating"`` gives
+``r1`` .. ``r5`` (``r<value>``), ``"liked"`` gives ``liked`` for a value of at least
+:data:`LIKED_FROM` and ``disliked`` below it (so ``next-event-type`` labels become rating
+classes); a row without a value is then a bad row.
+
 Timestamps before 1970-01-01 or more than one day in the future are rejected. Identifiers are
 stripped of surrounding whitespace; empty ones, or ones longer than 256 characters, are rejected.
 """
@@ -36,7 +41,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -55,9 +60,12 @@ MS_THRESHOLD = 1e11  # auto time unit: numbers >= this are milliseconds
 Format = Literal["csv", "movielens", "recbole"]
 OnError = Literal["fail", "skip"]
 TimeUnit = Literal["auto", "s", "ms", "iso"]
+EventTypeFrom = Literal["rating", "liked"]
 Row = tuple[int, "RawEvent | str"]
 
 DEFAULT_EVENT_TYPE: dict[str, str] = {"csv": "view", "movielens": "rating", "recbole": "rating"}
+#: ``event_type_from="liked"``: values (ratings) from this one up are ``liked``
+LIKED_FROM = 4.0
 
 
 @dataclass
@@ -675,6 +683,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def types_from_values(rows: Iterable[Row], mode: EventTypeFrom) -> Iterator[Row]:
+    """``rows`` with each event's type named by its value: ``r<value>`` (``mode="rating"``) or
+    ``liked``/``disliked`` (``mode="liked"``, :data:`LIKED_FROM` and up is liked)."""
+    for n, ev in rows:
+        if isinstance(ev, str):
+            yield n, ev
+        elif ev.value is None:
+            yield n, f"no value (rating) to name the event type by (event_type_from={mode})"
+        elif mode == "rating":
+            yield n, replace(ev, event_type=f"r{ev.value:g}")
+        else:
+            yield n, replace(ev, event_type="liked" if ev.value >= LIKED_FROM else "disliked")
+
+
 def import_file(
     engine: Engine,
     path: str | Path,
@@ -687,21 +709,28 @@ def import_file(
     on_error: OnError = "fail",
     batch_size: int = 10_000,
     progress: bool = False,
+    event_type_from: EventTypeFrom | None = None,
 ) -> ImportReport:
     """Import one file (``csv``, ``movielens`` or ``recbole``) in one transaction.
 
-    ``default_event_type`` defaults to ``"view"`` for CSV and ``"rating"`` otherwise.
+    ``default_event_type`` defaults to ``"view"`` for CSV and ``"rating"`` otherwise;
+    ``event_type_from`` names events by their value instead (see the module docstring).
     """
     path = Path(path)
     if fmt not in DEFAULT_EVENT_TYPE:
         raise SeqrecError(
             f"unknown format {fmt!r}", hint=f"use one of {', '.join(DEFAULT_EVENT_TYPE)}"
         )
+    if event_type_from not in (None, "rating", "liked"):
+        raise SeqrecError(
+            f"unknown event_type_from {event_type_from!r}", hint="use rating or liked"
+        )
     etype = default_event_type or DEFAULT_EVENT_TYPE[fmt]
     if len(etype) > MAX_TYPE_LEN:
         raise SeqrecError(f"event type longer than {MAX_TYPE_LEN} characters: {etype!r}")
     sha = file_sha256(path)
-    if fmt == "csv" and engine.dialect.name == "postgresql" and time_unit != "iso":
+    fast_ok = event_type_from is None and time_unit != "iso"
+    if fmt == "csv" and engine.dialect.name == "postgresql" and fast_ok:
         from seqrec.data.bulk import NotFast
 
         if time_unit not in ("auto", "s", "ms"):
@@ -734,6 +763,8 @@ def import_file(
         rows = read_movielens(path, default_event_type=etype)
     else:
         rows = read_recbole(path, default_event_type=etype)
+    if event_type_from is not None:
+        rows = types_from_values(rows, event_type_from)
     return import_events(
         engine,
         rows,
