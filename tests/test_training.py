@@ -32,7 +32,7 @@ from seqrec.models import ModelContext, get_spec, sampled_softmax_loss
 from seqrec.pipeline import bootstrap_ci, evaluate_model, train_model
 from seqrec.testing import load_synth
 from seqrec.training.labels import labels_at, parse_label
-from seqrec.training.trainer import STATE_FILE
+from seqrec.training.trainer import CHECKPOINT_DIR, STATE_FILE
 
 DAY = 86_400_000
 
@@ -56,7 +56,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(ws: Workspace) -> None
     )
     try:
         deadline = time.monotonic() + 240
-        while not (run_a / STATE_FILE).exists():
+        while not (run_a / CHECKPOINT_DIR / STATE_FILE).exists():
             assert proc.poll() is None, "training ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -64,7 +64,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(ws: Workspace) -> None
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    state = torch.load(run_a / STATE_FILE, weights_only=True)
+    state = torch.load(run_a / CHECKPOINT_DIR / STATE_FILE, weights_only=True)
     assert state["epoch"] < 6  # really interrupted
     resumed = subprocess.run(
         _seqrec(*common, "--run-dir", str(run_a), "--resume"),

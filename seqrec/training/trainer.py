@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,10 @@ STATE_FILE = "trainer_state.pt"
 LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 LOG_FILE = "log.jsonl"
+#: in a run directory: the newest complete checkpoint (the three files above)
+CHECKPOINT_DIR = "checkpoint"
+WRITING_DIR = "checkpoint.tmp"  # the next checkpoint while it is written
+REPLACED_DIR = "checkpoint.old"  # the previous one while the next takes its place
 
 
 @dataclass
@@ -164,60 +169,140 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
-def _atomic_save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or, where the OS allows, a directory) to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some systems
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _state_dict(model: SeqModel) -> dict[str, torch.Tensor]:
-    # tied weights appear under several names; safetensors wants each storage once
+def _ties(model: SeqModel) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(each storage of the state dict once, by its first name; every other name of a tied
+    weight -> that first name). safetensors stores each storage once."""
     seen: dict[int, str] = {}
-    out = {}
+    out: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
     for k, v in model.state_dict().items():
         ptr = v.data_ptr()
         if ptr in seen and v.numel():
+            tied[k] = seen[ptr]
             continue
         seen[ptr] = k
         out[k] = v
-    return out
+    return out, tied
 
 
-def _load_state(model: SeqModel, tensors: dict[str, torch.Tensor]) -> None:
-    model.load_state_dict(tensors, strict=False)
+def _state_dict(model: SeqModel) -> dict[str, torch.Tensor]:
+    return _ties(model)[0]
+
+
+def _load_state(model: SeqModel, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights written from :func:`_state_dict` into ``model``, strictly: the same
+    names (tied weights under their first name) and shapes, or a :class:`SeqrecError`."""
+    want, tied = _ties(model)
+    problems = {
+        "missing": sorted(set(want) - set(tensors)),
+        "unexpected": sorted(set(tensors) - set(want)),
+        "shape differs": sorted(
+            k for k in set(want) & set(tensors) if want[k].shape != tensors[k].shape
+        ),
+    }
+    if any(problems.values()):
+        what = "; ".join(
+            f"{kind}: {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
+            for kind, keys in problems.items()
+            if keys
+        )
+        raise SeqrecError(
+            f"checkpoint {source} does not fit model '{model.spec_name or type(model).__name__}'"
+            f" ({what})",
+            hint="it was written for another model or configuration; rerun without --resume "
+            "to start over",
+        )
+    model.load_state_dict({**tensors, **{k: tensors[first] for k, first in tied.items()}})
 
 
 class Checkpointer:
-    """Per-epoch checkpoints in ``run_dir``, written atomically (a kill never leaves half)."""
+    """Per-epoch checkpoints in ``run_dir``: ``checkpoint/`` holds the newest complete one
+    (last weights, best weights, trainer state).
+
+    A checkpoint is written into ``checkpoint.tmp/``; then the previous one is renamed to
+    ``checkpoint.old/``, the new one to ``checkpoint/``, and the old one removed. A kill at any
+    point leaves a state :meth:`recover` turns back into one complete checkpoint (weights and
+    trainer state always of the same epoch)."""
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
+        self.current = run_dir / CHECKPOINT_DIR
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.recover()
+
+    def recover(self) -> None:
+        """Finish (or undo) a save a kill interrupted, and remove its leftovers."""
+        writing, replaced = self.dir / WRITING_DIR, self.dir / REPLACED_DIR
+        if not self.current.exists() and replaced.exists():
+            # killed between the two renames: the new checkpoint was complete before the old
+            # one moved away (if it is gone too, the old one is the newest complete one)
+            os.replace(writing if writing.exists() else replaced, self.current)
+        for leftover in (writing, replaced):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
     @property
     def exists(self) -> bool:
-        return (self.dir / STATE_FILE).is_file() and (self.dir / LAST_WEIGHTS).is_file()
+        return (self.current / STATE_FILE).is_file()
+
+    def clear(self) -> None:
+        """Forget the checkpoint (a run that starts over)."""
+        if self.current.exists():
+            shutil.rmtree(self.current)
 
     def save(self, model: SeqModel, state: dict[str, Any], best_changed: bool) -> None:
-        weights = _state_dict(model)
+        writing = self.dir / WRITING_DIR
+        if writing.exists():
+            shutil.rmtree(writing)
+        writing.mkdir()
+        last, best = writing / LAST_WEIGHTS, writing / BEST_WEIGHTS
+        weights = {k: v.detach().cpu().contiguous() for k, v in _state_dict(model).items()}
+        save_file(weights, str(last))
         if best_changed:
-            _atomic_save_weights(weights, self.dir / BEST_WEIGHTS)
-        _atomic_save_weights(weights, self.dir / LAST_WEIGHTS)
-        _atomic_torch_save(state, self.dir / STATE_FILE)  # last: it marks the epoch as done
+            _link_or_copy(last, best)
+        elif (self.current / BEST_WEIGHTS).is_file():
+            _link_or_copy(self.current / BEST_WEIGHTS, best)
+        torch.save(state, writing / STATE_FILE)
+        for path in (*writing.iterdir(), writing):
+            _fsync(path)
+        replaced, previous = self.dir / REPLACED_DIR, self.current.exists()
+        if previous:
+            os.replace(self.current, replaced)
+        os.replace(writing, self.current)
+        _fsync(self.dir)
+        if previous:
+            shutil.rmtree(replaced)
 
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        state = torch.load(self.dir / STATE_FILE, weights_only=True)
-        return load_file(str(self.dir / LAST_WEIGHTS)), state
+        state = torch.load(self.current / STATE_FILE, weights_only=True)
+        return load_file(str(self.current / LAST_WEIGHTS)), state
+
+    @property
+    def best_path(self) -> Path:
+        return self.current / BEST_WEIGHTS
 
     def best(self) -> dict[str, torch.Tensor] | None:
-        path = self.dir / BEST_WEIGHTS
-        return load_file(str(path)) if path.is_file() else None
+        return load_file(str(self.best_path)) if self.best_path.is_file() else None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` with ``src``'s content: a hard link where the file system allows, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def train(
@@ -286,7 +371,7 @@ def train(
                 f"cannot resume: the checkpoint in {run_dir} was made with other settings",
                 hint="rerun without --resume to start over",
             )
-        _load_state(model, {k: v.to(device) for k, v in weights.items()})
+        _load_state(model, weights, ckpt.current / LAST_WEIGHTS)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -304,8 +389,13 @@ def train(
         start_epoch = state["epoch"] + 1
         if state.get("stopped"):
             start_epoch = settings.epochs + 1
-    elif log and log.exists():
-        log.unlink()
+        if log:  # the epochs of the checkpoint (one run past it, then killed, is redone)
+            log.write_text("".join(json.dumps(r) + "\n" for r in history))
+    else:
+        if ckpt:
+            ckpt.clear()
+        if log and log.exists():
+            log.unlink()
     resumed_from = start_epoch - 1
 
     epoch = start_epoch - 1
@@ -393,7 +483,7 @@ def train(
     if ckpt:
         best = ckpt.best()
         if best is not None:
-            _load_state(model, {k: v.to(device) for k, v in best.items()})
+            _load_state(model, best, ckpt.best_path)
     elif best_epoch:
         model.load_state_dict(best_in_memory)
     model.eval()
