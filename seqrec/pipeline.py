@@ -375,6 +375,6 @@ def _clip_vocab(s: SequenceSet, ctx: ModelContext, targets: bool = True) -> Sequ
     items, types, times = s.items.copy(), s.types.copy(), s.times.copy()
     drop_unknown(items, types, times, ctx.n_items, ctx.n_event_types)
     if not targets:
-        return SequenceSet(s.user_ids, items, types, times, s.labels)
+        return SequenceSet(s.user_ids, items, types, times, s.labels, now=s.now)
     keep = (s.labels > 0) & (s.labels < ctx.n_items)
     return SequenceSet(s.user_ids[keep], items[keep], types[keep], times[keep], s.labels[keep])
