@@ -138,6 +138,32 @@ class SeqModel(nn.Module):
         """[B, n_classes] logits for the sequence's label."""
         raise NotImplementedError(f"{type(self).__name__} does not classify")
 
+    @torch.no_grad()
+    def grow_from(self, state: Mapping[str, Tensor], ctx: ModelContext) -> int:
+        """Warm start from ``state``, the weights of a model of this kind built for ``ctx``
+        (an item vocabulary at most as large: ``seqrec retrain`` after new items arrived);
+        returns how many of its tensors were used.
+
+        Tensors of the same shape are copied. One whose first dimension grew keeps its leading
+        rows (the known items, padding row 0 among them); the rows after them keep this
+        model's fresh initialisation. A model with special rows after the items (a MASK
+        token) overrides this to move them to their new index.
+        """
+        own = self.state_dict()
+        used = 0
+        for k, v in state.items():
+            mine = own.get(k)
+            if mine is None:
+                continue
+            if mine.shape == v.shape:
+                mine.copy_(v)
+            elif mine.ndim == v.ndim and mine.shape[1:] == v.shape[1:] and len(mine) >= len(v):
+                mine[: len(v)].copy_(v)
+            else:
+                continue
+            used += 1
+        return used
+
     def repeat_scores(self, history: Tensor, distance: Tensor) -> Tensor | None:
         """[N, H] learned score offsets of the ``history`` items [N, H] (0 = padding) at
         ``distance`` [N, H] events before the predicted position, or None when the model has no

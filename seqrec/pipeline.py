@@ -199,22 +199,7 @@ def _init_from(model: SeqModel, directory: Path, load_weights: Any) -> None:
     src = load_weights(Path(directory))
     if src.ctx.n_items > model.ctx.n_items:
         raise SeqrecError(f"checkpoint {directory} has a larger item vocabulary than the data")
-    own = model.state_dict()
-    loaded = 0
-    for k, v in src.state_dict().items():
-        if k not in own:
-            continue
-        if own[k].shape == v.shape:
-            own[k].copy_(v)
-            loaded += 1
-        elif (
-            own[k].ndim == v.ndim
-            and own[k].shape[1:] == v.shape[1:]
-            and own[k].shape[0] >= v.shape[0]
-        ):
-            own[k][: v.shape[0]].copy_(v)  # the vocabulary grew: keep known rows
-            loaded += 1
-    if loaded == 0:
+    if model.grow_from(src.state_dict(), src.ctx) == 0:  # the model's rule for new items
         raise SeqrecError(
             f"checkpoint {directory} shares no weights with model '{model.spec_name}'"
         )

@@ -226,6 +226,51 @@ def check_model_contract(name: str, params: dict[str, Any] | None = None) -> Non
         _round_trip(model, batch, f"{name}/{task}")
 
 
+def check_vocab_growth(name: str, params: dict[str, Any] | None = None) -> None:
+    """Warm starting after the item vocabulary grew (``seqrec retrain``), for each task:
+    every tensor that did not grow is kept, and one that grew keeps the known items' rows
+    (padding row 0 among them) while the new items' rows keep the fresh initialisation; the
+    grown model scores new items. Rows after the items (special tokens) are the plugin's to
+    test."""
+    import torch
+
+    from seqrec.models import ModelContext, get_spec
+
+    spec = get_spec(name)
+    n_old, n_new = 30, 40
+    for task in spec.tasks:
+        n_classes = 3 if task == "classify" else 0
+
+        def ctx(n_items: int, task: str = task, n_classes: int = n_classes) -> ModelContext:
+            return ModelContext(n_items, 4, 12, task, n_classes, dict(params or {}))
+
+        torch.manual_seed(0)
+        old = spec.make(ctx(n_old))
+        batch = random_batch(old.ctx)
+        if task == "classify":
+            batch.labels = batch.items[:, -1] % 3
+        if old.trainable:  # weights unlike any fresh initialisation
+            _train_steps(old, batch, steps=3)
+        torch.manual_seed(1)
+        new = spec.make(ctx(n_new))
+        fresh = {k: v.clone() for k, v in new.state_dict().items()}
+        assert new.grow_from(old.state_dict(), old.ctx) > 0, f"{name}/{task}: nothing used"
+        got = new.state_dict()
+        for k, v in old.state_dict().items():
+            where = f"{name}/{task}: {k}"
+            if got[k].shape == v.shape:
+                assert torch.equal(got[k], v), f"{where} not kept"
+            else:
+                assert torch.equal(got[k][:n_old], v[:n_old]), f"{where}: known rows not kept"
+                assert torch.equal(got[k][n_old:n_new], fresh[k][n_old:n_new]), (
+                    f"{where}: new items' rows are not freshly initialised"
+                )
+        grown = random_batch(new.ctx, seed=1)
+        with torch.no_grad():
+            scores = new.eval().score(grown)
+        assert torch.isfinite(scores[:, 1:]).all(), f"{name}/{task}: non-finite after growing"
+
+
 # -- serving: a private Redis and a workspace that serves from it -------------------------------
 
 

@@ -1,4 +1,5 @@
-"""Items newer than a model: serving, evaluation and retraining drop them and left-pad again."""
+"""Items newer than a model: serving, evaluation and retraining drop them and left-pad again;
+a warm start (``seqrec retrain``) grows the model's vocabulary for them."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from seqrec.config import Workspace
 from seqrec.features.sql import drop_unknown, left_pad
-from seqrec.models import ModelContext
-from seqrec.pipeline import _clip_vocab, build_data, evaluate_model
+from seqrec.models import ModelContext, get_spec, load_weights, save_weights
+from seqrec.pipeline import _clip_vocab, _init_from, build_data, evaluate_model
 from seqrec.training.data import SequenceSet
 
 T0 = 1_700_000_000
@@ -96,3 +98,17 @@ def test_evaluation_scores_a_sequence_with_a_newer_item_as_the_sequence_without_
     assert res["users"] == 3  # the example with a target newer than the model is left out
     top = [json.loads(x)["topk"] for x in path.read_text().splitlines()]
     assert top[1] == top[0] and top[2] == top[0]
+
+
+def test_a_warm_start_uses_the_models_own_rule_for_new_items(tmp_path: Path) -> None:
+    """``train_model(init_from=...)`` (what ``seqrec retrain`` runs) grows a stored model's
+    vocabulary through ``SeqModel.grow_from``: for bert, the MASK row moves to the new MASK id."""
+    torch.manual_seed(0)
+    old = get_spec("bert").make(ModelContext(n_items=20, n_event_types=3, max_len=8))
+    save_weights(old, tmp_path / "old")
+    torch.manual_seed(1)
+    new = get_spec("bert").make(ModelContext(n_items=26, n_event_types=3, max_len=8))
+    _init_from(new, tmp_path / "old", load_weights)
+    assert torch.equal(new.item_weight[26], old.item_weight[20])  # MASK
+    assert torch.equal(new.item_weight[:20], old.item_weight[:20])
+    assert not torch.equal(new.item_weight[20], old.item_weight[20])

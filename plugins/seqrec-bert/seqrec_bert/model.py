@@ -16,6 +16,7 @@ position's hidden state, like the gpt2 and lstm plugins.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -95,6 +96,19 @@ class BertNextItem(SeqModel):
     def item_weight(self) -> Tensor:
         """[n_items + 1, d] item embeddings; row 0 is padding, row ``n_items`` is MASK."""
         return self.backbone.embeddings.word_embeddings.weight
+
+    @torch.no_grad()
+    def grow_from(self, state: Mapping[str, Tensor], ctx: ModelContext) -> int:
+        """As :meth:`SeqModel.grow_from`, but the MASK row (the last of the item embeddings)
+        moves to this model's MASK id; the new items' rows keep their fresh initialisation."""
+        key = "backbone.embeddings.word_embeddings.weight"
+        old = state.get(key)
+        if old is not None and len(old) == ctx.n_items + 1 < len(self.item_weight):
+            grown = self.item_weight.detach().clone()
+            grown[: ctx.n_items] = old[: ctx.n_items]
+            grown[self.mask_id] = old[ctx.n_items]
+            state = {**state, key: grown}
+        return super().grow_from(state, ctx)
 
     def encode(self, items: Tensor, types: Tensor, times: Tensor | None = None) -> Tensor:
         """[B, T, d] hidden states for left-padded ``items``/``types``/``times`` [B, T]

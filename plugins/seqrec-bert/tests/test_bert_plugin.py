@@ -9,7 +9,7 @@ import torch
 from seqrec_bert.cloze import append_newest, cloze_positions
 
 from seqrec.models import Batch, ModelContext, SeqModel, get_spec
-from seqrec.testing import check_model_contract
+from seqrec.testing import check_model_contract, check_vocab_growth
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +92,26 @@ def test_cloze_helpers() -> None:
 
 def test_bert_is_an_entry_point_plugin() -> None:
     assert get_spec("bert").plugin == "bert"
+
+
+def test_growing_the_vocabulary_moves_the_mask_row_and_keeps_item_rows() -> None:
+    """A warm start from a model of 20 items (MASK = 20) into one of 26 (MASK = 26): the MASK
+    row moves to 26, items 0..19 (padding 0 among them) keep their rows, and the new items
+    20..25 get fresh rows, not the old MASK row; the output bias keeps the known items'."""
+    old = _model()
+    with torch.no_grad():
+        old.out_bias.uniform_(-1, 1)
+    torch.manual_seed(1)
+    ctx = ModelContext(n_items=26, n_event_types=3, max_len=8)
+    new = get_spec("bert").make(ctx)
+    assert new.grow_from(old.state_dict(), old.ctx) > 0
+    before, after = old.item_weight, new.item_weight
+    assert after.shape == (27, before.shape[1]) and new.mask_id == 26
+    assert torch.equal(after[26], before[20])
+    assert torch.equal(after[:20], before[:20]) and not after[0].any()
+    assert not any(torch.equal(after[i], before[20]) for i in range(20, 26))
+    assert torch.equal(new.out_bias[:20], old.out_bias) and not new.out_bias[20:].any()
+
+
+def test_bert_vocab_growth_keeps_known_rows() -> None:
+    check_vocab_growth("bert")

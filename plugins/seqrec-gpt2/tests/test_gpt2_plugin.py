@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from seqrec.models import Batch, ModelContext, get_spec
-from seqrec.testing import check_model_contract
+from seqrec.testing import check_model_contract, check_vocab_growth
 
 
 def test_gpt2_passes_the_model_contract() -> None:
@@ -84,3 +84,7 @@ def test_newest_only_scoring_equals_the_full_forward() -> None:
         torch.manual_seed(2)
         with torch.no_grad():
             assert model._newest(batch).shape == newest.shape
+
+
+def test_gpt2_vocab_growth_keeps_known_rows() -> None:
+    check_vocab_growth("gpt2")

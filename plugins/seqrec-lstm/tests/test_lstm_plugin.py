@@ -9,7 +9,7 @@ import torch
 from seqrec_lstm.model import time_gap_buckets
 
 from seqrec.models import Batch, ModelContext, get_spec
-from seqrec.testing import check_model_contract
+from seqrec.testing import check_model_contract, check_vocab_growth
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +62,7 @@ def test_time_gap_buckets() -> None:
 
 def test_lstm_is_an_entry_point_plugin() -> None:
     assert get_spec("lstm").plugin == "lstm"
+
+
+def test_lstm_vocab_growth_keeps_known_rows() -> None:
+    check_vocab_growth("lstm")
