@@ -271,6 +271,45 @@ def check_vocab_growth(name: str, params: dict[str, Any] | None = None) -> None:
         assert torch.isfinite(scores[:, 1:]).all(), f"{name}/{task}: non-finite after growing"
 
 
+#: how far a request's scores may move with what it is batched with (relative and absolute):
+#: batch shapes change how matrix products are blocked and summed, so the last bits differ
+#: between CPUs (and with the batch), never more
+BATCH_TOLERANCE = 1e-6
+
+
+def check_batch_independence(name: str, params: dict[str, Any] | None = None) -> None:
+    """What serving promises (it batches concurrent requests): for each task, every row of a
+    batch of different sequences (lengths 1 to max_len, two of them equal) scores as it does
+    alone, within :data:`BATCH_TOLERANCE`."""
+    import torch
+
+    from seqrec.models import Batch, ModelContext, get_spec
+
+    spec = get_spec(name)
+    for task in spec.tasks:
+        torch.manual_seed(0)
+        ctx = ModelContext(300, 4, 12, task, 3 if task == "classify" else 0, dict(params or {}))
+        model = spec.make(ctx).eval()
+        items = torch.randint(1, 300, (6, 12), generator=torch.Generator().manual_seed(1))
+        for row, n in enumerate((12, 1, 5, 11, 7, 7)):
+            items[row, : 12 - n] = 0
+        items[5] = items[4]
+        types = torch.where(items > 0, 1 + items % 3, 0)
+        times = torch.where(items > 0, 1_700_000_000 + torch.arange(12) * 600, 0)
+        with torch.no_grad():
+            together = model.score(Batch(items=items, types=types, times=times)).float()
+            for r in range(len(items)):
+                one = slice(r, r + 1)
+                alone = model.score(Batch(items=items[one], types=types[one], times=times[one]))
+                torch.testing.assert_close(
+                    together[one],
+                    alone.float(),
+                    rtol=BATCH_TOLERANCE,
+                    atol=BATCH_TOLERANCE,
+                    msg=lambda m, r=r, task=task: f"{name}/{task} row {r}: {m}",
+                )
+
+
 # -- serving: a private Redis and a workspace that serves from it -------------------------------
 
 

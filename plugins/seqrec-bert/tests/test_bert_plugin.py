@@ -9,7 +9,7 @@ import torch
 from seqrec_bert.cloze import append_newest, cloze_positions
 
 from seqrec.models import Batch, ModelContext, SeqModel, get_spec
-from seqrec.testing import check_model_contract, check_vocab_growth
+from seqrec.testing import check_batch_independence, check_model_contract, check_vocab_growth
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +115,7 @@ def test_growing_the_vocabulary_moves_the_mask_row_and_keeps_item_rows() -> None
 
 def test_bert_vocab_growth_keeps_known_rows() -> None:
     check_vocab_growth("bert")
+
+
+def test_bert_scores_do_not_depend_on_the_batch() -> None:
+    check_batch_independence("bert")

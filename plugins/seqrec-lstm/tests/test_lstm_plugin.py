@@ -9,7 +9,7 @@ import torch
 from seqrec_lstm.model import time_gap_buckets
 
 from seqrec.models import Batch, ModelContext, get_spec
-from seqrec.testing import check_model_contract, check_vocab_growth
+from seqrec.testing import check_batch_independence, check_model_contract, check_vocab_growth
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +66,7 @@ def test_lstm_is_an_entry_point_plugin() -> None:
 
 def test_lstm_vocab_growth_keeps_known_rows() -> None:
     check_vocab_growth("lstm")
+
+
+def test_lstm_scores_do_not_depend_on_the_batch() -> None:
+    check_batch_independence("lstm")
