@@ -80,9 +80,9 @@ def cli() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from seqrec.commands import events, features, models, project, serve, train
+    from seqrec.commands import events, features, models, project, serve, train, tune
 
-    for module in (project, events, features, models, train, serve):
+    for module in (project, events, features, models, train, tune, serve):
         module.register(cli)
 
 

@@ -82,15 +82,32 @@ class ModelsConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Defaults for ``seqrec train``; command-line options override them."""
+    """Settings for ``seqrec train``; command-line options override them. Keys left unset take
+    the model's preset (its tuned trainer settings: `seqrec models --presets`)."""
 
-    epochs: int = Field(30, ge=1, le=10_000, description="maximum training epochs")
-    batch_size: int = Field(64, ge=1, le=65_536, description="sequences per training step")
-    lr: float = Field(5e-3, gt=0, le=1.0, description="AdamW peak learning rate")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases/norms)")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of steps for linear warmup")
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
-    patience: int = Field(5, ge=1, description="epochs without validation gain before stopping")
+    epochs: int | None = Field(
+        None, ge=1, le=10_000, description="maximum training epochs (unset: the model's preset)"
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=65_536, description="sequences per training step (unset: the model's preset)"
+    )
+    lr: float | None = Field(
+        None, gt=0, le=1.0, description="AdamW peak learning rate (unset: the model's preset)"
+    )
+    weight_decay: float | None = Field(
+        None,
+        ge=0,
+        description="AdamW weight decay, not on biases/norms (unset: the model's preset)",
+    )
+    warmup_ratio: float | None = Field(
+        None, ge=0, lt=1, description="share of steps for linear warmup (unset: the model's preset)"
+    )
+    grad_clip: float | None = Field(
+        None, ge=0, description="max gradient norm, 0 = off (unset: the model's preset)"
+    )
+    patience: int | None = Field(
+        None, ge=1, description="epochs without validation gain before stopping (unset: preset)"
+    )
     seed: int = Field(42, description="random seed (data order, init, dropout)")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="auto = cuda, then mps, then cpu"
@@ -332,7 +349,10 @@ def render_default_config(profile: str = "embedded") -> str:
             value = getattr(section, key)
             if info.description:
                 lines.append(f"# {info.description}")
-            lines.append(f"{key} = {_toml_value(value)}")
+            if value is None:
+                lines.append(f"# {key} = ...")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
     lines += [
         "",
         "# Per-model hyperparameters, e.g.:",
@@ -377,8 +397,10 @@ def render_reference() -> str:
             continue
         for key, f in ann.model_fields.items():
             typ = getattr(f.annotation, "__name__", str(f.annotation)).replace("typing.", "")
+            typ = typ.replace(" | None", "")
             desc = f.description or (ann.__doc__ or "").strip().splitlines()[0]
-            out.append(f"| `{name}.{key}` | {typ} | `{_toml_value(f.default)}` | {desc} |")
+            default = "model's preset" if f.default is None else f"`{_toml_value(f.default)}`"
+            out.append(f"| `{name}.{key}` | {typ} | {default} | {desc} |")
     out += [
         "| `hyperparams.<model>.<key>` | any | model's default | per-model hyperparameters; "
         "`seqrec models --json` lists each model's keys |",

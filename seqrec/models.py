@@ -24,8 +24,22 @@ from seqrec.errors import SeqrecError
 
 TASKS = ("next-item", "classify")
 
-#: hyperparameters every model accepts; the loss policy belongs to the platform
-COMMON_PARAMS: dict[str, Any] = {"loss": "full", "num_negatives": 256, "repeat_bias": False}
+#: hyperparameters every model accepts; the loss policy belongs to the platform. The repeat bias
+#: is on by default: it starts at 0 and learns from the data whether users come back to items
+#: (re-purchases) or never do (ratings), so it costs nothing where repeats do not happen.
+COMMON_PARAMS: dict[str, Any] = {"loss": "full", "num_negatives": 256, "repeat_bias": True}
+#: trainer settings a preset may set (the rest, e.g. seed and device, belong to the run)
+PRESET_TRAIN_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_ratio",
+    "grad_clip",
+    "patience",
+)
+#: the preset ``seqrec train`` uses when none is named
+DEFAULT_PRESET = "default"
 #: recency buckets of the learned repeat bias: bucket = floor(log2(distance + 1)), capped
 REPEAT_BUCKETS = 8
 WEIGHTS_FILE = "model.safetensors"
@@ -240,7 +254,9 @@ class SeqModel(nn.Module):
 
     @property
     def trainable(self) -> bool:
-        return any(p.requires_grad for p in self.parameters())
+        """Whether the trainer runs gradient steps: the repeat bias alone does not count (a
+        statistics model like popularity has nothing else, and its scores do not use it)."""
+        return any(p.requires_grad for name, p in self.named_parameters() if name != "repeat_bias")
 
 
 #: time-gap buckets: 0 = padding / first event / unknown, k = 1 + floor(log2(gap_seconds + 1)), capped
@@ -307,15 +323,107 @@ def sampled_softmax_loss(
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named configuration: model hyperparameters and trainer settings that belong together.
+
+    ``params`` override the spec's ``defaults``; ``train`` overrides the spec's
+    ``train_defaults`` (keys from :data:`PRESET_TRAIN_KEYS`: lr, batch_size, epochs, ...).
+    """
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Float:
+    """Search space entry: a float in [low, high], log-uniform with ``log=True``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Int:
+    """Search space entry: an integer in [low, high] (``step`` apart)."""
+
+    low: int
+    high: int
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Search space entry: one of ``values``."""
+
+    values: tuple[Any, ...]
+
+
+SearchSpace = Mapping[str, Float | Int | Choice]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: name, what it builds, which tasks it supports, default params."""
+    """A registered model: name, what it builds, which tasks it supports, and its configuration.
+
+    ``defaults`` are every hyperparameter the model accepts with its best known value, and
+    ``train_defaults`` the trainer settings that go with them (lr, batch_size, epochs,
+    patience...): together they are what ``seqrec train --model NAME`` trains with no options.
+    ``presets`` are other named configurations (``seqrec train --preset NAME``).
+    ``search_space`` is what ``seqrec tune`` searches: keys are hyperparameters or trainer
+    settings from :data:`PRESET_TRAIN_KEYS`.
+    """
 
     name: str
     build: Callable[[ModelContext], SeqModel]
     tasks: tuple[str, ...] = ("next-item",)
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)
+    presets: Mapping[str, Preset] = field(default_factory=dict)
+    search_space: SearchSpace = field(default_factory=dict)
     plugin: str = ""  # filled in by the registry
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.train_defaults) - set(PRESET_TRAIN_KEYS))
+        if bad:
+            raise SeqrecError(
+                f"model '{self.name}': unknown trainer setting(s) in train_defaults: "
+                f"{', '.join(bad)}",
+                hint=f"known: {', '.join(PRESET_TRAIN_KEYS)}",
+            )
+        if DEFAULT_PRESET in self.presets:
+            raise SeqrecError(
+                f"model '{self.name}': a preset may not be called '{DEFAULT_PRESET}'",
+                hint="the defaults and train_defaults are the default preset",
+            )
+        known = {*self.defaults, *COMMON_PARAMS, *PRESET_TRAIN_KEYS}
+        for where, keys in [
+            *((f"preset '{n}'", [*p.params, *p.train]) for n, p in self.presets.items()),
+            ("search_space", list(self.search_space)),
+        ]:
+            unknown = sorted(set(keys) - known)
+            if unknown:
+                raise SeqrecError(
+                    f"model '{self.name}': unknown key(s) in {where}: {', '.join(unknown)}",
+                    hint=f"known: {', '.join(sorted(known))}",
+                )
+
+    def preset(self, name: str | None) -> Preset:
+        """The named preset; ``None`` or ``"default"`` gives the defaults themselves."""
+        if name in (None, DEFAULT_PRESET):
+            return Preset(dict(self.defaults), dict(self.train_defaults), "the plugin's defaults")
+        if name not in self.presets:
+            raise SeqrecError(
+                f"model '{self.name}' has no preset '{name}'",
+                hint=f"presets: {', '.join([DEFAULT_PRESET, *self.presets])} "
+                "(workspace presets: `seqrec models --presets`)",
+            )
+        p = self.presets[name]
+        return Preset(
+            {**self.defaults, **p.params}, {**self.train_defaults, **p.train}, p.description
+        )
 
     def make(self, ctx: ModelContext) -> SeqModel:
         """Build the model, checking the task and merging default hyperparameters."""

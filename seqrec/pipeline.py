@@ -19,7 +19,7 @@ from seqrec.data.schema import make_engine
 from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.features.sql import drop_unknown, event_positions
-from seqrec.models import ModelContext, SeqModel, get_spec
+from seqrec.models import ModelContext, ModelSpec, SeqModel, get_spec
 from seqrec.training.data import (
     ClassificationData,
     NextItemData,
@@ -30,13 +30,6 @@ from seqrec.training.data import (
 from seqrec.training.trainer import TrainSettings, pick_device, predict, train
 
 Data = NextItemData | ClassificationData
-
-
-def settings_from(ws: Workspace, **overrides: Any) -> TrainSettings:
-    base = ws.config.train.model_dump()
-    base.pop("window_stride")
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainSettings(**base)
 
 
 @dataclass
@@ -52,6 +45,7 @@ class TrainOutcome:
     run_dir: str | None = None
     resumed_from: int = 0
     data: dict[str, Any] = field(default_factory=dict)
+    preset: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +65,9 @@ def build_data(ws: Workspace, task: str, label: str | None, engine: Any = None) 
     return build_next_item_data(ws, engine)
 
 
-def _validator(data: Data, settings: TrainSettings) -> Any:
+def validator(data: Data, settings: TrainSettings) -> Any:
+    """The per-epoch validation function of the trainer for ``data``."""
+
     def validate(model: SeqModel, device: torch.device) -> dict[str, float]:
         out = predict(model, data.valid, device=device, batch_size=settings.eval_batch_size)
         if isinstance(data, ClassificationData):
@@ -82,6 +78,27 @@ def _validator(data: Data, settings: TrainSettings) -> Any:
         return ranking_metrics(out["ranks"], (10, 20))
 
     return validate
+
+
+def build_model(
+    spec: ModelSpec, data: Data, task: str, params: dict[str, Any], seed: int
+) -> SeqModel:
+    """A fresh model of ``spec`` for ``data`` (class weights set for classification)."""
+    torch.manual_seed(seed)
+    ctx = ModelContext(
+        n_items=data.n_items,
+        n_event_types=data.n_event_types,
+        max_len=data.max_len,
+        task=task,
+        n_classes=data.n_classes if isinstance(data, ClassificationData) else 0,
+        params=params,
+    )
+    model = spec.make(ctx)
+    if isinstance(data, ClassificationData):
+        counts = np.bincount(data.train.labels, minlength=data.n_classes).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+        model.class_weights = torch.tensor(weights, dtype=torch.float32)
+    return model
 
 
 def default_run_dir(ws: Workspace, model: str, task: str, label: str | None, seed: int) -> Path:
@@ -104,40 +121,39 @@ def train_model(
     progress: bool = True,
     data: Data | None = None,
     overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> TrainOutcome:
-    """Build the data, train ``model_name`` with the shared trainer, store it; returns the tag."""
+    """Build the data, train ``model_name`` with the shared trainer, store it; returns the tag.
+
+    With no ``params``/``overrides``/``preset`` this trains the model's defaults (its tuned
+    preset); see :mod:`seqrec.presets` for what overrides what.
+    """
     from seqrec import model_store
     from seqrec.models import load_weights
+    from seqrec.presets import resolve
 
     engine = make_engine(ws.events_url)
     spec = get_spec(model_name)
-    settings = settings_from(ws, **{**(overrides or {}), "epochs": epochs, "seed": seed})
+    resolved = resolve(
+        ws,
+        spec,
+        preset=preset,
+        params=params,
+        overrides={**(overrides or {}), "epochs": epochs, "seed": seed},
+    )
+    settings = resolved.settings
     if task == "classify":
         settings.metric = "roc_auc"
     data = data or build_data(ws, task, label, engine)
-    hyper = {**ws.config.hyperparams.get(model_name, {}), **(params or {})}
-    torch.manual_seed(settings.seed)
-    ctx = ModelContext(
-        n_items=data.n_items,
-        n_event_types=data.n_event_types,
-        max_len=data.max_len,
-        task=task,
-        n_classes=data.n_classes if isinstance(data, ClassificationData) else 0,
-        params=hyper,
-    )
-    model = spec.make(ctx)
+    model = build_model(spec, data, task, resolved.params, settings.seed)
     if init_from is not None:
         _init_from(model, init_from, load_weights)
-    if isinstance(data, ClassificationData):
-        counts = np.bincount(data.train.labels, minlength=data.n_classes).astype(np.float64)
-        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
-        model.class_weights = torch.tensor(weights, dtype=torch.float32)
     run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
     tensors = data.train.tensors(with_targets=task == "next-item")
     result = train(
         model,
         tensors,
-        _validator(data, settings),
+        validator(data, settings),
         settings,
         progress=progress,
         run_dir=run_dir,
@@ -173,6 +189,8 @@ def train_model(
             "seconds_per_epoch": result.seconds_per_epoch,
             "device": result.device,
             "data": data.summary(),
+            "preset": resolved.preset,
+            "preset_source": resolved.source,
             "init_from": str(init_from) if init_from else None,
             **extra,
         },
@@ -189,6 +207,7 @@ def train_model(
         run_dir=str(run_dir),
         resumed_from=result.resumed_from,
         data=data.summary(),
+        preset=f"{resolved.preset} ({resolved.source})",
     )
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
+from seqrec.models import PRESET_TRAIN_KEYS
 
 #: the metric a retraining run compares, by task (higher is better)
 DEFAULT_METRIC = {"next-item": "ndcg@10", "classify": "roc_auc"}
@@ -120,6 +121,8 @@ def retrain(
 
     production = find_production(ws, production_label)
     init_from: Path | None = None
+    prod_params: dict[str, Any] = {}
+    prod_train: dict[str, Any] = {}
     if production is not None:
         stored = model_store.load(production, store=ws.model_store)
         prod_task = stored.info.get("task", "next-item")
@@ -139,6 +142,11 @@ def retrain(
             )
         model_name = spec_name
         init_from = stored.path
+        # the candidate is production's configuration (its preset and any options), retrained
+        prod_params = dict(stored.info.get("params") or {})
+        prod_train = {
+            k: v for k, v in (stored.info.get("settings") or {}).items() if k in PRESET_TRAIN_KEYS
+        }
         del stored
     task = task or "next-item"
     model_name = model_name or ws.config.models.default
@@ -153,6 +161,8 @@ def retrain(
         label=label,
         epochs=epochs,
         seed=seed,
+        params=prod_params or None,
+        overrides=prod_train or None,
         init_from=init_from,
         run_dir=run_dir,
         progress=progress,

@@ -75,8 +75,8 @@ def _merge(base: str, overrides: str) -> str:
         s = line.strip()
         if s.startswith("[") and s.endswith("]"):
             section = s.strip("[]")
-        elif "=" in s and not s.startswith("#"):
-            key = s.split("=", 1)[0].strip()
+        elif "=" in s and (not s.startswith("#") or s.endswith("= ...")):
+            key = s.lstrip("# ").split("=", 1)[0].strip()  # "# key = ...": unset, preset's
             if section in over and key in over[section]:
                 val = over[section][key]
                 line = f"{key} = {val!r}" if not isinstance(val, str) else f'{key} = "{val}"'

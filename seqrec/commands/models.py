@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
+
+from seqrec.config import CONFIG_NAME, find_root
+
+
+def has_workspace() -> bool:
+    return (find_root(None) / CONFIG_NAME).is_file()
+
+
+if TYPE_CHECKING:
+    from seqrec.models import ModelSpec
 
 
 def register(cli: click.Group) -> None:
@@ -15,9 +26,12 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @project_option
     @click.option("--stored", is_flag=True, help="List trained models in the model store instead.")
+    @click.option(
+        "--presets", "show_presets", is_flag=True, help="List every model's presets and settings."
+    )
     @click.option("--json", "as_json", is_flag=True)
-    def models(project: Path | None, stored: bool, as_json: bool) -> None:
-        """List registered models and their tasks (or, with --stored, trained models)."""
+    def models(project: Path | None, stored: bool, show_presets: bool, as_json: bool) -> None:
+        """List registered models, their tasks and presets (or, with --stored, trained models)."""
         if stored:
             from seqrec import model_store
 
@@ -36,9 +50,35 @@ def register(cli: click.Group) -> None:
                 )
             Console().print(table)
             return
-        from seqrec.models import model_registry
+        from seqrec.models import DEFAULT_PRESET, model_registry
+        from seqrec.presets import workspace_presets
+        from seqrec.tuning import spec_space
 
         specs = model_registry()
+        ws = None
+        if project is not None or has_workspace():  # a workspace adds its own presets
+            ws = workspace(project)
+
+        def presets_of(s: ModelSpec) -> dict[str, dict[str, Any]]:
+            out = {
+                DEFAULT_PRESET: {
+                    "source": "plugin",
+                    "description": "the defaults",
+                    "params": dict(s.defaults),
+                    "train": dict(s.train_defaults),
+                }
+            }
+            for name, p in s.presets.items():
+                out[name] = {
+                    "source": "plugin",
+                    "description": p.description,
+                    "params": dict(p.params),
+                    "train": dict(p.train),
+                }
+            for name, entry in (workspace_presets(ws, s.name) if ws else {}).items():
+                out[name] = {"source": "workspace", **entry}
+            return out
+
         if as_json:
             emit_json(
                 [
@@ -48,12 +88,33 @@ def register(cli: click.Group) -> None:
                         "plugin": s.plugin,
                         "description": s.description,
                         "defaults": dict(s.defaults),
+                        "train_defaults": dict(s.train_defaults),
+                        "presets": presets_of(s),
+                        "search_space": spec_space(s),
                     }
                     for s in specs.values()
                 ]
             )
             return
-        table = Table("model", "tasks", "plugin", "description")
+        if show_presets:
+            table = Table("model", "preset", "source", "settings", "description")
+            for s in sorted(specs.values(), key=lambda s: s.name):
+                for name, p in presets_of(s).items():
+                    shown = {**p.get("params", {}), **p.get("train", {})}
+                    if name == DEFAULT_PRESET:
+                        shown = dict(s.train_defaults)
+                    table.add_row(
+                        s.name,
+                        name,
+                        p["source"],
+                        ", ".join(f"{k}={v}" for k, v in shown.items()) or "-",
+                        str(p.get("description", "")),
+                    )
+            Console().print(table)
+            return
+        table = Table("model", "tasks", "plugin", "presets", "description")
         for s in sorted(specs.values(), key=lambda s: s.name):
-            table.add_row(s.name, ", ".join(s.tasks), s.plugin, s.description)
+            table.add_row(
+                s.name, ", ".join(s.tasks), s.plugin, ", ".join(presets_of(s)), s.description
+            )
         Console().print(table)

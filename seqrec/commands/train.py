@@ -86,6 +86,11 @@ def register(cli: click.Group) -> None:
     @click.option("--seed", type=int, default=None)
     @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Hyperparameter.")
     @click.option(
+        "--preset",
+        help="Named configuration (plugin or workspace preset; `seqrec models --presets`). "
+        "Default: the model's defaults, or the workspace preset 'default' if there is one.",
+    )
+    @click.option(
         "--init-from",
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="Warm start from a local checkpoint directory (no hub access).",
@@ -105,12 +110,15 @@ def register(cli: click.Group) -> None:
         epochs: int | None,
         seed: int | None,
         params: tuple[str, ...],
+        preset: str | None,
         init_from: Path | None,
         resume: bool,
         run_dir: Path | None,
         as_json: bool,
     ) -> None:
-        """Train a model with the shared trainer and save it to the model store."""
+        """Train a model with the shared trainer and save it to the model store.
+
+        With no options this trains the model's defaults: its best known configuration."""
         from seqrec.pipeline import train_model
 
         ws = workspace(project)
@@ -122,6 +130,7 @@ def register(cli: click.Group) -> None:
             epochs=epochs,
             seed=seed,
             params=parse_params(params),
+            preset=preset,
             init_from=init_from,
             resume=resume,
             run_dir=run_dir,
@@ -138,6 +147,7 @@ def register(cli: click.Group) -> None:
                     "seconds": out.seconds,
                     "seconds_per_epoch": out.seconds_per_epoch,
                     "resumed_from": out.resumed_from,
+                    "preset": out.preset,
                 }
             )
             return
@@ -145,7 +155,8 @@ def register(cli: click.Group) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in out.valid.items() if k in keys)
         click.echo(
             f"saved {out.tag}: valid {shown} "
-            f"(best epoch {out.best_epoch}/{out.epochs_run}, {out.seconds:.1f}s)",
+            f"(best epoch {out.best_epoch}/{out.epochs_run}, {out.seconds:.1f}s, "
+            f"preset {out.preset})",
             err=True,
         )
         click.echo(out.tag)

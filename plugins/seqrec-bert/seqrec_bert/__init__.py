@@ -5,8 +5,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqrec.hookspecs import hookimpl
-from seqrec.models import ModelSpec
+from seqrec.models import Choice, Float, ModelSpec, Preset
 from seqrec_bert.model import DEFAULTS, BertNextItem
+
+#: trainer settings of the defaults: the best known configuration on MovieLens-100K
+TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 80, "patience": 10}
+
+PRESETS = {
+    "fast": Preset(
+        train={"batch_size": 128, "lr": 3e-3, "epochs": 30, "patience": 4},
+        description="a quick first model: 4x larger batches, at most 30 epochs",
+    ),
+    "large-catalogue": Preset(
+        params={"loss": "sampled", "num_negatives": 512, "d_model": 128, "n_heads": 4},
+        train={"batch_size": 128, "lr": 1e-3},
+        description="catalogues of 100k+ items: sampled softmax, wider embeddings",
+    ),
+}
+
+SEARCH_SPACE = {
+    "d_model": Choice((32, 64, 128)),
+    "dropout": Float(0.1, 0.5),
+    "mask_prob": Float(0.1, 0.6),
+    "last_mask_prob": Float(0.0, 0.4),
+    "lr": Float(5e-4, 5e-3, log=True),
+    "batch_size": Choice((32, 64, 128)),
+}
 
 
 @hookimpl
@@ -18,5 +42,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             tasks=("next-item", "classify"),
             description="BERT4Rec: bidirectional cloze training, scores a MASK appended after the newest event; newest-position classifier",
             defaults=DEFAULTS,
+            train_defaults=TRAIN_DEFAULTS,
+            presets=PRESETS,
+            search_space=SEARCH_SPACE,
         )
     )

@@ -38,11 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "n_layers": 2,
     "n_heads": 2,
     "dropout": 0.2,
-    "mask_prob": 0.2,
-    "last_mask_prob": 0.1,
+    "mask_prob": 0.4,
+    "last_mask_prob": 0.2,
     "use_event_types": True,
-    "use_time_gaps": False,
-    "head_transform": False,
+    "use_time_gaps": True,
+    "head_transform": True,
     "label_smoothing": 0.0,
 }
 

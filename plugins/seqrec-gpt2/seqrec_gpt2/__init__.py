@@ -5,8 +5,34 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqrec.hookspecs import hookimpl
-from seqrec.models import ModelSpec
+from seqrec.models import Choice, Float, Int, ModelSpec, Preset
 from seqrec_gpt2.model import DEFAULTS, GPT2NextItem
+
+#: trainer settings of the defaults: the best known configuration on MovieLens-100K
+#: (bench/ml100k.py trains exactly these; docs/benchmarks.md has the figures)
+TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 50, "patience": 8}
+
+PRESETS = {
+    "fast": Preset(
+        train={"batch_size": 128, "lr": 3e-3, "epochs": 20, "patience": 3},
+        description="a quick first model: 4x larger batches, at most 20 epochs",
+    ),
+    "large-catalogue": Preset(
+        params={"loss": "sampled", "num_negatives": 512, "d_model": 128, "n_head": 4},
+        train={"batch_size": 128, "lr": 1e-3},
+        description="catalogues of 100k+ items: sampled softmax, wider embeddings",
+    ),
+}
+
+SEARCH_SPACE = {
+    "d_model": Choice((32, 64, 128)),
+    "n_layer": Int(1, 3),
+    "n_head": Choice((1, 2, 4)),
+    "dropout": Float(0.1, 0.6),
+    "use_time_gaps": Choice((True, False)),
+    "lr": Float(5e-4, 5e-3, log=True),
+    "batch_size": Choice((32, 64, 128)),
+}
 
 
 @hookimpl
@@ -18,5 +44,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             tasks=("next-item", "classify"),
             description="GPT-2 decoder: causal next-item at every position (tied embeddings); last-position classifier",
             defaults=DEFAULTS,
+            train_defaults=TRAIN_DEFAULTS,
+            presets=PRESETS,
+            search_space=SEARCH_SPACE,
         )
     )

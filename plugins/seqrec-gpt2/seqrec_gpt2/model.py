@@ -33,11 +33,11 @@ DEFAULTS: dict[str, Any] = {
     "d_model": 64,
     "n_layer": 2,
     "n_head": 2,
-    "dropout": 0.2,
+    "dropout": 0.5,
     "attn_dropout": None,  # None = dropout
     "inner": 4,  # feed-forward width as a multiple of d_model
     "use_event_types": True,
-    "use_time_gaps": False,
+    "use_time_gaps": True,
     "label_smoothing": 0.0,
 }
 

@@ -5,8 +5,31 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqrec.hookspecs import hookimpl
-from seqrec.models import ModelSpec
+from seqrec.models import Choice, Float, ModelSpec, Preset
 from seqrec_lstm.model import DEFAULTS, LSTMNextItem
+
+#: trainer settings of the defaults: the best known configuration on MovieLens-100K
+TRAIN_DEFAULTS = {"lr": 5e-3, "batch_size": 32, "epochs": 50, "patience": 8}
+
+PRESETS = {
+    "fast": Preset(
+        train={"batch_size": 128, "lr": 8e-3, "epochs": 20, "patience": 3},
+        description="a quick first model: 4x larger batches, at most 20 epochs",
+    ),
+    "large-catalogue": Preset(
+        params={"loss": "sampled", "num_negatives": 512, "d_model": 128, "hidden": 256},
+        train={"batch_size": 128, "lr": 3e-3},
+        description="catalogues of 100k+ items: sampled softmax, wider embeddings",
+    ),
+}
+
+SEARCH_SPACE = {
+    "d_model": Choice((32, 64, 128)),
+    "hidden": Choice((64, 128, 256)),
+    "dropout": Float(0.1, 0.6),
+    "lr": Float(1e-3, 1e-2, log=True),
+    "batch_size": Choice((32, 64, 128)),
+}
 
 
 @hookimpl
@@ -18,5 +41,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             tasks=("next-item", "classify"),
             description="LSTM: next-item at every position (tied embeddings, time-gap buckets); last-state classifier",
             defaults=DEFAULTS,
+            train_defaults=TRAIN_DEFAULTS,
+            presets=PRESETS,
+            search_space=SEARCH_SPACE,
         )
     )

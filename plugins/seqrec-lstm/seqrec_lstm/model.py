@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "d_model": 64,
     "hidden": 128,
     "n_layers": 1,
-    "dropout": 0.3,
+    "dropout": 0.5,
     "use_event_types": True,
     "use_time_gaps": True,
     "label_smoothing": 0.0,

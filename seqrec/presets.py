@@ -1,0 +1,160 @@
+"""Presets: which hyperparameters and trainer settings a training run uses, and from where.
+
+A model's configuration comes, lowest precedence first, from:
+
+1. the platform's trainer fallbacks (:class:`~seqrec.training.trainer.TrainSettings`);
+2. the preset: the plugin's defaults (``ModelSpec.defaults`` + ``train_defaults``, the preset
+   called ``default``), a plugin preset (``ModelSpec.presets``), or a workspace preset
+   (``presets/<model>.json`` in the workspace, written by ``seqrec tune``). A workspace preset
+   called ``default`` replaces the plugin's defaults for that workspace;
+3. ``[hyperparams.<model>]`` and the ``[train]`` keys set in ``seqrec.toml``;
+4. what the caller passes (``--param``, ``--epochs``, ``--seed``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from seqrec.config import Workspace
+from seqrec.errors import SeqrecError
+from seqrec.models import DEFAULT_PRESET, PRESET_TRAIN_KEYS, ModelSpec, Preset
+from seqrec.training.trainer import TrainSettings
+
+PRESET_DIR = "presets"
+
+
+@dataclass
+class Resolved:
+    """The configuration of one run and where it came from."""
+
+    preset: str
+    source: str  # "plugin" or "workspace"
+    params: dict[str, Any]
+    settings: TrainSettings
+    origin: dict[str, str] = field(default_factory=dict)  # key -> where its value came from
+
+
+def _preset_file(ws: Workspace, model: str) -> Path:
+    return ws.path(PRESET_DIR) / f"{model}.json"
+
+
+def workspace_presets(ws: Workspace, model: str) -> dict[str, dict[str, Any]]:
+    """The workspace's presets of ``model``: name -> {params, train, description, ...}."""
+    path = _preset_file(ws, model)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SeqrecError(
+            f"workspace preset file is not valid JSON: {e.msg}",
+            where=f"{path}:{e.lineno}:{e.colno}",
+            hint="fix or delete it (seqrec tune writes it)",
+        ) from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SeqrecError("workspace preset file must map preset names to objects", where=str(path))
+    return data
+
+
+def save_workspace_preset(
+    ws: Workspace,
+    spec: ModelSpec,
+    name: str,
+    params: dict[str, Any],
+    train: dict[str, Any],
+    description: str = "",
+    **extra: Any,
+) -> Path:
+    """Write (or replace) workspace preset ``name`` of ``spec``; atomic. Returns the file."""
+    _check_keys(spec, params, train, f"preset '{name}'")
+    path = _preset_file(ws, spec.name)
+    data = workspace_presets(ws, spec.name)
+    data[name] = {"params": params, "train": train, "description": description, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _check_keys(spec: ModelSpec, params: dict[str, Any], train: dict[str, Any], where: str) -> None:
+    from seqrec.models import COMMON_PARAMS
+
+    bad_params = sorted(set(params) - set(spec.defaults) - set(COMMON_PARAMS))
+    bad_train = sorted(set(train) - set(PRESET_TRAIN_KEYS))
+    if bad_params or bad_train:
+        raise SeqrecError(
+            f"{where} of model '{spec.name}' has unknown key(s): "
+            f"{', '.join(bad_params + bad_train)}",
+            hint=f"hyperparameters: {', '.join(sorted({*spec.defaults, *COMMON_PARAMS}))}; "
+            f"trainer settings: {', '.join(PRESET_TRAIN_KEYS)}",
+        )
+
+
+def find_preset(ws: Workspace | None, spec: ModelSpec, name: str | None) -> tuple[str, str, Preset]:
+    """(name, source, preset) for ``name``; ``None`` means the default one."""
+    wanted = name or DEFAULT_PRESET
+    stored = workspace_presets(ws, spec.name) if ws is not None else {}
+    if wanted in stored:
+        entry = stored[wanted]
+        params = dict(entry.get("params", {}))
+        train = dict(entry.get("train", {}))
+        _check_keys(spec, params, train, f"workspace preset '{wanted}'")
+        preset = Preset(
+            {**spec.defaults, **params},
+            {**spec.train_defaults, **train},
+            str(entry.get("description", "")),
+        )
+        return wanted, "workspace", preset
+    if name is not None and name != DEFAULT_PRESET and name not in spec.presets:
+        names = [DEFAULT_PRESET, *spec.presets, *(n for n in stored if n not in spec.presets)]
+        raise SeqrecError(
+            f"model '{spec.name}' has no preset '{name}'",
+            hint=f"presets: {', '.join(names)} (see `seqrec models --presets`)",
+        )
+    return wanted, "plugin", spec.preset(name)
+
+
+def resolve(
+    ws: Workspace,
+    spec: ModelSpec,
+    *,
+    preset: str | None = None,
+    params: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Resolved:
+    """The hyperparameters and trainer settings of a run (see the module docstring)."""
+    name, source, chosen = find_preset(ws, spec, preset)
+    origin: dict[str, str] = {}
+    merged_params: dict[str, Any] = {}
+    for where, layer in (
+        (f"preset {name}", dict(chosen.params)),
+        ("seqrec.toml [hyperparams]", ws.config.hyperparams.get(spec.name, {})),
+        ("option", params or {}),
+    ):
+        for k, v in layer.items():
+            merged_params[k] = v
+            origin[k] = where
+    base = asdict(TrainSettings())
+    toml_train = {
+        k: v for k, v in ws.config.train.model_dump().items() if v is not None and k in base
+    }
+    for where, layer in (
+        (f"preset {name}", dict(chosen.train)),
+        ("seqrec.toml [train]", toml_train),
+        ("option", {k: v for k, v in (overrides or {}).items() if v is not None}),
+    ):
+        for k, v in layer.items():
+            if k not in base:
+                raise SeqrecError(
+                    f"unknown trainer setting '{k}' ({where})",
+                    hint=f"known: {', '.join(f.name for f in fields(TrainSettings))}",
+                )
+            base[k] = v
+            if k in PRESET_TRAIN_KEYS:
+                origin[k] = where
+    return Resolved(name, source, merged_params, TrainSettings(**base), origin)

@@ -1,0 +1,287 @@
+"""``seqrec tune``: hyperparameter search with Optuna over a plugin's declared search space.
+
+Each trial trains the model with the shared trainer on the same training set (built once) and
+reports the validation metric (NDCG@10 for next-item, ROC-AUC for classification) after every
+epoch, so Optuna's median pruner stops unpromising trials early. The study is stored in the
+workspace's events database (Optuna's RDB storage), so a killed run resumes where it stopped:
+trials counted towards ``--trials`` are the finished and pruned ones, and a trial that was
+running when the process died is retried once with the same parameters. The best trial becomes a
+workspace preset (``presets/<model>.json``) that ``seqrec train --preset NAME`` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from seqrec.config import Workspace
+from seqrec.errors import SeqrecError
+from seqrec.models import PRESET_TRAIN_KEYS, Choice, Float, Int, ModelSpec, SearchSpace, get_spec
+
+#: seconds between a running trial's heartbeats; a trial silent for GRACE_S is taken as dead
+HEARTBEAT_S = 10
+GRACE_S = 30
+
+
+@dataclass
+class TuneResult:
+    study: str
+    metric: str
+    best_value: float
+    best_trial: int
+    best_params: dict[str, Any]
+    best_train: dict[str, Any]
+    preset: str
+    preset_file: str
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    plot: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def study_name(model: str, task: str, label: str | None) -> str:
+    return f"{model}-{task}" + (f"-{label.replace(':', '')}" if label else "")
+
+
+def suggest(trial: Any, space: SearchSpace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample one configuration: (model hyperparameters, trainer settings)."""
+    params: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    for key, dist in space.items():
+        value: Any
+        if isinstance(dist, Float):
+            value = trial.suggest_float(key, dist.low, dist.high, log=dist.log)
+        elif isinstance(dist, Int):
+            value = trial.suggest_int(key, dist.low, dist.high, step=dist.step)
+        elif isinstance(dist, Choice):
+            value = trial.suggest_categorical(key, list(dist.values))
+        else:  # pragma: no cover - ModelSpec validates the types it is given
+            raise SeqrecError(f"search space entry '{key}' has an unknown type {type(dist)}")
+        (train if key in PRESET_TRAIN_KEYS else params)[key] = value
+    return params, train
+
+
+def storage(ws: Workspace) -> Any:
+    """Optuna's RDB storage in the workspace's events database (heartbeats on)."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return RDBStorage(
+        url=ws.events_url,
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+    )
+
+
+def tune(
+    ws: Workspace,
+    model_name: str,
+    *,
+    task: str = "next-item",
+    label: str | None = None,
+    trials: int = 20,
+    timeout: float | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    study: str | None = None,
+    save_as: str = "tuned",
+    plot: Path | None = None,
+    progress: bool = True,
+    data: Any = None,
+) -> TuneResult:
+    """Search ``model_name``'s space for ``trials`` trials (in total, across resumes)."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from seqrec.pipeline import build_data, build_model, validator
+    from seqrec.presets import resolve, save_workspace_preset
+    from seqrec.progress import bar
+    from seqrec.training.trainer import train
+
+    spec = get_spec(model_name)
+    if not spec.search_space:
+        raise SeqrecError(
+            f"model '{model_name}' declares no search space",
+            hint="its plugin sets ModelSpec(search_space=...) to be tunable",
+        )
+    if task not in spec.tasks:
+        raise SeqrecError(
+            f"model '{model_name}' does not support task '{task}'",
+            hint=f"it supports: {', '.join(spec.tasks)}",
+        )
+    if trials < 1:
+        raise SeqrecError(f"--trials must be at least 1, got {trials}")
+    data = data if data is not None else build_data(ws, task, label)
+    metric = "roc_auc" if task == "classify" else "ndcg@10"
+    name = study or study_name(model_name, task, label)
+    st = optuna.create_study(
+        study_name=name,
+        storage=storage(ws),
+        direction="maximize",
+        load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
+    )
+    st.set_user_attr("model", model_name)
+    st.set_user_attr("task", task)
+    counted = (TrialState.COMPLETE, TrialState.PRUNED)
+
+    def done() -> int:
+        return len(st.get_trials(deepcopy=False, states=counted))
+
+    def objective(trial: optuna.Trial) -> float:
+        params, train_keys = suggest(trial, spec.search_space)
+        resolved = resolve(
+            ws, spec, params=params, overrides={**train_keys, "epochs": epochs, "seed": seed}
+        )
+        settings = resolved.settings
+        settings.metric = metric
+        model = build_model(spec, data, task, resolved.params, settings.seed)
+        base_validate = validator(data, settings)
+        step = 0
+
+        def validate(m: Any, device: Any) -> dict[str, float]:
+            nonlocal step
+            scores: dict[str, float] = base_validate(m, device)
+            trial.report(scores[metric], step)
+            step += 1
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            return scores
+
+        t0 = time.perf_counter()
+        result = train(
+            model,
+            data.train.tensors(with_targets=task == "next-item"),
+            validate,
+            settings,
+            progress=False,
+        )
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+        return float(result.valid[metric])
+
+    already = done()
+    pbar = bar(
+        total=trials,
+        initial=min(already, trials),
+        desc=f"tune {name}",
+        unit="trial",
+        disable=not progress,
+    )
+
+    def tick(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in counted:
+            pbar.update(1)
+            with contextlib.suppress(ValueError):  # no finished trial yet
+                pbar.set_postfix(best=f"{study_.best_value:.4f}")
+
+    if already < trials:
+        st.optimize(
+            objective,
+            n_trials=None,
+            timeout=timeout,
+            callbacks=[MaxTrialsCallback(trials, states=counted), tick],
+            catch=(),
+            gc_after_trial=True,
+        )
+    pbar.close()
+    finished = st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not finished:
+        raise SeqrecError(
+            f"study '{name}' has no finished trial yet",
+            hint="give it more --trials or a longer --timeout",
+        )
+    best = st.best_trial
+    best_params = {k: v for k, v in best.params.items() if k not in PRESET_TRAIN_KEYS}
+    best_train = {k: v for k, v in best.params.items() if k in PRESET_TRAIN_KEYS}
+    if epochs is not None:
+        best_train["epochs"] = epochs
+    path = save_workspace_preset(
+        ws,
+        spec,
+        save_as,
+        best_params,
+        best_train,
+        description=f"seqrec tune: study {name}, trial {best.number}, valid {metric} "
+        f"{best.value:.4f}",
+        study=name,
+        trial=best.number,
+        value=best.value,
+    )
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value if t.value is not None else _last(t),
+            "params": t.params,
+            "epochs": len(t.intermediate_values),
+            "seconds": t.user_attrs.get("seconds"),
+        }
+        for t in st.get_trials(deepcopy=False)
+    ]
+    plot_path = None
+    if plot is not None:
+        plot_path = str(plot_trials(st, plot, metric))
+    return TuneResult(
+        study=name,
+        metric=metric,
+        best_value=float(best.value or 0.0),
+        best_trial=best.number,
+        best_params=best_params,
+        best_train=best_train,
+        preset=save_as,
+        preset_file=str(path),
+        trials=rows,
+        plot=plot_path,
+    )
+
+
+def _last(trial: Any) -> float | None:
+    vals = trial.intermediate_values
+    return float(vals[max(vals)]) if vals else None
+
+
+def plot_trials(study: Any, path: Path, metric: str) -> Path:
+    """A PNG of the study: every trial's value and the best so far (Optuna's own plot)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from optuna.visualization.matplotlib import plot_optimization_history
+    except ImportError as e:  # pragma: no cover - matplotlib is a dependency
+        raise SeqrecError(f"--plot needs matplotlib ({e})", hint="pip install matplotlib") from None
+    ax = plot_optimization_history(study, target_name=f"valid {metric}")
+    fig: Any = ax.figure
+    fig.set_size_inches(8, 4)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def spec_space(spec: ModelSpec) -> dict[str, str]:
+    """Printable search space of ``spec``: key -> description."""
+    out = {}
+    for k, d in spec.search_space.items():
+        if isinstance(d, Float):
+            out[k] = f"{d.low:g}..{d.high:g}" + (" (log)" if d.log else "")
+        elif isinstance(d, Int):
+            out[k] = f"{d.low}..{d.high}" + (f" step {d.step}" if d.step != 1 else "")
+        else:
+            out[k] = " | ".join(str(v) for v in d.values)
+    return out

@@ -1,0 +1,142 @@
+"""Presets: the plugin defaults are what `seqrec train` trains; named and workspace presets;
+what overrides what."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from seqrec.cli import build_cli
+from seqrec.config import Workspace
+from seqrec.errors import SeqrecError
+from seqrec.models import COMMON_PARAMS, Choice, ModelSpec, Preset, get_spec
+from seqrec.presets import find_preset, resolve, save_workspace_preset
+from seqrec.testing import make_workspace
+
+
+def _build(ctx):  # type: ignore[no-untyped-def]
+    raise AssertionError("not built in these tests")
+
+
+@pytest.mark.parametrize("model", ["gpt2", "lstm", "bert"])
+def test_no_options_resolve_to_the_plugin_defaults(tmp_path: Path, model: str) -> None:
+    ws = make_workspace(tmp_path / "ws", "[train]\nnum_threads = 1")
+    # FAST sets epochs and batch_size: drop them so only the preset speaks
+    text = (ws.root / "seqrec.toml").read_text()
+    text = text.replace("epochs = 2", "# epochs = ...").replace("batch_size = 64", "")
+    (ws.root / "seqrec.toml").write_text(text)
+    from seqrec.config import load_workspace
+
+    ws = load_workspace(ws.root)
+    spec = get_spec(model)
+    r = resolve(ws, spec)
+    assert r.preset == "default" and r.source == "plugin"
+    assert r.params == dict(spec.defaults)
+    for key, value in spec.train_defaults.items():
+        assert getattr(r.settings, key) == value, key
+    assert spec.train_defaults, "a built-in model ships its trainer settings"
+
+
+def test_repeat_bias_is_on_by_default_for_next_item() -> None:
+    assert COMMON_PARAMS["repeat_bias"] is True
+
+
+def test_toml_train_keys_override_the_preset_and_options_override_both(ws: Workspace) -> None:
+    spec = get_spec("gpt2")
+    r = resolve(ws, spec)
+    assert r.settings.epochs == 2  # the test workspace sets [train] epochs = 2
+    assert r.origin["epochs"] == "seqrec.toml [train]"
+    assert r.settings.lr == spec.train_defaults["lr"]
+    assert r.origin["lr"] == "preset default"
+    r = resolve(ws, spec, params={"dropout": 0.1}, overrides={"epochs": 7, "lr": 0.01})
+    assert (r.settings.epochs, r.settings.lr, r.params["dropout"]) == (7, 0.01, 0.1)
+    assert r.origin["dropout"] == "option"
+
+
+def test_named_plugin_preset_changes_settings_on_top_of_the_defaults(ws: Workspace) -> None:
+    spec = get_spec("gpt2")
+    r = resolve(ws, spec, preset="fast")
+    assert r.settings.patience == spec.presets["fast"].train["patience"]
+    assert r.settings.lr == spec.presets["fast"].train["lr"]
+    assert r.params["d_model"] == spec.defaults["d_model"]
+
+
+def test_unknown_preset_is_refused_naming_the_known_ones(ws: Workspace) -> None:
+    with pytest.raises(SeqrecError, match="no preset 'nosuch'") as err:
+        resolve(ws, get_spec("gpt2"), preset="nosuch")
+    assert "fast" in str(err.value)
+
+
+def test_workspace_preset_named_default_replaces_the_plugin_defaults(ws: Workspace) -> None:
+    spec = get_spec("lstm")
+    save_workspace_preset(ws, spec, "default", {"hidden": 32}, {"lr": 0.004})
+    name, source, _ = find_preset(ws, spec, None)
+    assert (name, source) == ("default", "workspace")
+    r = resolve(ws, spec)
+    assert r.params["hidden"] == 32 and r.settings.lr == 0.004
+    assert r.params["d_model"] == spec.defaults["d_model"]  # the rest stays the plugin's
+
+
+def test_workspace_preset_with_unknown_keys_is_refused(ws: Workspace) -> None:
+    with pytest.raises(SeqrecError, match="unknown key"):
+        save_workspace_preset(ws, get_spec("lstm"), "x", {"nosuch": 1}, {})
+
+
+def test_broken_workspace_preset_file_names_file_and_line(ws: Workspace) -> None:
+    path = ws.path("presets") / "gpt2.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"tuned": {"params": {,}}}')
+    with pytest.raises(SeqrecError) as err:
+        resolve(ws, get_spec("gpt2"), preset="tuned")
+    assert "gpt2.json:1" in str(err.value)
+
+
+def test_spec_refuses_unknown_trainer_settings_and_a_preset_called_default() -> None:
+    with pytest.raises(SeqrecError, match="train_defaults"):
+        ModelSpec(name="m", build=_build, train_defaults={"learning_rate": 1.0})
+    with pytest.raises(SeqrecError, match="may not be called 'default'"):
+        ModelSpec(name="m", build=_build, presets={"default": Preset()})
+    with pytest.raises(SeqrecError, match="search_space"):
+        ModelSpec(name="m", build=_build, search_space={"nosuch": Choice((1, 2))})
+
+
+def test_train_records_the_preset_and_cli_accepts_it(trained_ws: Workspace) -> None:
+    runner = CliRunner()
+    res = runner.invoke(
+        build_cli(),
+        [
+            "train",
+            "--model",
+            "lstm",
+            "--preset",
+            "fast",
+            "--epochs",
+            "1",
+            "--json",
+            "--project",
+            str(trained_ws.root),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["preset"] == "fast (plugin)"
+    from seqrec import model_store
+
+    info = model_store.load(out["tag"], store=trained_ws.model_store).info
+    assert info["preset"] == "fast"
+    assert info["settings"]["lr"] == get_spec("lstm").presets["fast"].train["lr"]
+
+
+def test_models_presets_lists_plugin_and_workspace_presets(ws: Workspace) -> None:
+    save_workspace_preset(ws, get_spec("gpt2"), "mine", {"dropout": 0.3}, {})
+    res = CliRunner().invoke(build_cli(), ["models", "--json", "--project", str(ws.root)])
+    assert res.exit_code == 0, res.output
+    specs = {s["name"]: s for s in json.loads(res.stdout)}
+    presets = specs["gpt2"]["presets"]
+    assert presets["default"]["train"] == dict(get_spec("gpt2").train_defaults)
+    assert presets["fast"]["source"] == "plugin"
+    assert presets["mine"]["source"] == "workspace"
+    assert "dropout" in specs["gpt2"]["search_space"]

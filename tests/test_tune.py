@@ -1,0 +1,101 @@
+"""`seqrec tune`: Optuna study in the workspace database, resumable, best saved as a preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from seqrec.config import Workspace
+from seqrec.errors import SeqrecError
+from seqrec.features import store as fs
+from seqrec.models import get_spec
+from seqrec.presets import find_preset, resolve, workspace_presets
+from seqrec.testing import load_synth
+from seqrec.tuning import storage, tune
+
+
+@pytest.fixture
+def small_ws(ws: Workspace) -> Workspace:
+    load_synth(ws, users=60, items=30)
+    fs.apply(ws)
+    return ws
+
+
+def _counted(ws: Workspace, study: str) -> int:
+    import optuna
+    from optuna.trial import TrialState
+
+    st = optuna.load_study(study_name=study, storage=storage(ws))
+    return len(st.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def test_tune_saves_the_best_trial_as_a_workspace_preset(small_ws: Workspace) -> None:
+    res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False)
+    assert res.study == "lstm-next-item"
+    assert len([t for t in res.trials if t["state"] == "COMPLETE"]) == 3
+    best = max(t["value"] for t in res.trials if t["state"] == "COMPLETE")
+    assert res.best_value == pytest.approx(best)
+    stored = workspace_presets(small_ws, "lstm")["tuned"]
+    assert stored["params"] == res.best_params and stored["trial"] == res.best_trial
+    r = resolve(small_ws, get_spec("lstm"), preset="tuned")
+    for k, v in res.best_params.items():
+        assert r.params[k] == v
+    _, _, preset = find_preset(small_ws, get_spec("lstm"), "tuned")
+    assert preset.train["epochs"] == 1  # the trial's epoch cap goes with the preset
+
+
+def test_tune_resumes_a_study_instead_of_starting_over(small_ws: Workspace) -> None:
+    tune(small_ws, "lstm", trials=2, epochs=1, progress=False)
+    assert _counted(small_ws, "lstm-next-item") == 2
+    res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False)
+    assert _counted(small_ws, "lstm-next-item") == 3
+    assert [t["number"] for t in res.trials] == [0, 1, 2]
+
+
+def test_tune_refuses_models_without_a_search_space(small_ws: Workspace) -> None:
+    with pytest.raises(SeqrecError, match="no search space"):
+        tune(small_ws, "popularity", trials=1, progress=False)
+
+
+def test_tune_writes_a_plot_of_the_trials(small_ws: Workspace) -> None:
+    png = small_ws.root / "trials.png"
+    tune(small_ws, "lstm", trials=2, epochs=1, progress=False, plot=png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_sigkilled_tune_resumes_to_the_requested_trial_count(small_ws: Workspace) -> None:
+    cmd = [sys.executable, "-m", "seqrec.cli", "tune", "--model", "lstm", "--trials", "4"]
+    cmd += ["--epochs", "2", "--json", "--project", str(small_ws.root)]
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # wait until one trial is done and the next has started, then kill
+            assert proc.poll() is None, "tune ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            try:
+                if _counted(small_ws, "lstm-next-item") >= 1:
+                    break
+            except KeyError:  # the study does not exist yet
+                pass
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = _counted(small_ws, "lstm-next-item")
+    assert 1 <= killed_at < 4
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert _counted(small_ws, "lstm-next-item") == 4
+    assert workspace_presets(small_ws, "lstm")["tuned"]["trial"] == res["best_trial"]
