@@ -155,6 +155,27 @@ def test_classification_end_to_end_features_strictly_before_cutoff(ws: Workspace
     assert cm.shape == (2, 2) and cm.sum() == res["examples"]
 
 
+def test_classification_examples_carry_their_cutoff_as_now(ws: Workspace) -> None:
+    """``now`` is each example's cutoff (epoch seconds), after every event it sees, and it
+    reaches the model's batches."""
+    from seqrec.data.schema import make_engine
+    from seqrec.training.data import build_classification_data, iter_batches
+    from seqrec.training.labels import cutoffs, parse_label
+
+    load_synth(ws, users=150, items=40)
+    fs.apply(ws)
+    label = "churn:7d"
+    data = build_classification_data(ws, label)
+    expected = cutoffs(make_engine(ws.events_url), parse_label(label))
+    for split in ("train", "valid", "test"):
+        part = getattr(data, split)
+        assert part.now is not None
+        assert set(part.now.tolist()) <= {t // 1000 for t in expected[split]}
+        assert (part.times.max(axis=1) <= part.now).all()
+    batch = next(iter_batches(data.test.tensors(with_targets=False), 8))
+    assert batch.now is not None and batch.now.tolist() == data.test.now[:8].tolist()
+
+
 def test_classification_metrics_match_sklearn() -> None:
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
