@@ -301,13 +301,12 @@ def check_batch_independence(name: str, params: dict[str, Any] | None = None) ->
             for r in range(len(items)):
                 one = slice(r, r + 1)
                 alone = model.score(Batch(items=items[one], types=types[one], times=times[one]))
-                torch.testing.assert_close(
-                    together[one],
-                    alone.float(),
-                    rtol=BATCH_TOLERANCE,
-                    atol=BATCH_TOLERANCE,
-                    msg=lambda m, r=r, task=task: f"{name}/{task} row {r}: {m}",
-                )
+                try:
+                    torch.testing.assert_close(
+                        together[one], alone.float(), rtol=BATCH_TOLERANCE, atol=BATCH_TOLERANCE
+                    )
+                except AssertionError as exc:
+                    raise AssertionError(f"{name}/{task} row {r}: {exc}") from None
 
 
 # -- serving: a private Redis and a workspace that serves from it -------------------------------
