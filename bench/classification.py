@@ -258,7 +258,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.bar(xs, ys, width, yerr=es, capsize=3, label=m)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(groups)), [f"{d}\n{lab}" for d, lab in groups], fontsize=8)
-    ax.set_ylim(0.3, 1.0)
+    ax.set_ylim(0.2, 1.0)
     ax.set_ylabel("test ROC-AUC (± 1.96 SE)")
     ax.set_title("Sequence classification (dashed: chance)")
     ax.legend(fontsize=8, ncol=len(models))
