@@ -46,6 +46,8 @@ class TrainOutcome:
     resumed_from: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     preset: str = "default"
+    #: trainer settings of the preset that seqrec.toml's [train] section overrode
+    toml_overrides: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +210,7 @@ def train_model(
         resumed_from=result.resumed_from,
         data=data.summary(),
         preset=f"{resolved.preset} ({resolved.source})",
+        toml_overrides=sorted(k for k, v in resolved.origin.items() if v == "seqrec.toml [train]"),
     )
 
 

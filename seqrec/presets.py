@@ -3,12 +3,17 @@
 A model's configuration comes, lowest precedence first, from:
 
 1. the platform's trainer fallbacks (:class:`~seqrec.training.trainer.TrainSettings`);
-2. the preset: the plugin's defaults (``ModelSpec.defaults`` + ``train_defaults``, the preset
-   called ``default``), a plugin preset (``ModelSpec.presets``), or a workspace preset
-   (``presets/<model>.json`` in the workspace, written by ``seqrec tune``). A workspace preset
-   called ``default`` replaces the plugin's defaults for that workspace;
+2. the defaults: the plugin's (``ModelSpec.defaults`` + ``train_defaults``, the preset called
+   ``default``), or the workspace preset called ``default`` (``presets/<model>.json`` in the
+   workspace, which ``seqrec tune --save-as default`` writes) where there is one;
 3. ``[hyperparams.<model>]`` and the ``[train]`` keys set in ``seqrec.toml``;
-4. what the caller passes (``--param``, ``--epochs``, ``--seed``).
+4. a preset asked for by name (``--preset``): a plugin preset (``ModelSpec.presets``) or a
+   workspace preset, with only the keys it sets;
+5. what the caller passes (``--param``, ``--epochs``, ``--seed``).
+
+``Resolved.origin`` says where each value came from; ``seqrec train`` prints the keys that
+seqrec.toml sets over the defaults (a workspace made before presets existed lists every
+``[train]`` key; comment them out to get the model's tuned settings).
 """
 
 from __future__ import annotations
@@ -128,12 +133,26 @@ def resolve(
     overrides: dict[str, Any] | None = None,
 ) -> Resolved:
     """The hyperparameters and trainer settings of a run (see the module docstring)."""
-    name, source, chosen = find_preset(ws, spec, preset)
+    # the base: the defaults (the plugin's, or the workspace preset called "default")
+    base_name, base_source, base_preset = find_preset(ws, spec, None)
+    name, source = base_name, base_source
+    named_params: dict[str, Any] = {}
+    named_train: dict[str, Any] = {}
+    if preset not in (None, DEFAULT_PRESET):
+        # a preset asked for by name: only what it sets, above seqrec.toml (it was asked for)
+        name, source, _ = find_preset(ws, spec, preset)
+        if source == "workspace":
+            entry = workspace_presets(ws, spec.name)[name]
+            named_params, named_train = dict(entry.get("params", {})), dict(entry.get("train", {}))
+        else:
+            named_params = dict(spec.presets[name].params)
+            named_train = dict(spec.presets[name].train)
     origin: dict[str, str] = {}
     merged_params: dict[str, Any] = {}
     for where, layer in (
-        (f"preset {name}", dict(chosen.params)),
+        (f"preset {base_name}", dict(base_preset.params)),
         ("seqrec.toml [hyperparams]", ws.config.hyperparams.get(spec.name, {})),
+        (f"preset {name}", named_params),
         ("option", params or {}),
     ):
         for k, v in layer.items():
@@ -144,8 +163,9 @@ def resolve(
         k: v for k, v in ws.config.train.model_dump().items() if v is not None and k in base
     }
     for where, layer in (
-        (f"preset {name}", dict(chosen.train)),
+        (f"preset {base_name}", dict(base_preset.train)),
         ("seqrec.toml [train]", toml_train),
+        (f"preset {name}", named_train),
         ("option", {k: v for k, v in (overrides or {}).items() if v is not None}),
     ):
         for k, v in layer.items():

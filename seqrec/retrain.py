@@ -143,7 +143,7 @@ def retrain(
         model_name = spec_name
         init_from = stored.path
         # the candidate is production's configuration (its preset and any options), retrained
-        prod_params = dict(stored.info.get("params") or {})
+        prod_params = _known_params(spec_name, stored.info.get("params") or {})
         prod_train = {
             k: v for k, v in (stored.info.get("settings") or {}).items() if k in PRESET_TRAIN_KEYS
         }
@@ -252,3 +252,11 @@ def _popularity_baseline(ws: Workspace, data: Any, metric: str) -> float:
     ranks = rank_of[np.asarray(data.test.labels)]
     ks = tuple(sorted({10, 20, int(metric.split("@")[1]) if "@" in metric else 10}))
     return _score(dict(ranking_metrics(ranks, ks)), metric, "popularity")
+
+
+def _known_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Production's hyperparameters that the installed plugin still accepts."""
+    from seqrec.models import COMMON_PARAMS, get_spec
+
+    spec = get_spec(model)
+    return {k: v for k, v in params.items() if k in spec.defaults or k in COMMON_PARAMS}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,10 +24,6 @@ from typing import Any
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
 from seqrec.models import PRESET_TRAIN_KEYS, Choice, Float, Int, ModelSpec, SearchSpace, get_spec
-
-#: seconds between a running trial's heartbeats; a trial silent for GRACE_S is taken as dead
-HEARTBEAT_S = 10
-GRACE_S = 30
 
 
 @dataclass
@@ -70,19 +68,48 @@ def suggest(trial: Any, space: SearchSpace) -> tuple[dict[str, Any], dict[str, A
 
 
 def storage(ws: Workspace) -> Any:
-    """Optuna's RDB storage in the workspace's events database (heartbeats on)."""
+    """Optuna's RDB storage in the workspace's events database."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    return RDBStorage(
-        url=ws.events_url,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-    )
+    return RDBStorage(url=ws.events_url)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process that owns a trial (``host:pid``) still runs on this host."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another machine's: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+def requeue_dead_trials(study: Any) -> int:
+    """Trials left RUNNING by a killed ``seqrec tune`` on this host: marked failed and their
+    parameters queued again, so the resumed run retries them. Returns how many."""
+    from optuna.trial import TrialState
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner")
+        if owner is None or _alive(owner):
+            continue
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        if not t.user_attrs.get("retry_of"):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        n += 1
+    return n
 
 
 def tune(
@@ -96,7 +123,7 @@ def tune(
     epochs: int | None = None,
     seed: int = 0,
     study: str | None = None,
-    save_as: str = "tuned",
+    save_as: str | None = None,
     plot: Path | None = None,
     progress: bool = True,
     data: Any = None,
@@ -124,25 +151,46 @@ def tune(
         )
     if trials < 1:
         raise SeqrecError(f"--trials must be at least 1, got {trials}")
+    save_as = save_as or (
+        "tuned" if task == "next-item" else f"tuned-{study_name('', task, label)[1:]}"
+    )
     data = data if data is not None else build_data(ws, task, label)
     metric = "roc_auc" if task == "classify" else "ndcg@10"
     name = study or study_name(model_name, task, label)
-    st = optuna.create_study(
-        study_name=name,
-        storage=storage(ws),
-        direction="maximize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
-    )
-    st.set_user_attr("model", model_name)
-    st.set_user_attr("task", task)
+    store = storage(ws)
+    identity = {
+        "model": model_name,
+        "task": task,
+        "label": label,
+        "epochs": epochs,
+        "space": spec_space(spec),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        st = optuna.create_study(
+            study_name=name,
+            storage=store,
+            direction="maximize",
+            load_if_exists=True,
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
+        )
+    if st.user_attrs.get("identity") not in (None, identity):
+        raise SeqrecError(
+            f"study '{name}' was started with other settings: {st.user_attrs['identity']}",
+            hint="resume it with the same --model/--task/--label/--epochs, or start another "
+            "with --study NEW",
+        )
+    st.set_user_attr("identity", identity)
+    # a resumed run must not replay the first run's random draws: seed by the trials so far
+    st.sampler = optuna.samplers.TPESampler(seed=seed + len(st.trials))
+    requeue_dead_trials(st)
     counted = (TrialState.COMPLETE, TrialState.PRUNED)
 
     def done() -> int:
         return len(st.get_trials(deepcopy=False, states=counted))
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("owner", _owner())
         params, train_keys = suggest(trial, spec.search_space)
         resolved = resolve(
             ws, spec, params=params, overrides={**train_keys, "epochs": epochs, "seed": seed}
@@ -172,6 +220,7 @@ def tune(
         )
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+        trial.set_user_attr("epochs", settings.epochs)
         return float(result.valid[metric])
 
     already = done()
@@ -208,8 +257,8 @@ def tune(
     best = st.best_trial
     best_params = {k: v for k, v in best.params.items() if k not in PRESET_TRAIN_KEYS}
     best_train = {k: v for k, v in best.params.items() if k in PRESET_TRAIN_KEYS}
-    if epochs is not None:
-        best_train["epochs"] = epochs
+    if epochs is not None:  # the best trial's epoch cap goes with its configuration
+        best_train["epochs"] = int(best.user_attrs.get("epochs", epochs))
     path = save_workspace_preset(
         ws,
         spec,
@@ -221,6 +270,8 @@ def tune(
         study=name,
         trial=best.number,
         value=best.value,
+        task=task,
+        label=label,
     )
     rows = [
         {
@@ -264,7 +315,9 @@ def plot_trials(study: Any, path: Path, metric: str) -> Path:
         from optuna.visualization.matplotlib import plot_optimization_history
     except ImportError as e:  # pragma: no cover - matplotlib is a dependency
         raise SeqrecError(f"--plot needs matplotlib ({e})", hint="pip install matplotlib") from None
-    ax = plot_optimization_history(study, target_name=f"valid {metric}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        ax = plot_optimization_history(study, target_name=f"valid {metric}")
     fig: Any = ax.figure
     fig.set_size_inches(8, 4)
     fig.tight_layout()

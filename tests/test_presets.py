@@ -140,3 +140,22 @@ def test_models_presets_lists_plugin_and_workspace_presets(ws: Workspace) -> Non
     assert presets["fast"]["source"] == "plugin"
     assert presets["mine"]["source"] == "workspace"
     assert "dropout" in specs["gpt2"]["search_space"]
+
+
+def test_a_named_preset_wins_over_seqrec_toml_but_not_over_options(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path / "ws", "[train]\npatience = 9")
+    spec = get_spec("gpt2")
+    assert resolve(ws, spec).settings.patience == 9  # toml over the defaults
+    fast = spec.presets["fast"].train["patience"]
+    assert resolve(ws, spec, preset="fast").settings.patience == fast
+    r = resolve(ws, spec, preset="fast", overrides={"patience": 2})
+    assert r.settings.patience == 2
+
+
+def test_head_count_that_does_not_divide_the_width_is_a_clear_error() -> None:
+    from seqrec.models import ModelContext
+
+    for model, key in (("gpt2", "n_head"), ("bert", "n_heads")):
+        ctx = ModelContext(n_items=10, n_event_types=3, max_len=8, params={key: 3})
+        with pytest.raises(SeqrecError, match="multiple of"):
+            get_spec(model).make(ctx)

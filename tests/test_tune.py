@@ -99,3 +99,56 @@ def test_sigkilled_tune_resumes_to_the_requested_trial_count(small_ws: Workspace
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert _counted(small_ws, "lstm-next-item") == 4
     assert workspace_presets(small_ws, "lstm")["tuned"]["trial"] == res["best_trial"]
+
+
+def test_a_resumed_study_does_not_replay_the_first_runs_parameters(small_ws: Workspace) -> None:
+    first = tune(small_ws, "lstm", trials=2, epochs=1, progress=False)
+    res = tune(small_ws, "lstm", trials=4, epochs=1, progress=False)
+    old = [t["params"] for t in first.trials]
+    new = [t["params"] for t in res.trials[2:]]
+    assert all(p not in old for p in new)
+
+
+def test_resuming_with_other_settings_is_refused(small_ws: Workspace) -> None:
+    tune(small_ws, "lstm", trials=1, epochs=1, progress=False)
+    with pytest.raises(SeqrecError, match="started with other settings"):
+        tune(small_ws, "lstm", trials=2, epochs=2, progress=False)
+
+
+def test_a_trial_left_running_by_a_dead_process_is_failed_and_retried(small_ws: Workspace) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from seqrec.tuning import requeue_dead_trials
+
+    st = optuna.create_study(study_name="s", storage=storage(small_ws))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = st.ask({"dropout": optuna.distributions.FloatDistribution(0.1, 0.6)})
+    trial.set_user_attr("owner", f"{__import__('socket').gethostname()}:{dead.pid}")
+    alive = st.ask({"dropout": optuna.distributions.FloatDistribution(0.1, 0.6)})
+    alive.set_user_attr("owner", f"{__import__('socket').gethostname()}:{os.getpid()}")
+    assert requeue_dead_trials(st) == 1
+    states = {t.number: t.state for t in st.get_trials()}
+    assert states[trial.number] == TrialState.FAIL
+    assert states[alive.number] == TrialState.RUNNING
+    queued = st.get_trials(states=(TrialState.WAITING,))
+    assert [t.user_attrs["retry_of"] for t in queued] == [trial.number]
+    retried = st.ask()  # the queued trial runs next, with the dead one's parameters
+    assert retried.suggest_float("dropout", 0.1, 0.6) == trial.params["dropout"]
+
+
+def test_classify_tuning_saves_its_own_preset_name(small_ws: Workspace) -> None:
+    res = tune(
+        small_ws,
+        "lstm",
+        task="classify",
+        label="purchase-within:7d",
+        trials=1,
+        epochs=1,
+        progress=False,
+    )
+    assert res.preset == "tuned-classify-purchase-within7d"
+    assert res.metric == "roc_auc"
+    stored = workspace_presets(small_ws, "lstm")[res.preset]
+    assert stored["task"] == "classify"

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seqrec.config import CONFIG_NAME, find_root
+from seqrec.errors import SeqrecError
 
 
 def has_workspace() -> bool:
@@ -56,8 +57,13 @@ def register(cli: click.Group) -> None:
 
         specs = model_registry()
         ws = None
-        if project is not None or has_workspace():  # a workspace adds its own presets
+        if project is not None:
             ws = workspace(project)
+        elif has_workspace():  # the current directory's workspace adds its own presets
+            try:
+                ws = workspace(None)
+            except SeqrecError as exc:
+                click.secho(f"warning: workspace presets not shown: {exc}", fg="yellow", err=True)
 
         def presets_of(s: ModelSpec) -> dict[str, dict[str, Any]]:
             out = {
@@ -101,8 +107,8 @@ def register(cli: click.Group) -> None:
             for s in sorted(specs.values(), key=lambda s: s.name):
                 for name, p in presets_of(s).items():
                     shown = {**p.get("params", {}), **p.get("train", {})}
-                    if name == DEFAULT_PRESET:
-                        shown = dict(s.train_defaults)
+                    if name == DEFAULT_PRESET and p["source"] == "plugin":
+                        shown = dict(s.train_defaults)  # its params are every default
                     table.add_row(
                         s.name,
                         name,

@@ -151,6 +151,12 @@ def register(cli: click.Group) -> None:
                 }
             )
             return
+        if out.toml_overrides:
+            click.echo(
+                f"note: seqrec.toml [train] sets {', '.join(out.toml_overrides)} over the "
+                "model's preset (comment them out to train its tuned settings)",
+                err=True,
+            )
         keys = ("ndcg@10", "recall@10", "roc_auc", "f1")
         shown = "  ".join(f"{k} {v:.4f}" for k, v in out.valid.items() if k in keys)
         click.echo(

@@ -37,10 +37,9 @@ def register(cli: click.Group) -> None:
     @click.option("--study", help="Study name (default: <model>-<task>[-<label>]).")
     @click.option(
         "--save-as",
-        default="tuned",
-        show_default=True,
-        help="Workspace preset to write the best configuration to ('default' replaces the "
-        "model's defaults in this workspace).",
+        help="Workspace preset to write the best configuration to (default: 'tuned' for "
+        "next-item, 'tuned-classify-<label>' to classify; 'default' replaces the model's "
+        "defaults in this workspace).",
     )
     @click.option(
         "--plot",
@@ -58,7 +57,7 @@ def register(cli: click.Group) -> None:
         epochs: int | None,
         seed: int,
         study: str | None,
-        save_as: str,
+        save_as: str | None,
         plot: Path | None,
         as_json: bool,
     ) -> None:
@@ -114,7 +113,8 @@ def register(cli: click.Group) -> None:
         )
         click.echo(
             f"saved as workspace preset '{res.preset}' ({res.preset_file}): "
-            f"`seqrec train --model {model_name or ws.config.models.default} --preset {res.preset}`"
+            f"`seqrec train --model {model_name or ws.config.models.default} --preset {res.preset}"
+            + (f" --task classify --label {label}`" if task == "classify" else "`")
         )
         if res.plot:
             click.echo(f"plot: {res.plot}")

@@ -35,5 +35,6 @@ def register_models(register) -> None:  # type: ignore[no-untyped-def]
             build=Popularity,
             tasks=("next-item",),
             description="global item popularity (non-personalised baseline)",
+            defaults={"repeat_bias": False},  # it scores by counts only
         )
     )

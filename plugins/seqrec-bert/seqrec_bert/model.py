@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
+from seqrec.errors import SeqrecError
 from seqrec.models import (
     GAP_BUCKETS,
     Batch,
@@ -52,6 +53,11 @@ class BertNextItem(SeqModel):
         super().__init__(ctx)
         p = ctx.params
         d = int(p["d_model"])
+        if d % int(p["n_heads"]):
+            raise SeqrecError(
+                f"bert: d_model ({d}) must be a multiple of n_heads ({p['n_heads']})",
+                hint="e.g. --param d_model=64 --param n_heads=2",
+            )
         self.mask_id = ctx.n_items
         self.width = ctx.max_len + 1  # widest input: max_len events + the appended target/MASK
         self.config = BertConfig(

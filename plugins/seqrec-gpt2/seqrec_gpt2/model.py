@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from transformers import GPT2Config, GPT2Model
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
+from seqrec.errors import SeqrecError
 from seqrec.models import (
     GAP_BUCKETS,
     Batch,
@@ -46,6 +47,11 @@ class GPT2NextItem(SeqModel):
     def __init__(self, ctx: ModelContext):
         super().__init__(ctx)
         p = ctx.params
+        if int(p["d_model"]) % int(p["n_head"]):
+            raise SeqrecError(
+                f"gpt2: d_model ({p['d_model']}) must be a multiple of n_head ({p['n_head']})",
+                hint="e.g. --param d_model=64 --param n_head=2",
+            )
         self.config = GPT2Config(
             vocab_size=ctx.n_items,
             n_positions=ctx.max_len,
