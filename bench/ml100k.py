@@ -472,6 +472,12 @@ def main() -> None:
         "full = train to early stopping and evaluate both protocols (hours on 2 cores)",
     )
     ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the page from the finished runs in bench/results/ml100k_runs.jsonl; "
+        "train nothing (jobs without a finished run are left out)",
+    )
+    ap.add_argument(
         "--worker", nargs=3, metavar=("MODEL", "SEED", "VARIANT"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -506,6 +512,8 @@ def main() -> None:
     for model, seed, variant in tqdm(jobs, desc="ml-100k", unit="run"):
         if (model, seed, variant) in done:
             runs.append(done[(model, seed, variant)])
+            continue
+        if args.report_only:
             continue
         proc = subprocess.run(
             [sys.executable, __file__, "--worker", model, str(seed), variant],
