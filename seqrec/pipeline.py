@@ -298,8 +298,13 @@ def evaluate_model(
     data: Data | None = None,
     dump_topk: Path | None = None,
     ci: bool = True,
+    per_user: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a stored model on the test (or valid) split of the current events."""
+    """Metrics of a stored model on the test (or valid) split of the current events.
+
+    With ``per_user``, ``out["per_user"]`` holds numpy arrays per example (not JSON): the
+    ``user_ids`` and, next-item, the ``ranks`` and ``topk`` items; classification, the
+    ``labels`` and class ``probs``."""
     from seqrec import model_store
 
     device = pick_device(ws.config.train.device)
@@ -317,6 +322,12 @@ def evaluate_model(
         out = classification_metrics(examples.labels, probs, stored.info.get("threshold"))
         out["class_names"] = stored.info.get("class_names")
         out["label"] = stored.info.get("label")
+        if per_user:
+            out["per_user"] = {
+                "user_ids": examples.user_ids,
+                "labels": examples.labels,
+                "probs": probs,
+            }
     else:
         n_model = stored.model.ctx.n_items
         if _newer_than(data, stored.model.ctx):  # items new since training cannot be scored
@@ -346,6 +357,8 @@ def evaluate_model(
                 intervals[f"ndcg@{k}_ci95"] = bootstrap_ci(ndcg)
                 intervals[f"recall@{k}_ci95"] = bootstrap_ci(hit.astype(np.float64))
         out.update(intervals)
+        if per_user:
+            out["per_user"] = {"user_ids": examples.user_ids, "ranks": ranks, "topk": topk}
         if dump_topk is not None:
             vocab = stored.vocab
             with Path(dump_topk).open("w") as fh:
