@@ -1,7 +1,13 @@
 """A bounded closed-loop HTTP load generator (run as its own process by serve_load.py).
 
 ``python bench/loadgen.py URL PATH BODIES.json CONCURRENCY REQUESTS [TOKEN]`` prints one JSON
-object: latencies (ms) p50/p95/p99/max, requests/s, status counts and errors. Each of the
+object: latencies (ms) p50/p95/p99/max, requests/s, status counts and errors.
+
+Options (after the positional arguments): ``--duration S`` keeps sending until S seconds have
+passed (REQUESTS is then only a cap); ``--timeline FILE`` writes one JSON line per answered
+request: start (seconds since the run began), latency (ms), HTTP status and the model tag that
+answered (the ``X-Seqrec-Model`` header, else the body's ``"model"`` field). A process that
+gets SIGTERM or SIGINT stops sending, writes its timeline and prints its summary. Each of the
 CONCURRENCY clients keeps one HTTP/1.1 keep-alive connection and sends its next request as
 soon as the previous answer is in (closed loop); REQUESTS requests in all, bodies taken round
 robin. The client is a few lines of asyncio over raw sockets so that the load generator, which
@@ -10,12 +16,26 @@ shares the machine's cores with the server, costs as little CPU as possible.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
+import re
+import signal
 import time
 from collections import Counter
+from typing import Any
 from urllib.parse import urlparse
+
+_TAG_BODY = re.compile(rb'"model"\s*:\s*"([^"]+)"')
+
+
+def _tag(head: bytes, body: bytes) -> str | None:
+    """The model tag that answered: the X-Seqrec-Model header, else the body's "model"."""
+    for line in head.split(b"\r\n"):
+        if line[:16].lower() == b"x-seqrec-model: ":
+            return line[16:].decode()
+    m = _TAG_BODY.search(body)
+    return m.group(1).decode() if m else None
 
 
 async def _client(
@@ -27,12 +47,16 @@ async def _client(
     lat: list[float],
     status: Counter[int],
     errors: list[str],
+    deadline: float,
+    timeline: list[tuple[float, float, int, str | None]] | None,
+    stop: asyncio.Event,
+    t_run: float,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while True:
+        while not stop.is_set():
             i = next_index[0]
-            if i >= total:
+            if i >= total or time.perf_counter() >= deadline:
                 return
             next_index[0] = i + 1
             t0 = time.perf_counter()
@@ -45,14 +69,17 @@ async def _client(
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                         break
-                await reader.readexactly(length)
+                body = await reader.readexactly(length)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 writer.close()
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
-            lat.append((time.perf_counter() - t0) * 1000)
+            ms = (time.perf_counter() - t0) * 1000
+            lat.append(ms)
             status[code] += 1
+            if timeline is not None:
+                timeline.append((round(t0 - t_run, 4), round(ms, 3), code, _tag(head, body)))
     finally:
         writer.close()
 
@@ -64,7 +91,14 @@ def _pct(sorted_ms: list[float], q: float) -> float:
 
 
 async def run(
-    url: str, path: str, bodies: list[dict], concurrency: int, total: int, token: str = ""
+    url: str,
+    path: str,
+    bodies: list[dict],
+    concurrency: int,
+    total: int,
+    token: str = "",
+    duration: float = 0.0,
+    timeline: list[tuple[float, float, int, str | None]] | None = None,
 ) -> dict:
     u = urlparse(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -83,10 +117,28 @@ async def run(
     status: Counter[int] = Counter()
     errors: list[str] = []
     next_index = [0]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     t0 = time.perf_counter()
+    deadline = t0 + duration if duration > 0 else float("inf")
     await asyncio.gather(
         *(
-            _client(host, port, requests, next_index, total, lat, status, errors)
+            _client(
+                host,
+                port,
+                requests,
+                next_index,
+                total,
+                lat,
+                status,
+                errors,
+                deadline,
+                timeline,
+                stop,
+                t0,
+            )
             for _ in range(concurrency)
         )
     )
@@ -110,17 +162,38 @@ async def run(
 
 
 def main() -> None:
-    url, path, bodies_file, conc, total = sys.argv[1:6]
-    token = sys.argv[6] if len(sys.argv) > 6 else ""
-    with open(bodies_file) as f:
+    ap = argparse.ArgumentParser(description="closed-loop HTTP load generator")
+    for name in ("url", "path", "bodies", "concurrency", "requests"):
+        ap.add_argument(name)
+    ap.add_argument("token", nargs="?", default="")
+    ap.add_argument("--duration", type=float, default=0.0)
+    ap.add_argument("--timeline", default=None)
+    a = ap.parse_args()
+    with open(a.bodies) as f:
         bodies = json.load(f)
+    timeline: list[Any] | None = [] if a.timeline else None
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    out = asyncio.run(run(url, path, bodies, int(conc), int(total), token))
+    out = asyncio.run(
+        run(
+            a.url,
+            a.path,
+            bodies,
+            int(a.concurrency),
+            int(a.requests),
+            a.token,
+            a.duration,
+            timeline,
+        )
+    )
+    if a.timeline and timeline is not None:
+        with open(a.timeline, "w") as fh:
+            for t, ms, code, tag in sorted(timeline):
+                fh.write(json.dumps({"t": t, "ms": ms, "status": code, "model": tag}) + "\n")
     print(json.dumps(out))
 
 
