@@ -5,7 +5,7 @@ object: latencies (ms) p50/p95/p99/max, requests/s, status counts and errors.
 
 Options (after the positional arguments): ``--duration S`` keeps sending until S seconds have
 passed (REQUESTS is then only a cap); ``--timeline FILE`` writes one JSON line per answered
-request: start (seconds since the run began), latency (ms), HTTP status and the model tag that
+request: start (wall-clock epoch seconds, to line up with other processes' events), latency (ms), HTTP status and the model tag that
 answered (the ``X-Seqrec-Model`` header, else the body's ``"model"`` field). A process that
 gets SIGTERM or SIGINT stops sending, writes its timeline and prints its summary. Each of the
 CONCURRENCY clients keeps one HTTP/1.1 keep-alive connection and sends its next request as
@@ -50,7 +50,7 @@ async def _client(
     deadline: float,
     timeline: list[tuple[float, float, int, str | None]] | None,
     stop: asyncio.Event,
-    t_run: float,
+    wall_offset: float,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -79,7 +79,7 @@ async def _client(
             lat.append(ms)
             status[code] += 1
             if timeline is not None:
-                timeline.append((round(t0 - t_run, 4), round(ms, 3), code, _tag(head, body)))
+                timeline.append((round(t0 - wall_offset, 4), round(ms, 3), code, _tag(head, body)))
     finally:
         writer.close()
 
@@ -118,10 +118,11 @@ async def run(
     errors: list[str] = []
     next_index = [0]
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    loop = asyncio.gewall_offsetning_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     t0 = time.perf_counter()
+    wall_offset = t0 - time.time()  # perf_counter - wall clock: timeline stamps are wall time
     deadline = t0 + duration if duration > 0 else float("inf")
     await asyncio.gather(
         *(
@@ -137,7 +138,7 @@ async def run(
                 deadline,
                 timeline,
                 stop,
-                t0,
+                wall_offset,
             )
             for _ in range(concurrency)
         )
