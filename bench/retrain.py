@@ -204,6 +204,119 @@ def replay(log: str, events: list[Any], n_slices: int, model: str, epochs: int |
     return {"log": log, "model": model, "events": len(events), "slices": rows}
 
 
+# -- promotion under load ----------------------------------------------------------------------
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 2) if xs else None
+
+
+def swap_under_load(log: str, tags: list[str], every_s: float, concurrency: int) -> dict:
+    """Serve ``stage=production`` from the replay's workspace, keep ``concurrency`` closed-loop
+    clients sending /recommend, promote each of ``tags`` in turn, ``every_s`` apart, and read
+    the timeline: errors, which model answered, p99 while each swap was under way."""
+    import subprocess
+
+    from seqrec.config import load_workspace
+    from seqrec.promotion import promote
+    from seqrec.testing import _merge
+
+    root = DATA / f"ws-retrain-{log}"
+    cfg = root / "seqrec.toml"
+    cfg.write_text(_merge(cfg.read_text(), "[serve]\nreload_poll_s = 1.0\n"))
+    ws = load_workspace(root)
+    users = sorted({e["user_id"] for e in _read_jsonl(DATA / f"{log}-slice1-warm.jsonl")})[:500]
+    bodies = DATA / f"{log}-bodies.json"
+    bodies.write_text(json.dumps([{"user_id": u, "k": 10} for u in users]))
+    port = _free_port()
+    env = dict(os.environ, SEQREC_PROJECT=str(root), SEQREC_MODEL="stage=production")
+    env["BENTOML_HOME"], env["BENTOML_DO_NOT_TRACK"] = str(root / "models"), "True"
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    log_file = DATA / f"{log}-serve.log"
+    serve = subprocess.Popen(
+        [bentoml, "serve", "seqrec.service:SeqrecService", "--host", "127.0.0.1", "--port",
+         str(port)],
+        env=env, stdout=log_file.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    timeline = DATA / f"{log}-timeline.jsonl"
+    try:
+        _wait_ready(url, serve, log_file)
+        duration = every_s * (len(tags) + 1)
+        gen = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("loadgen.py")), url, "/recommend",
+             str(bodies), str(concurrency), str(10**9), "--duration", str(duration),
+             "--timeline", str(timeline)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        promoted_at = []
+        for tag in tags:
+            time.sleep(every_s)
+            promoted_at.append(time.time())
+            promote(ws, tag, "stage=production", reason="bench/retrain.py: swap under load")
+        summary = json.loads(gen.communicate(timeout=duration + 120)[0])
+    finally:
+        import signal
+
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
+    rows = _read_jsonl(timeline)
+    swaps = []
+    for tag, t_prom in zip(tags, promoted_at, strict=True):
+        first = min((r["t"] + r["ms"] / 1000 for r in rows if r["model"] == tag), default=None)
+        end = (first or t_prom) + 1.0
+        during = [r["ms"] for r in rows if t_prom <= r["t"] <= end]
+        swaps.append(
+            {
+                "tag": tag,
+                "switch_s": round(first - t_prom, 2) if first else None,
+                "requests_during": len(during),
+                "p99_during_ms": _pct(during, 99),
+            }
+        )
+    windows = [(t, t + (s["switch_s"] or 0) + 1.0) for t, s in zip(promoted_at, swaps, strict=True)]
+    steady = [r["ms"] for r in rows if not any(a <= r["t"] <= b for a, b in windows)]
+    return {
+        "concurrency": concurrency,
+        "every_s": every_s,
+        "requests": len(rows),
+        "errors": summary["errors"],
+        "status": summary["status"],
+        "models_answering": sorted({str(r["model"]) for r in rows}),
+        "p50_steady_ms": _pct(steady, 50),
+        "p99_steady_ms": _pct(steady, 99),
+        "swaps": swaps,
+    }
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: Any, log_file: Path, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited:\n{log_file.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the service was not ready after {timeout_s:.0f}s")
+
+
 # -- the page -----------------------------------------------------------------------------------
 
 
@@ -270,6 +383,27 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         for r in refused:
             out.append(f"Corrupted slice: **{r['decision']}**. Reason: {r['reason']}")
             out.append("")
+        sw = res.get("swap")
+        if sw:
+            out += [
+                f"Promotion under load: `seqrec serve --model stage=production` (poll 1 s), "
+                f"{sw['concurrency']} closed-loop clients on /recommend, three promotions "
+                f"{sw['every_s']:g} s apart: {sw['requests']:,} requests, **{sw['errors']} errors** "
+                f"(status {sw['status']}), answered by {len(sw['models_answering'])} models; "
+                f"steady p50 {sw['p50_steady_ms']} ms, p99 {sw['p99_steady_ms']} ms.",
+                "",
+                report.table(
+                    ["promoted", "first answer after (s)", "requests in swap window", "p99 (ms)"],
+                    [
+                        [x["tag"], x["switch_s"], x["requests_during"], x["p99_during_ms"]]
+                        for x in sw["swaps"]
+                    ],
+                ),
+                "",
+                "The swap window runs from the promotion to 1 s after the first answer by the "
+                "new model (the poll interval is most of the delay).",
+                "",
+            ]
     out.append(report.machine_line(machine))
     return "\n".join(out)
 
@@ -280,6 +414,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=3, help="clean 10%% slices (then a corrupted)")
     ap.add_argument("--model", default="gpt2")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic log, 2 epochs")
+    ap.add_argument("--swap-every", type=float, default=10.0, help="seconds between swaps; 0: none")
+    ap.add_argument("--concurrency", type=int, default=8, help="load generator clients")
     args = ap.parse_args()
     import torch
 
@@ -296,7 +432,16 @@ def main() -> None:
             events, epochs = ml100k_events(), None
         else:
             raise SystemExit(f"unknown log {log!r}: synthetic or ml100k")
-        results.append(replay(log, events, args.slices, args.model, epochs))
+        res = replay(log, events, args.slices, args.model, epochs)
+        if args.swap_every > 0:
+            clean = [r for r in res["slices"] if "cold" in r]
+            prod, other = clean[-1]["warm"]["tag"], clean[-1]["cold"]["tag"]
+            if res["slices"][-1]["decision"] == "promoted":  # the corrupted slice got through
+                prod = res["slices"][-1]["warm"]["tag"]
+            res["swap"] = swap_under_load(
+                log, [other, prod, other], args.swap_every, args.concurrency
+            )
+        results.append(res)
         if args.quick:
             break
     payload = {"machine": machine, "results": results}
