@@ -5,10 +5,11 @@ Each function draws one figure from plain numbers and writes it to ``path``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 WIDTH, HEIGHT, DPI = 6.4, 3.6, 100
 
@@ -34,6 +35,7 @@ def learning_curves(
     ax = fig.add_subplot()
     ax.plot(epochs, loss, "o-", color="tab:blue", label="train loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("train loss", color="tab:blue")
     right = ax.twinx()
     pts = [(e, v) for e, v in zip(epochs, valid, strict=True) if v is not None]
@@ -46,7 +48,7 @@ def learning_curves(
 
 def metric_across_runs(
     runs: Sequence[str],
-    series: dict[str, Sequence[float | None]],
+    series: Mapping[str, Sequence[float | None]],
     metric: str,
     path: Path,
 ) -> Path:
@@ -88,7 +90,7 @@ def bars(
 
 
 def grouped_bars(
-    labels: Sequence[str], groups: dict[str, Sequence[float]], path: Path, *, title: str
+    labels: Sequence[str], groups: Mapping[str, Sequence[float]], path: Path, *, title: str
 ) -> Path:
     """Side-by-side bars per label, one colour per group (e.g. train and test shares)."""
     fig = _figure()
