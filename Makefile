@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 PLUGINS := $(wildcard plugins/seqrec-*)
 
-.PHONY: install demo test lint format typecheck clean bench
+.PHONY: install demo test lint format typecheck clean bench browser
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint
+# headless Chromium for tests/test_report_browser.py (Debian's package; sudo unless root)
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+browser:
+	test -x /usr/bin/chromium || ($(SUDO) apt-get install -y chromium chromium-driver || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver))
+
+test: lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
 format: install
