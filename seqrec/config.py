@@ -171,6 +171,19 @@ class ServeConfig(_Section):
         le=3600,
         description="while the online store is down, try it again at most this often",
     )
+    reload_poll_s: float = Field(
+        10.0,
+        ge=0,
+        le=86_400,
+        description="when serving a label selector (stage=production), look for a newly "
+        "labelled model this often and swap it in without a restart; 0 = never",
+    )
+    admin_token_env: str = Field(
+        "SEQREC_ADMIN_TOKEN",
+        min_length=1,
+        description="environment variable holding the bearer token of POST /admin/reload "
+        "(unset: that endpoint answers 403)",
+    )
 
 
 class Config(_Section):

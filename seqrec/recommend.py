@@ -9,10 +9,13 @@ tracks that state and retries the store at most once per ``retry_s`` until it an
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,10 @@ class Metrics:
     def store_up(self, up: bool) -> None: ...
 
     def unknown_items(self, n: int) -> None: ...
+
+    def model_reload(self, ok: bool) -> None: ...
+
+    def serving(self, tag: str, previous: str | None = None) -> None: ...
 
 
 class StoreHealth:
@@ -152,9 +159,12 @@ class Recommender:
         device: str | None = None,
         metrics: Metrics | None = None,
         bentoml_store: bool = False,
+        share_store_with: Recommender | None = None,
     ):
         """``bentoml_store``: load the model from BentoML's own model store (``BENTOML_HOME``;
-        inside a Bento) instead of the workspace's."""
+        inside a Bento) instead of the workspace's. ``share_store_with``: a recommender already
+        serving (a hot reload) whose online reader and store health to reuse when it reads the
+        same feature service."""
         from seqrec import model_store
 
         self.metrics = metrics or Metrics()
@@ -190,12 +200,20 @@ class Recommender:
             self._traced = self._trace()
             if self._traced is not None:
                 self._warm(ws.config.serve.micro_batch)
-        self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
-        #: moving average of online lookup time (seconds)
-        self.lookup_s = 0.0
-        self.reader = feature_store.online_reader(
-            ws, self.stored.info.get("feature_service", ws.config.features.feature_service)
+        self.feature_service = str(
+            self.stored.info.get("feature_service", ws.config.features.feature_service)
         )
+        self.health: StoreHealth
+        self.reader: Any
+        #: moving average of online lookup time (seconds)
+        self.lookup_s: float
+        share = share_store_with
+        if share is not None and share.feature_service == self.feature_service:
+            self.health, self.reader, self.lookup_s = share.health, share.reader, share.lookup_s
+            return
+        self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
+        self.lookup_s = 0.0
+        self.reader = feature_store.online_reader(ws, self.feature_service)
 
     # -- online features --------------------------------------------------------------------
 
@@ -307,6 +325,23 @@ class Recommender:
                 x = self._example(b, self.max_len, 0)
                 for _ in range(2):
                     self._traced(*x)
+
+    @torch.inference_mode()
+    def check(self) -> None:
+        """Score a warm-up batch (before this model replaces a serving one): a SeqrecError
+        unless no score is NaN or +inf and every row has a finite one."""
+        try:
+            items, types, times = (t.cpu().numpy() for t in self._example(3, self.max_len, 7))
+            now = np.full(3, int(time.time()), dtype=np.int64)
+            scores = self._scores(items, types, times, now)
+        except Exception as exc:
+            raise SeqrecError(f"model {self.tag} failed to score a warm-up batch: {exc}") from None
+        bad = torch.isnan(scores).any() or torch.isposinf(scores).any()
+        if bad or not torch.isfinite(scores).any(dim=1).all():
+            raise SeqrecError(
+                f"model {self.tag} gives non-finite scores on a warm-up batch",
+                hint="its weights are broken (NaN or inf): retrain it or pick another version",
+            )
 
     def _known(self, items: np.ndarray, types: np.ndarray, times: np.ndarray) -> np.ndarray:
         """Drop events whose item is newer than the model (unknown to it) and left-pad those
@@ -567,3 +602,219 @@ class _ScoreModule(torch.nn.Module):
         self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
     ) -> torch.Tensor:
         return self.model.score(Batch(items=items, types=types, times=times))  # type: ignore[operator]
+
+
+# -- hot reload -----------------------------------------------------------------------------------
+
+
+class ModelReloader:
+    """Swaps a newly promoted model into a running service without dropping a request.
+
+    ``holder.recommender`` is the serving :class:`Recommender`; everything answering requests
+    reads it at call time. A new model is loaded and traced by ``load(tag, serving)`` on the
+    calling thread (a background one: the poll thread or an executor, never the model thread or
+    the event loop), checked (it scores a warm-up batch, and has the serving task unless named
+    explicitly), then swapped in with one assignment under ``lock`` (the model lock): a request
+    is answered wholly by the old or wholly by the new model. A model that fails is refused and
+    the old one keeps serving; polling does not try that tag again until the selector names
+    another one, or an admin reload asks for it.
+
+    While a label selector is followed (the startup reference, or one an admin reload named),
+    a daemon thread re-resolves it every ``poll_s`` seconds. An admin reload that names a tag
+    pins that model: polling pauses until a reload names a selector, or none (the startup one).
+    """
+
+    def __init__(
+        self,
+        holder: Any,
+        lock: threading.Lock,
+        load: Callable[[str, Recommender], Recommender],
+        resolve: Callable[[str], str],
+        ref: str,
+        poll_s: float = 0.0,
+        metrics: Metrics | None = None,
+    ):
+        """``ref``: what the service was started with (a tag, or a selector to follow);
+        ``poll_s``: seconds between polls (0: never poll)."""
+        self.holder, self.lock, self.load, self.resolve = holder, lock, load, resolve
+        self.ref = ref
+        self.selector = ref if "=" in ref else None
+        self.poll_s = poll_s
+        self.metrics = metrics or Metrics()
+        self.loaded_at = time.time()
+        self.last_attempt: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        self.refused: str | None = None
+        self.polls = self.reloads = self.failures = 0
+        self._resolve_error: str | None = None
+        self._busy = threading.Lock()  # one poll or reload at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def polling(self) -> bool:
+        return self.poll_s > 0 and self.selector is not None
+
+    @property
+    def serving_tag(self) -> str:
+        return str(self.holder.recommender.tag)
+
+    # -- polling ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Watch the selector on a daemon thread (none without a selector, or poll_s 0)."""
+        if self.polling and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="seqrec-reload", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll()
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("model reload: poll failed")
+
+    def poll(self) -> bool:
+        """Re-resolve the selector; swap in the model it names when that is new and not
+        refused. True when a new model serves now."""
+        with self._busy:
+            if self.selector is None:
+                return False
+            self.polls += 1
+            tag = self._resolve_quietly(self.selector)
+            if tag is None:
+                return False
+            if tag != self.refused:
+                self.refused = None  # the selector moved on: a later promotion may be tried
+            if tag in (self.refused, self.serving_tag):
+                return False
+            try:
+                return self._swap(tag, by="poll", same_task=True)
+            except SeqrecError:
+                return False  # refused: logged, counted, remembered
+
+    def _resolve_quietly(self, selector: str) -> str | None:
+        """The tag ``selector`` names, or None (logged once per distinct problem: a label
+        being moved, a store out of reach, must not flood the log every poll)."""
+        try:
+            tag = self.resolve(selector)
+        except Exception as exc:
+            msg = f"cannot resolve {selector}: {_first_line(exc)}"
+            if msg != self._resolve_error:
+                log.warning("model reload: %s; still serving %s", msg, self.serving_tag)
+                self._resolve_error = self.last_error = msg
+            return None
+        if self._resolve_error is not None:
+            if self.last_error == self._resolve_error:
+                self.last_error = None
+            self._resolve_error = None
+        return tag
+
+    # -- on request -----------------------------------------------------------------------------
+
+    def reload(self, ref: str | None = None) -> bool:
+        """Serve ``ref`` now (default: the startup reference, re-resolved), even a tag refused
+        before; a model of another task only when named. A selector is followed from then on,
+        a tag pins. True when a new model serves now; a SeqrecError (the old model keeps
+        serving) when ``ref`` cannot be served."""
+        want = ref or self.ref
+        with self._busy:
+            try:
+                tag = self.resolve(want)
+            except Exception as exc:
+                self._refuse(want, "admin", exc)
+                raise SeqrecError(f"cannot reload {want}: {_first_line(exc)}") from None
+            changed = self._swap(tag, by="admin", same_task=ref is None)
+            self.selector = want if "=" in want else None
+        self.start()
+        return changed
+
+    # -- the swap -------------------------------------------------------------------------------
+
+    def _swap(self, tag: str, by: str, same_task: bool) -> bool:
+        """Load, check and swap in ``tag`` (the caller holds ``_busy``)."""
+        old = self.holder.recommender
+        if tag == old.tag:
+            self.refused = None
+            return False
+        try:
+            with _torch_threads(1):  # leave the cores to the serving model
+                new = self.load(tag, old)
+                if same_task and new.task != old.task:
+                    raise SeqrecError(
+                        f"{tag} is a {new.task} model; this service serves {old.task}",
+                        hint='name it to switch tasks: POST /admin/reload {"model": TAG}',
+                    )
+                new.check()
+        except Exception as exc:
+            self._refuse(tag, by, exc)
+            raise SeqrecError(f"model {tag} refused: {_first_line(exc)}") from None
+        with self.lock:
+            self.holder.recommender = new
+        self.loaded_at = time.time()
+        self.last_attempt = {"tag": tag, "by": by, "at": self.loaded_at, "ok": True}
+        self.last_error = self.refused = None
+        self.reloads += 1
+        self.metrics.model_reload(True)
+        self.metrics.serving(new.tag, old.tag)
+        if new.health is not old.health:
+            self.metrics.store_up(new.health.up)
+        log.warning("model reload: serving %s (was %s), by %s", new.tag, old.tag, by)
+        gone = weakref.ref(old)
+        del old, new
+        _release(gone)
+        return True
+
+    def _refuse(self, tag: str, by: str, exc: BaseException) -> None:
+        self.refused = tag
+        self.last_error = f"{tag}: {_first_line(exc)}"
+        self.last_attempt = {"tag": tag, "by": by, "at": time.time(), "ok": False}
+        self.failures += 1
+        self.metrics.model_reload(False)
+        log.error("model reload: refused %s; still serving %s", self.last_error, self.serving_tag)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "model": self.serving_tag,
+            "loaded_at": self.loaded_at,
+            "following": self.selector,
+            "poll_s": self.poll_s if self.polling else 0,
+            "polls": self.polls,
+            "last_attempt": self.last_attempt,
+            "last_error": self.last_error,
+            "refused_tag": self.refused,
+            "reloads": self.reloads,
+            "failures": self.failures,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """This thread's torch CPU threads set to ``n`` meanwhile. ``set_num_threads`` sets the
+    calling thread's OpenMP/MKL team, and the default of threads that first use torch later:
+    restored after, and the serving threads have theirs already (the service starts them)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _release(gone: weakref.ref[Any]) -> None:
+    """Free a model swapped out, then freeze what serves now out of the garbage collector's
+    full passes (as the service does at startup). A recommender is freed by reference counting
+    when the last request using it ends; were it still held (a reference cycle among objects
+    frozen at startup), unfreeze and collect everything once."""
+    gc.collect()
+    if gone() is not None:
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()

@@ -4,8 +4,14 @@ Configured by environment: ``SEQREC_PROJECT`` (workspace directory: its ``[serve
 the limits and the device), ``SEQREC_MODEL`` (a model tag, short name or label selector such as
 ``stage=production``; default: the workspace's default model, latest version),
 ``SEQREC_MODEL_STORE=bentoml`` (a Bento sets it: the model comes from BentoML's own store),
-``SEQREC_API_TOKEN`` (when set, every endpoint but /livez and /readyz wants
-``Authorization: Bearer <token>``), ``BENTOML_HOME`` (the model store; ``seqrec serve`` sets it).
+``SEQREC_API_TOKEN`` (when set, every endpoint but /livez, /readyz and /admin/reload wants
+``Authorization: Bearer <token>``), ``SEQREC_ADMIN_TOKEN`` (or the variable ``[serve]
+admin_token_env`` names: the token of ``POST /admin/reload``), ``BENTOML_HOME`` (the model
+store; ``seqrec serve`` sets it).
+
+Hot reload: started with a label selector (``SEQREC_MODEL=stage=production``), the service
+re-resolves it every ``[serve] reload_poll_s`` seconds and swaps in a newly labelled model
+(:class:`seqrec.recommend.ModelReloader`); ``POST /admin/reload`` does it at once.
 
 Throughput: concurrent requests are coalesced by :class:`MicroBatcher` into one online lookup and
 one model call, on one worker thread; a request that arrives while the thread is idle runs at
@@ -36,12 +42,13 @@ from starlette.responses import Response
 
 from seqrec.commands.serve import BENTO_MARKER, BUNDLED_WS
 from seqrec.config import ServeConfig
-from seqrec.recommend import Metrics
+from seqrec.recommend import Metrics, ModelReloader
 
 log = logging.getLogger("seqrec.serve")
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})
 API_PATHS = ("/recommend", "/recommend_batch", "/recommend_from_events", "/predict", "/status")
+ADMIN_RELOAD = "/admin/reload"
 
 
 def _project() -> tuple[str | None, bool]:
@@ -119,6 +126,14 @@ class PredictRequest(_Request):
     """POST /predict body (classification models)."""
 
     user_id: Id
+
+
+class ReloadRequest(BaseModel):
+    """POST /admin/reload body (optional): the model to serve; default: the startup one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Annotated[str, Field(min_length=1, max_length=LIMITS.max_id_len)] | None = None
 
 
 class ScoredItem(BaseModel):
@@ -248,6 +263,17 @@ class PrometheusMetrics(Metrics):
             "requests scored together in one lookup + model call",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
+        self.reloads = Counter(
+            "seqrec_model_reloads", "models swapped in while serving, by result", ["result"]
+        )
+        for result in ("ok", "failed"):
+            self.reloads.labels(result=result)
+        self.model_info = Gauge(
+            "seqrec_model_info",
+            "1 for the tag of the model serving (0 for ones it served before)",
+            ["tag"],
+            multiprocess_mode="livemax",
+        )
         self.store_up_gauge.set(1)
 
     def fallback(self, reason: str, n: int) -> None:
@@ -262,6 +288,14 @@ class PrometheusMetrics(Metrics):
     def unknown_items(self, n: int) -> None:
         self.unknown.inc(n)
 
+    def model_reload(self, ok: bool) -> None:
+        self.reloads.labels(result="ok" if ok else "failed").inc()
+
+    def serving(self, tag: str, previous: str | None = None) -> None:
+        if previous is not None:
+            self.model_info.labels(tag=previous).set(0)
+        self.model_info.labels(tag=tag).set(1)
+
 
 # -- ASGI guard: body size, bearer token, GET /status ---------------------------------------------
 
@@ -275,46 +309,59 @@ async def _send_json(
 
 
 async def _send_bytes(
-    send: Callable[..., Awaitable[None]], status: int, data: bytes, **hdr: str
+    send: Callable[..., Awaitable[None]],
+    status: int,
+    data: bytes,
+    model: str | None = None,
+    **hdr: str,
 ) -> None:
-    """One whole JSON response (``data`` already serialized)."""
+    """One whole JSON response (``data`` already serialized); ``model``: the tag that answered
+    (header ``X-Seqrec-Model``)."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in hdr.items()]
+    if model is not None:
+        headers.append((b"x-seqrec-model", model.encode()))
+    if hdr:
+        headers += [(k.encode(), v.encode()) for k, v in hdr.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
 
 class Guard:
     """Pure ASGI middleware: 401 without the bearer token (when ``SEQREC_API_TOKEN`` is set;
-    /livez and /readyz stay open), ``GET /status``, 415 for a POST body that is not JSON, 413
-    past ``max_body`` bytes, and (``fast_path``) the POST endpoints of :data:`FAST_ROUTES`.
+    /livez and /readyz stay open), ``GET /status``, ``POST /admin/reload`` (its own token, from
+    the variable ``admin_token_env`` names), 415 for a POST body that is not JSON, 413 past
+    ``max_body`` bytes, and (``fast_path``) the POST endpoints of :data:`FAST_ROUTES`.
 
     BentoML's own middleware (request metrics, tracing, timeout, concurrency limit) wraps this
     one, so it applies to the fast path too."""
 
-    def __init__(self, app: Any, max_body: int, fast_path: bool = True) -> None:
+    def __init__(
+        self,
+        app: Any,
+        max_body: int,
+        fast_path: bool = True,
+        admin_token_env: str = "SEQREC_ADMIN_TOKEN",
+    ) -> None:
         self.app, self.max_body = app, max_body
         self.fast_path = fast_path and not _cors_enabled()
         token = os.environ.get("SEQREC_API_TOKEN", "")
         self.expected = f"Bearer {token}".encode() if token else None
+        self.admin_env = admin_token_env
+        admin = os.environ.get(admin_token_env, "")
+        self.admin = f"Bearer {admin}".encode() if admin else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope["path"], scope["method"]
-        if self.expected is not None and path not in OPEN_PATHS:
-            got = b""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    got = value
-                    break
-            if not hmac.compare_digest(got, self.expected):
-                return await _send_json(
-                    send,
-                    401,
-                    {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                    **{"www-authenticate": "Bearer"},
-                )
+        if path == ADMIN_RELOAD:  # its own token, not the API one
+            return await self._admin_reload(scope, receive, send)
+        if (
+            self.expected is not None
+            and path not in OPEN_PATHS
+            and not hmac.compare_digest(_authorization(scope), self.expected)
+        ):
+            return await _unauthorized(send)
         if path == "/status" and method == "GET":
             status = _SERVICE.status() if _SERVICE is not None else {"ready": False}
             return await _send_json(send, 200, status)
@@ -346,6 +393,46 @@ class Guard:
             return await self.app(scope, _replay(body), send)
         return await self.app(scope, receive, send)
 
+    async def _admin_reload(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """``POST /admin/reload`` (body ``{"model": ref}`` optional): swap a model in now."""
+        if scope["method"] != "POST":
+            return await _send_json(send, 405, {"error": "use POST"}, allow="POST")
+        if self.admin is None:
+            return await _send_json(
+                send,
+                403,
+                {
+                    "error": f"admin reload is off: set the environment variable {self.admin_env} "
+                    "to a secret token and send Authorization: Bearer <token> "
+                    "([serve] admin_token_env names the variable)"
+                },
+            )
+        if not hmac.compare_digest(_authorization(scope), self.admin):
+            return await _unauthorized(send)
+        body = await self._body(receive)
+        if body is _GONE:
+            return None
+        if body is None:
+            return await self._too_large(send)
+        assert isinstance(body, bytes)
+        from pydantic import ValidationError
+
+        try:
+            ref = ReloadRequest.model_validate_json(body.strip() or b"{}").model
+        except ValidationError as exc:
+            return await _send_json(
+                send,
+                400,
+                {
+                    "error": f"{exc.error_count()} validation error for {exc.title}",
+                    "detail": exc.errors(include_context=False, include_input=False),
+                },
+            )
+        if _SERVICE is None:
+            return await _send_json(send, 503, {"error": "the service is still starting"})
+        status, answer = await _SERVICE.reload(ref)
+        return await _send_json(send, status, answer)
+
     async def _too_large(self, send: Any) -> None:
         await _send_json(send, 413, {"error": f"request body larger than {self.max_body} bytes"})
 
@@ -366,6 +453,23 @@ class Guard:
 
 
 _GONE = object()
+
+
+def _authorization(scope: dict[str, Any]) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            got: bytes = value
+            return got
+    return b""
+
+
+async def _unauthorized(send: Any) -> None:
+    await _send_json(
+        send,
+        401,
+        {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+        **{"www-authenticate": "Bearer"},
+    )
 
 
 def _cors_enabled() -> bool:
@@ -405,7 +509,7 @@ async def _fast(
     model, answer = route
     try:
         req = model.model_validate_json(body or b"{}")
-        data = await getattr(service, answer)(req)
+        data, tag = await getattr(service, answer)(req)
     except ValidationError as exc:
         return await _send_json(
             send,
@@ -422,7 +526,7 @@ async def _fast(
         return await _send_json(
             send, 500, {"error": "An unexpected error has occurred, please check the server log."}
         )
-    await _send_bytes(send, 200, data)
+    await _send_bytes(send, 200, data, tag)
 
 
 # -- the service ----------------------------------------------------------------------------------
@@ -461,7 +565,7 @@ class SeqrecService:
 
         from seqrec.config import load_workspace
         from seqrec.errors import SeqrecError
-        from seqrec.recommend import Query, Recommender
+        from seqrec.recommend import Query, Recommender, resolve_model_ref
 
         project, in_bento = _project()
         try:
@@ -478,19 +582,30 @@ class SeqrecService:
             _fail_startup(f"seqrec: cannot start, the model did not load: {exc}")
         rec = self.recommender
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="seqrec-model")
+        # start the model thread now: its torch threads are set when it first uses torch, and
+        # a reload lowers the default meanwhile (seqrec.recommend._torch_threads)
+        self.executor.submit(torch.get_num_threads).result()
         self.started = time.time()
         self.Query = Query
 
-        def recommend_many(queries: list[Query]) -> list[bytes]:
+        # these run under the model lock and read the serving recommender once: a swap (under
+        # the same lock) falls between two batches, never inside one
+        def recommend_many(queries: list[Query]) -> list[tuple[bytes, str]]:
+            rec = self.recommender
             self.metrics.batch_size.observe(len(queries))
-            return [to_json(r) for r in rec.recommend_many(queries)]
+            tag = rec.tag
+            return [(to_json(r), tag) for r in rec.recommend_many(queries)]
 
-        def predict_many(users: list[str]) -> list[bytes]:
+        def predict_many(users: list[str]) -> list[tuple[bytes, str]]:
+            rec = self.recommender
             self.metrics.batch_size.observe(len(users))
-            return [to_json(r) for r in rec.predict_many(users)]
+            tag = rec.tag
+            return [(to_json(r), tag) for r in rec.predict_many(users)]
+
+        def quick() -> bool:
+            return self.recommender.store_is_quick()
 
         self.model_lock = threading.Lock()
-        quick = rec.store_is_quick
         self.recommend_batcher = MicroBatcher(
             recommend_many, self.executor, cfg.micro_batch, self.model_lock, quick
         )
@@ -498,6 +613,23 @@ class SeqrecService:
             predict_many, self.executor, cfg.micro_batch, self.model_lock, quick
         )
         self._probe_task: asyncio.Task[None] | None = None
+        store = None if in_bento else ws.model_store
+
+        def load(tag: str, serving: Recommender) -> Recommender:
+            return Recommender(
+                ws, tag, metrics=self.metrics, bentoml_store=in_bento, share_store_with=serving
+            )
+
+        self.reloader = ModelReloader(
+            self,
+            self.model_lock,
+            load,
+            lambda want: resolve_model_ref(want, store),
+            ref,
+            cfg.reload_poll_s,
+            self.metrics,
+        )
+        self.metrics.serving(rec.tag)
         _SERVICE = self
         # everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall requests for hundreds of milliseconds
@@ -511,29 +643,52 @@ class SeqrecService:
             " fp16" if rec.half else "",
             torch.get_num_threads(),
         )
+        if self.reloader.polling:
+            log.info("seqrec: following %s, checked every %gs", ref, self.reloader.poll_s)
+        self.reloader.start()
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        """``fn(*args)`` on the model thread, under the model lock."""
+    async def _call(self, method: str, *args: Any) -> tuple[Any, str]:
+        """(``recommender.<method>(*args)``, its tag) on the model thread, under the model
+        lock, with the recommender serving then."""
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._locked, fn, *args
+            self.executor, self._locked, self._on_serving, method, *args
         )
 
-    async def _via_bentoml(self, answer: Awaitable[bytes]) -> Response:
+    def _on_serving(self, method: str, *args: Any) -> tuple[Any, str]:
+        rec = self.recommender
+        return getattr(rec, method)(*args), rec.tag
+
+    async def _via_bentoml(self, answer: Awaitable[tuple[bytes, str]]) -> Response:
         """An answer for BentoML's endpoint: a seqrec error is a 400 naming the problem."""
         from bentoml.exceptions import InvalidArgument
 
         from seqrec.errors import SeqrecError
 
         try:
-            return Response(await answer, media_type="application/json")
+            data, tag = await answer
         except SeqrecError as exc:
             raise InvalidArgument(str(exc)) from None
+        return Response(data, media_type="application/json", headers={"x-seqrec-model": tag})
 
     def _locked(self, fn: Callable[..., R], *args: Any) -> R:
         with self.model_lock:
             return fn(*args)
+
+    async def reload(self, ref: str | None) -> tuple[int, dict[str, Any]]:
+        """``POST /admin/reload``: (HTTP status, body). Loads on a thread of its own; 422 when
+        the model is refused (the old one keeps serving)."""
+        from seqrec.errors import SeqrecError
+
+        loop = asyncio.get_running_loop()
+        body: dict[str, Any]
+        try:
+            changed = await loop.run_in_executor(None, self.reloader.reload, ref)
+            status, body = 200, {"reloaded": changed}
+        except SeqrecError as exc:
+            status, body = 422, {"error": str(exc)}
+        return status, {**body, "model": self.recommender.tag, "reload": self.reloader.status()}
 
     def _watch_store(self) -> None:
         """While degraded, probe the store in the background so recovery needs no traffic."""
@@ -542,13 +697,10 @@ class SeqrecService:
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def _probe_loop(self) -> None:
-        health = self.recommender.health
-        while not health.up:
-            await asyncio.sleep(health.retry_s)
-            if not health.up:
-                await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._locked, self.recommender.probe
-                )
+        while not self.recommender.health.up:
+            await asyncio.sleep(self.recommender.health.retry_s)
+            if not self.recommender.health.up:
+                await self._call("probe")
 
     def status(self) -> dict[str, Any]:
         rec = self.recommender
@@ -560,35 +712,36 @@ class SeqrecService:
             "degraded": not rec.health.up,
             **rec.health.status(),
             "uptime_s": round(time.time() - self.started, 1),
+            "reload": self.reloader.status(),
         }
 
-    # -- answers: JSON bytes, shared by BentoML's endpoints and the fast path -----------------
+    # -- answers: (JSON bytes, model tag), shared by BentoML's endpoints and the fast path -------
 
-    async def answer_recommend(self, r: RecommendRequest) -> bytes:
+    async def answer_recommend(self, r: RecommendRequest) -> tuple[bytes, str]:
         q = self.Query(r.user_id, r.k, r.exclude_seen, tuple(r.exclude_items))
-        body = await self.recommend_batcher(q)
+        answer = await self.recommend_batcher(q)
         self._watch_store()
-        return body
+        return answer
 
-    async def answer_recommend_batch(self, r: RecommendBatchRequest) -> bytes:
-        rec = self.recommender
+    async def answer_recommend_batch(self, r: RecommendBatchRequest) -> tuple[bytes, str]:
         ex = tuple(r.exclude_items)
-        results = await self._run(rec.recommend_batch, r.user_ids, r.k, r.exclude_seen, ex)
+        args = (r.user_ids, r.k, r.exclude_seen, ex)
+        results, tag = await self._call("recommend_batch", *args)
         self._watch_store()
-        return to_json({"results": results})
+        return to_json({"results": results}), tag
 
-    async def answer_recommend_from_events(self, r: EventsRequest) -> bytes:
+    async def answer_recommend_from_events(self, r: EventsRequest) -> tuple[bytes, str]:
         from seqrec.recommend import Event
 
         evs = [Event(e.item_id, e.event_type, e.timestamp) for e in r.events]
-        rec = self.recommender
         ex = tuple(r.exclude_items)
-        return to_json(await self._run(rec.recommend_from_events, evs, r.k, r.exclude_seen, ex))
+        result, tag = await self._call("recommend_from_events", evs, r.k, r.exclude_seen, ex)
+        return to_json(result), tag
 
-    async def answer_predict(self, r: PredictRequest) -> bytes:
-        body = await self.predict_batcher(r.user_id)
+    async def answer_predict(self, r: PredictRequest) -> tuple[bytes, str]:
+        answer = await self.predict_batcher(r.user_id)
         self._watch_store()
-        return body
+        return answer
 
     # -- endpoints (BentoML's: they define the OpenAPI spec; see FAST_ROUTES) --------------------
 
@@ -653,7 +806,10 @@ FAST_ROUTES: dict[str, tuple[type[_Request], str]] = {
 }
 
 SeqrecService.add_asgi_middleware(  # type: ignore[attr-defined]
-    Guard, max_body=LIMITS.max_body_bytes, fast_path=LIMITS.fast_path
+    Guard,
+    max_body=LIMITS.max_body_bytes,
+    fast_path=LIMITS.fast_path,
+    admin_token_env=LIMITS.admin_token_env,
 )
 
 __all__ = ["SeqrecService"]

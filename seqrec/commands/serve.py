@@ -254,11 +254,13 @@ def register(cli: click.Group) -> None:
     def serve(project: Path | None, model: str | None, host: str | None, port: int | None) -> None:
         """Serve recommendations over HTTP (POST /recommend) with online features."""
         ws = workspace(project)
-        tag, task = check_model(ws, model or ws.config.models.default)  # fail fast, clearly
+        ref = model or ws.config.models.default
+        tag, task = check_model(ws, ref)  # fail fast, clearly
         env = dict(
             os.environ,
             SEQREC_PROJECT=str(ws.root),
-            SEQREC_MODEL=tag,
+            # a label selector is passed on as such: the service follows it (hot reload)
+            SEQREC_MODEL=ref if "=" in ref else tag,
             BENTOML_HOME=str(ws.model_store),
         )
         env.setdefault("BENTOML_DO_NOT_TRACK", "True")
