@@ -189,3 +189,22 @@ def test_drift_flags_a_shifted_newest_window(small_ws: Workspace) -> None:
     assert after.psi()["event_type"] > 1.0 and after.psi()["item_popularity"] > 1.0
     pop = next(f for f in after.features if f.name == "item_popularity")
     assert pop.bins[-1] == "unseen" and pop.current[-1] > 0.5
+
+
+def test_report_of_a_classifier(small_ws: Workspace, tmp_path: Path) -> None:
+    from seqrec import runs
+    from seqrec.monitoring.drift import drift_for_model
+    from seqrec.monitoring.report import build_report
+    from seqrec.pipeline import build_data, train_model
+
+    label = "purchase-within:7d"
+    tag = train_model(small_ws, "gpt2", task="classify", label=label, epochs=1, progress=False).tag
+    drift = drift_for_model(small_ws, build_data(small_ws, "classify", label), tag)
+    assert drift.error is None and "score" in drift.psi()
+    rid = runs.start_run(small_ws, "train", model="gpt2", task="classify", label=label)
+    runs.finish_run(small_ws, rid, "succeeded", candidate_tag=tag, drift=drift.to_dict())
+    index = build_report(small_ws, rid, tmp_path / "rep")
+    text = index.read_text()
+    for png in ("label_balance.png", "calibration.png", "learning_curves.png", "drift.png"):
+        assert (index.parent / png).exists() and f'src="{png}"' in text
+    assert "ROC-AUC" in text and 'id="drift-status"' in text
