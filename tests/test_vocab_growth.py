@@ -228,10 +228,12 @@ def _vocab(ws: Workspace) -> dict[str, int]:
     return out
 
 
-def _add_newest_events(ws: Workspace, n_users: int, known: list[str]) -> set[str]:
-    """Each of ``n_users`` users gets two more events after everything in the log: a new item
-    (``late-*``) and one of ``known``, in either order, so every new item is one of its users'
-    newest two events (validation or test targets). Returns the new item ids."""
+def _add_newest_events(ws: Workspace, n_users: int, known: list[str]) -> tuple[set[str], str]:
+    """Events after everything in the log. Each of ``n_users`` users gets two: a new item
+    (``late-*``) and one of ``known``, in either order, so each ``late-*`` item is only ever one
+    of its users' newest two events (validation or test targets). One more user gets three: a
+    new item (``learned``) then two known ones, so that item is a training target (the third
+    newest event). Returns (the ``late-*`` item ids, ``learned``)."""
     from sqlalchemy import func, select
 
     from seqrec.data.importers import RawEvent, import_events
@@ -240,14 +242,19 @@ def _add_newest_events(ws: Workspace, n_users: int, known: list[str]) -> set[str
     engine = make_engine(ws.events_url)
     with engine.connect() as conn:
         last = int(conn.execute(select(func.max(events.c.ts_ms))).scalar_one())
-        users = [r[0] for r in conn.execute(select(events.c.user_id).distinct().limit(n_users))]
-    rows, new = [], set()
-    for i, user in enumerate(users):
-        late, old = f"late-{i % 4}", known[(i * 7) % len(known)]
-        new.add(late)
-        pair = (late, old) if i % 2 else (old, late)  # late item: valid or test target
-        for j, item in enumerate(pair):
-            rows.append(RawEvent(user, item, last + 60_000 * (1 + 2 * i + j), "view", None))
+        users = [r[0] for r in conn.execute(select(events.c.user_id).distinct().limit(n_users + 1))]
+    late, learned = set(), "learned-0"
+    seqs: list[tuple[str, ...]] = []
+    for i in range(n_users):
+        item, old = f"late-{i % 4}", known[(i * 7) % len(known)]
+        late.add(item)
+        seqs.append((item, old) if i % 2 else (old, item))  # late item: valid or test target
+    seqs.append((learned, known[0], known[1]))
+    rows, t = [], last
+    for user, seq in zip(users, seqs, strict=True):
+        for item in seq:
+            t += 60_000
+            rows.append(RawEvent(user, item, t, "view", None))
     source = "test:late-items"
     import_events(
         engine,
@@ -257,7 +264,7 @@ def _add_newest_events(ws: Workspace, n_users: int, known: list[str]) -> set[str
         fmt="test",
     )
     engine.dispose()
-    return new
+    return late, learned
 
 
 def test_retrain_keeps_old_item_indices_and_never_trains_on_items_only_in_the_held_out_window(
@@ -265,8 +272,10 @@ def test_retrain_keeps_old_item_indices_and_never_trains_on_items_only_in_the_he
 ) -> None:
     """Import, train production, import newer events with new items, ``retrain``: old items keep
     their indices, the candidate's vocabulary grew by the new items, and the training set it was
-    trained on (each user's events before their validation event) has none of the new items as
-    a target; every training example is older than its user's validation cutoff."""
+    trained on (each user's events before their validation event) has none of the new items
+    that only occur in the held-out window as a target, while a new item seen before a user's
+    validation event is one; every training example is older than its user's validation
+    cutoff."""
     from seqrec import model_store
     from seqrec.commands.serve import set_labels
     from seqrec.features import store as fs
@@ -281,17 +290,18 @@ def test_retrain_keeps_old_item_indices_and_never_trains_on_items_only_in_the_he
     set_labels(ws, prod, {"stage": "production"})
     before = _vocab(ws)
 
-    late = _add_newest_events(ws, n_users=40, known=sorted(before))
+    late, learned = _add_newest_events(ws, n_users=40, known=sorted(before))
     after = _vocab(ws)
     assert {k: after[k] for k in before} == before  # known items: same index
     late_idx = {after[k] for k in late}
     assert min(late_idx) == max(before.values()) + 1 and len(late_idx) == len(late)
+    assert after[learned] > max(before.values())
 
     rep = retrain(ws, min_gain=-1.0, epochs=1, seed=0, progress=False)
     cand = model_store.load(rep.candidate, store=ws.model_store)
     old = model_store.load(prod, store=ws.model_store)
     assert cand.info["init_from"] == str(old.path)
-    assert cand.model.ctx.n_items == old.model.ctx.n_items + len(late) == len(after) + 1
+    assert cand.model.ctx.n_items == old.model.ctx.n_items + len(late) + 1 == len(after) + 1
     assert old.item_index() == before  # the stored vocabularies agree with the table
     assert {k: cand.item_index()[k] for k in before} == before
 
@@ -301,6 +311,7 @@ def test_retrain_keeps_old_item_indices_and_never_trains_on_items_only_in_the_he
     assert not targets & late_idx, "items only in the held-out window are training targets"
     held_out = set(data.valid.labels.tolist()) | set(data.test.labels.tolist())
     assert late_idx <= held_out  # ... though they are in it (the test is not vacuous)
+    assert after[learned] in targets  # a new item before a validation event is learned
     # every training example (its target event) precedes its user's validation event
     assert data.train.now is not None and data.valid.now is not None
     valid_at = dict(zip(data.valid.user_ids, data.valid.now, strict=True))
