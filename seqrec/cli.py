@@ -1,7 +1,8 @@
 """The ``seqrec`` command line.
 
 Subcommand groups live in ``seqrec/commands/``; plugins add their own through the
-``register_commands`` hook. User mistakes (``SeqrecError``) print a message and exit 1, without
+``register_commands`` hook. User mistakes (``SeqrecError``) print a message and exit 1 (or the
+error's ``exit_code``; commands marked with :func:`user_errors_exit` use their own code), without
 a traceback.
 """
 
@@ -49,7 +50,7 @@ def emit_json(obj: Any) -> None:
 
 
 def friendly_errors(func: F) -> F:
-    """Turn SeqrecError into a clean message and exit code 1."""
+    """Turn SeqrecError into a clean message and its exit code (default 1)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -57,9 +58,27 @@ def friendly_errors(func: F) -> F:
             return func(*args, **kwargs)
         except SeqrecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(1)
+            sys.exit(exc.exit_code or 1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def user_errors_exit(code: int) -> Callable[[F], F]:
+    """Make a command's SeqrecErrors that set no exit code of their own exit with ``code``."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except SeqrecError as exc:
+                if exc.exit_code is None:
+                    exc.exit_code = code
+                raise
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class SeqrecGroup(click.Group):
@@ -70,7 +89,7 @@ class SeqrecGroup(click.Group):
             return super().invoke(ctx)
         except SeqrecError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(1)
+            ctx.exit(exc.exit_code or 1)
 
 
 @click.group(cls=SeqrecGroup)
@@ -80,10 +99,13 @@ def cli() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from seqrec.commands import events, features, models, project, serve, train, tune
+    from seqrec.commands import events, features, models, project, runs, serve, train, tune
 
-    for module in (project, events, features, models, train, tune, serve):
+    for module in (project, events, features, models, train, tune, serve, runs):
         module.register(cli)
+    from seqrec.commands import items  # item text and embeddings
+
+    items.register(cli)
 
 
 def build_cli() -> click.Group:

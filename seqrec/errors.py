@@ -1,19 +1,40 @@
 """The one exception type for user-facing errors.
 
 A ``SeqrecError`` carries a message that says what was wrong, where, and what to do. The CLI
-prints it without a traceback and exits non-zero; anything else is a bug and keeps its traceback.
+prints it without a traceback and exits non-zero (``exit_code``, when the error sets one, else
+the command's code for user errors: 1, or 2 for ``seqrec retrain`` and ``seqrec runs``);
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+#: exit code of a command line misused or a configuration that is wrong (as click's own)
+EX_USAGE = 2
+#: exit code of a job that could not start now and may be retried later (sysexits EX_TEMPFAIL)
+EX_TEMPFAIL = 75
+
 
 class SeqrecError(Exception):
-    """A user mistake or an unavailable resource, with a message meant for people."""
+    """A user mistake or an unavailable resource, with a message meant for people.
 
-    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+    ``exit_code``: the process exit status the CLI uses for it (None: the command's default).
+    """
+
+    exit_code: int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        hint: str | None = None,
+        exit_code: int | None = None,
+    ):
         self.message = message
         self.where = where
         self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -28,3 +49,5 @@ class StoreUnavailable(SeqrecError):
 
     Serving catches it to answer with the popularity fallback instead of failing the request.
     """
+
+    exit_code = 1

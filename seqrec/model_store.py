@@ -10,6 +10,10 @@ watermark). Names are ``seqrec-<model>``; ``gpt2`` is short for ``seqrec-gpt2:la
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -104,21 +108,65 @@ def save(
         **train_info,
     }
     labels = {"model": model.spec_name, "task": task, "plugin": plugin}
-    with bentoml.models.create(
-        store_name(model.spec_name),
-        labels=labels,
-        metadata=_bento_metadata(info, metrics),
-        **_store(store),
-    ) as bm:
-        path = Path(bm.path)
-        save_weights(model.cpu(), path)
-        (path / "vocab.json").write_text(json.dumps(vocab))
-        (path / "event_types.json").write_text(json.dumps(types))
-        (path / "popularity.json").write_text(json.dumps([float(x) for x in popularity]))
-        (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        (path / "seqrec.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-        tag = str(bm.tag)
-    return tag
+    # BentoML copies a new model into its store file by file: a process killed midway would
+    # leave half a model there (which breaks listing the store). Build it in a staging store
+    # on the same filesystem instead, then move it in with one rename.
+    from bentoml._internal.models import ModelStore
+
+    models_dir = _models_dir(store)
+    staging = _staging_dir(models_dir)
+    try:
+        with bentoml.models.create(
+            store_name(model.spec_name),
+            labels=labels,
+            metadata=_bento_metadata(info, metrics),
+            _model_store=ModelStore(staging),
+        ) as bm:
+            path = Path(bm.path)
+            save_weights(model.cpu(), path)
+            (path / "vocab.json").write_text(json.dumps(vocab))
+            (path / "event_types.json").write_text(json.dumps(types))
+            (path / "popularity.json").write_text(json.dumps([float(x) for x in popularity]))
+            (path / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            (path / "seqrec.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+            name, version = bm.tag.name, str(bm.tag.version)
+        final = models_dir / name / version
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging / name / version, final)  # atomic: all of the model or none
+        latest = final.parent / f".latest-{os.getpid()}"
+        latest.write_text(version)
+        os.replace(latest, final.parent / "latest")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return f"{name}:{version}"
+
+
+def _models_dir(store: Path | None) -> Path:
+    """The ``models`` directory of the BentoML store at ``store`` (None: BENTOML_HOME's)."""
+    if store is None:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        path = Path(BentoMLContainer.model_store_dir.get())
+    else:
+        path = Path(store) / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _staging_dir(models_dir: Path) -> Path:
+    """A fresh staging directory beside ``models_dir``; those of dead processes are removed."""
+    from seqrec.runs import process_alive
+
+    root = models_dir.parent / ".staging"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        host, _, rest = old.name.rpartition("-pid")
+        pid = rest.partition("-")[0]
+        if pid.isdigit() and not process_alive(host, int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = root / f"{socket.gethostname()}-pid{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
 
 
 def _bento_metadata(info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,11 @@ class TrainOutcome:
     preset: str = "default"
     #: trainer settings of the preset that seqrec.toml's [train] section overrode
     toml_overrides: list[str] = field(default_factory=list)
+    #: the model's hyperparameters and the trainer settings it was trained with
+    params: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: what the training data covered (:func:`data_stats`)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +70,39 @@ def build_data(ws: Workspace, task: str, label: str | None, engine: Any = None) 
             )
         return build_classification_data(ws, label, engine)
     return build_next_item_data(ws, engine)
+
+
+def data_stats(data: Data, engine: Any) -> dict[str, Any]:
+    """What ``data`` covers: ``users_seen`` (users in any split), ``events_seen`` (events in
+    the database up to the evaluation cutoff), ``train_cutoff`` and ``eval_cutoff`` (the newest
+    training and test example times, ISO 8601 UTC, or None)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import func, select
+
+    from seqrec.data.schema import events
+
+    def newest(s: SequenceSet) -> int | None:
+        return int(s.now.max()) if s.now is not None and len(s) else None
+
+    parts = (data.train, data.valid, data.test)
+    users = np.unique(np.concatenate([np.asarray(p.user_ids, dtype=object) for p in parts]))
+    train_cut, eval_cut = newest(data.train), newest(data.test)
+    query = select(func.count()).select_from(events)
+    if eval_cut is not None:
+        query = query.where(events.c.ts_ms < (eval_cut + 1) * 1000)
+    with engine.connect() as conn:
+        n_events = int(conn.execute(query).scalar_one())
+
+    def iso(t: int | None) -> str | None:
+        return None if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+    return {
+        "users_seen": len(users),
+        "events_seen": n_events,
+        "train_cutoff": iso(train_cut),
+        "eval_cutoff": iso(eval_cut),
+    }
 
 
 def validator(data: Data, settings: TrainSettings) -> Any:
@@ -211,6 +249,9 @@ def train_model(
         data=data.summary(),
         preset=f"{resolved.preset} ({resolved.source})",
         toml_overrides=sorted(k for k, v in resolved.origin.items() if v == "seqrec.toml [train]"),
+        params=dict(model.ctx.params),
+        settings=asdict(settings),
+        stats=data_stats(data, engine),
     )
 
 

@@ -1,25 +1,39 @@
 """Feature-store-driven retraining: refresh features, warm-start a candidate from the production
-model, compare both on the newest window, promote by label or keep.
+model, compare both on the newest window, promote it or keep production.
 
-One run (``seqrec retrain``):
+One run (``seqrec retrain``), recorded step by step in the run history (:mod:`seqrec.runs`):
 
-1. **Features.** Incremental materialization brings the online store up to the newest events,
-   so the service that will load the model reads the same sequences it was trained on.
-2. **Production.** The model carrying the production label (``stage=production`` by default).
-   With none, the run trains from scratch and the first model that beats the popularity ranking
-   becomes production.
-3. **Candidate.** The same model, task and label, trained on the training set at the new
-   cutoff, warm-started from production's weights (grown item vocabulary: known rows kept).
-4. **Comparison.** Both models on the same held-out window: each user's newest event. That is
-   the newest data, which neither model has trained on. Production cannot rank items newer than
-   itself: those targets count as misses for it (the staleness the run measures).
-5. **Decision.** Promote when the candidate's metric is at least production's plus
-   ``min_gain``: the candidate gets the production label, the old model gets
-   ``stage=archived``. Labels change only after both evaluations succeeded, so a failed run
-   leaves production as it was. Every run writes a JSON report under ``runs/retrain/``.
+1. **Features** (step ``materialize``). Incremental materialization brings the online store up
+   to the newest events, so the service that will load the model reads the same sequences it
+   was trained on.
+2. **Production.** The model the production pointer names (``stage=production`` by default;
+   :mod:`seqrec.promotion`). With none, the run trains from scratch and the first model that
+   beats the popularity ranking becomes production.
+3. **Candidate** (step ``train``). The same model, task and label, trained on the training set
+   at the new cutoff, warm-started from production's weights (grown item vocabulary: known rows
+   kept).
+4. **Comparison** (step ``evaluate``). Both models on the same held-out window: each user's
+   newest event. That is the newest data, which neither model has trained on. Production cannot
+   rank items newer than itself: those targets count as misses for it (the staleness the run
+   measures).
+5. **Decision** (step ``promote``). Promote when the candidate's metric is at least
+   production's plus ``min_gain``: one transaction moves the pointer to the candidate (then the
+   BentoML labels follow: the candidate gets the production label, the old model
+   ``stage=archived``). Nothing moves before both evaluations succeeded, so a run that fails or
+   dies at any step leaves production as it was. Every run writes a JSON report under
+   ``runs/retrain/``.
 
-A running service keeps the model it loaded; restart it (or roll the replicas) to serve a
-promoted model. ``seqrec serve --model stage=production`` always starts the current one.
+One retrain at a time per workspace (:func:`seqrec.locking.job_lock`); a run that finds the
+lock held exits 75 unless it was told to wait. A service picks up a promoted model as
+docs/deployment.md describes; ``seqrec serve --model stage=production`` always starts the
+current one.
+
+Exit codes of ``seqrec retrain``: 0 the run completed (promoted or not: ``promoted`` in the
+report says which), 2 a user or configuration error, 75 another retrain holds the lock
+(EX_TEMPFAIL: try again later), 1 the run failed.
+
+Testing hook: ``SEQREC_KILL_AT=<step>`` kills the process (SIGKILL) right after it recorded
+that step as begun (:func:`seqrec.runs.begin_step`).
 """
 
 from __future__ import annotations
@@ -58,29 +72,26 @@ class RetrainReport:
     seconds: float
     evaluations: dict[str, Any] = field(default_factory=dict)
     report_path: str = ""
+    run_id: int | None = None
+    run_dir: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _parse_selector(selector: str) -> tuple[str, str]:
-    key, sep, value = selector.partition("=")
-    if not sep or not key.strip() or not value.strip() or "," in selector:
-        raise SeqrecError(
-            f"bad production label '{selector}'", hint="use one key=value, e.g. stage=production"
-        )
-    return key.strip(), value.strip()
+    from seqrec.promotion import parse_selector
+
+    return parse_selector(selector)
 
 
 def find_production(ws: Workspace, selector: str) -> str | None:
-    """The newest stored model carrying the label ``selector`` (key=value), or None."""
-    from seqrec import model_store
+    """The model the production pointer ``selector`` (key=value) names, or None (a workspace
+    without a pointer yet: the newest stored model carrying that label)."""
+    from seqrec.promotion import production_tag
 
-    key, value = _parse_selector(selector)
-    for row in model_store.list_models(ws.model_store):  # newest first
-        if row["labels"].get(key) == value:
-            return str(row["tag"])
-    return None
+    _parse_selector(selector)
+    return production_tag(ws, selector)
 
 
 def _score(metrics: dict[str, Any], metric: str, tag: str) -> float:
@@ -104,25 +115,90 @@ def retrain(
     promote: bool = True,
     materialize: bool = True,
     progress: bool = True,
+    wait: float | None = None,
 ) -> RetrainReport:
-    """One retraining run (see the module docstring); returns what it decided."""
-    from seqrec import model_store
-    from seqrec.commands.serve import set_labels
+    """One retraining run (see the module docstring); returns what it decided.
+
+    ``wait``: seconds to wait for another retrain's lock (None: fail at once, exit code 75;
+    ``math.inf``: until it is free). The run is recorded in the run history either way."""
+    from seqrec import runs
+    from seqrec.locking import job_lock
+
+    _parse_selector(production_label)  # a user mistake fails before anything is recorded
+    with job_lock(ws, "retrain", wait):
+        _forget_crashed(ws, runs.mark_crashed(ws, kinds=("retrain",)))
+        run_id = runs.start_run(ws, "retrain", task=task, label=label, model=model_name)
+        try:
+            report = _retrain(
+                ws,
+                run_id,
+                production_label=production_label,
+                model_name=model_name,
+                task=task,
+                label=label,
+                metric=metric,
+                min_gain=min_gain,
+                epochs=epochs,
+                seed=seed,
+                promote=promote,
+                materialize=materialize,
+                progress=progress,
+            )
+        except BaseException as exc:
+            runs.fail_run(ws, run_id, exc)
+            raise
+        runs.finish_run(ws, run_id, "succeeded", details=report.to_dict())
+        return report
+
+
+def _forget_crashed(ws: Workspace, run_ids: list[int]) -> None:
+    """Remove the checkpoints of crashed retrain runs (a retrain never resumes them)."""
+    import shutil
+
+    from seqrec.runs import get_run
+
+    root = (ws.path("runs") / "retrain").resolve()
+    for run_id in run_ids:
+        run_dir = (get_run(ws, run_id).get("details") or {}).get("run_dir")
+        if run_dir and Path(run_dir).resolve().parent == root:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _retrain(
+    ws: Workspace,
+    run_id: int,
+    *,
+    production_label: str,
+    model_name: str | None,
+    task: str | None,
+    label: str | None,
+    metric: str | None,
+    min_gain: float,
+    epochs: int | None,
+    seed: int | None,
+    promote: bool,
+    materialize: bool,
+    progress: bool,
+) -> RetrainReport:
+    from seqrec import model_store, runs
     from seqrec.features import store as feature_store
-    from seqrec.pipeline import build_data, evaluate_model, train_model
+    from seqrec.pipeline import build_data, data_stats, evaluate_model, train_model
+    from seqrec.promotion import promote as move_pointer
 
     t0 = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    key, value = _parse_selector(production_label)
 
+    runs.begin_step(ws, run_id, "materialize")
     materialized = None
     if materialize:
         materialized = feature_store.materialize(ws, incremental=True).users_written
 
+    runs.begin_step(ws, run_id, "train")
     production = find_production(ws, production_label)
     init_from: Path | None = None
     prod_params: dict[str, Any] = {}
     prod_train: dict[str, Any] = {}
+    vocab_before = None
     if production is not None:
         stored = model_store.load(production, store=ws.model_store)
         prod_task = stored.info.get("task", "next-item")
@@ -142,6 +218,7 @@ def retrain(
             )
         model_name = spec_name
         init_from = stored.path
+        vocab_before = stored.model.ctx.n_items - 1
         # the candidate is production's configuration (its preset and any options), retrained
         prod_params = _known_params(spec_name, stored.info.get("params") or {})
         prod_train = {
@@ -151,9 +228,26 @@ def retrain(
     task = task or "next-item"
     model_name = model_name or ws.config.models.default
     metric = metric or DEFAULT_METRIC[task]
+    # a directory of its own per run: a killed run's checkpoints never meet the next run's
+    run_dir = ws.path("runs") / "retrain" / f"{model_name}-run{run_id}"
+    runs.update_run(
+        ws,
+        run_id,
+        model=model_name,
+        task=task,
+        label=label,
+        metric=metric,
+        production_tag=production,
+        vocab_before=vocab_before,
+        details={"run_dir": str(run_dir)},
+    )
 
-    data = build_data(ws, task, label)
-    run_dir = ws.path("runs") / "retrain" / f"{model_name}-{started.replace(':', '')}"
+    from seqrec.data.schema import make_engine
+
+    engine = make_engine(ws.events_url)
+    data = build_data(ws, task, label, engine)
+    runs.update_run(ws, run_id, vocab_after=data.n_items - 1, **data_stats(data, engine))
+    engine.dispose()
     out = train_model(
         ws,
         model_name,
@@ -169,6 +263,16 @@ def retrain(
         data=data,
     )
     candidate = out.tag
+    runs.update_run(
+        ws,
+        run_id,
+        candidate_tag=candidate,
+        preset=out.preset,
+        seed=out.settings.get("seed"),
+        config={"params": out.params, "settings": out.settings},
+    )
+
+    runs.begin_step(ws, run_id, "evaluate")
 
     def evaluate(tag: str) -> dict[str, Any]:
         return evaluate_model(ws, tag, ks=(10, 20), data=data, progress=False, ci=False)
@@ -207,12 +311,32 @@ def retrain(
     promoted = bool(better and promote)
     if better and not promote:
         reason += " (--no-promote: labels unchanged)"
+    decision = (
+        "promoted"
+        if promoted
+        else "not-promoted"
+        if better
+        else "kept"
+        if production is not None
+        else "rejected"
+    )
+    runs.update_run(
+        ws,
+        run_id,
+        candidate_metrics=evaluations["candidate"],
+        production_metrics=evaluations.get("production"),
+        baseline_metrics=None if base_score is None else {metric: base_score},
+        reason=reason,
+    )
+
+    runs.begin_step(ws, run_id, "promote")
     if promoted:
-        set_labels(ws, candidate, {key: value})
-        if production is not None:
-            set_labels(ws, production, {key: "archived" if key == "stage" else ""})
+        # one transaction: pointer, label_changes row and this run's decision
+        move_pointer(ws, candidate, production_label, run_id=run_id, reason=reason)
     else:
-        set_labels(ws, candidate, {"retrain": "rejected" if not better else "not-promoted"})
+        runs.update_run(ws, run_id, decision=decision)
+        retrain_label = f"retrain={'rejected' if not better else 'not-promoted'}"
+        _label_candidate(ws, candidate, retrain_label, run_id, reason)
 
     report = RetrainReport(
         started=started,
@@ -229,12 +353,25 @@ def retrain(
         materialized_users=materialized,
         seconds=round(time.perf_counter() - t0, 1),
         evaluations=evaluations,
+        run_id=run_id,
+        run_dir=str(run_dir),
     )
-    path = ws.path("runs") / "retrain" / f"report-{started.replace(':', '')}.json"
+    path = ws.path("runs") / "retrain" / f"report-{started.replace(':', '')}-run{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report.report_path = str(path)
     path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return report
+
+
+def _label_candidate(ws: Workspace, tag: str, selector: str, run_id: int, reason: str) -> None:
+    """Label a candidate that was not promoted (``retrain=rejected``), recorded."""
+    from seqrec.commands.serve import set_labels
+    from seqrec.runs import record_label_change, tables
+
+    key, value = _parse_selector(selector)
+    set_labels(ws, tag, {key: value})
+    with tables(ws).begin() as conn:
+        record_label_change(conn, selector, None, tag, run_id=run_id, reason=reason)
 
 
 def _popularity_baseline(ws: Workspace, data: Any, metric: str) -> float:

@@ -147,4 +147,4 @@ def test_retrain_command(prod_ws: tuple[Workspace, str], monkeypatch: pytest.Mon
     assert rep["production"] == prod and rep["promoted"] is False
     assert _labels(ws, prod)["stage"] == "production"  # --no-promote: nothing moved
     bad = CliRunner().invoke(build_cli(), ["retrain", "--production", "x", "--project", ws.root])
-    assert bad.exit_code == 1 and "bad production label" in bad.output
+    assert bad.exit_code == 2 and "bad production label" in bad.output  # a user error

@@ -42,7 +42,7 @@ def check_model(ws: Workspace, ref: str) -> tuple[str, str]:
     from seqrec import model_store
     from seqrec.recommend import resolve_model_ref
 
-    tag = resolve_model_ref(ref, ws.model_store)
+    tag = resolve_model_ref(ref, ws.model_store, ws=ws)
     stored = model_store.load(tag, device="cpu", store=ws.model_store)
     return tag, stored.model.ctx.task
 
@@ -235,6 +235,33 @@ def set_labels(ws: Workspace, ref: str, labels: dict[str, str]) -> tuple[str, di
     return tag, dict(bm.info.labels)
 
 
+def label_model(ws: Workspace, ref: str, labels: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``seqrec label``: pointer selectors (:func:`seqrec.promotion.has_pointer`) move through
+    :func:`seqrec.promotion.promote`; a pointer whose model gets another value for its key is
+    withdrawn; other labels are set on the model. Every change is recorded."""
+    from seqrec import model_store, promotion
+    from seqrec.runs import record_label_change, tables
+
+    tag = model_store.locate(ref, ws.model_store)[0]
+    reason = "seqrec label"
+    plain: dict[str, str] = {}
+    for key, value in labels.items():
+        selector = f"{key}={value}"
+        if value and promotion.has_pointer(ws, selector):
+            promotion.promote(ws, tag, selector, reason=reason)
+            continue
+        for held in promotion.pointers_to(ws, tag):  # it no longer carries that label
+            if held.partition("=")[0] == key:
+                promotion.withdraw(ws, held, reason=f"{reason}: {tag} {selector}")
+        plain[key] = value
+    if plain:
+        set_labels(ws, tag, plain)
+        with tables(ws).begin() as conn:
+            for key, value in plain.items():
+                record_label_change(conn, f"{key}={value}", None, tag, reason=reason)
+    return set_labels(ws, tag, {})
+
+
 def register(cli: click.Group) -> None:
     from seqrec.cli import project_option, workspace
 
@@ -294,7 +321,10 @@ def register(cli: click.Group) -> None:
     @click.argument("model")
     @click.argument("labels", nargs=-1, required=True)
     def label(project: Path | None, model: str, labels: tuple[str, ...]) -> None:
-        """Set labels on a stored model: seqrec label gpt2:TAG stage=production (key= removes)."""
+        """Set labels on a stored model: seqrec label gpt2:TAG stage=production (key= removes).
+
+        stage=production (and any selector with a promotion pointer) moves the pointer in one
+        recorded transaction: the model it named before gets stage=archived."""
         ws = workspace(project)
         pairs: dict[str, str] = {}
         for item in labels:
@@ -302,5 +332,5 @@ def register(cli: click.Group) -> None:
             if not sep or not key:
                 raise SeqrecError(f"bad label '{item}'", hint="use key=value (key= removes it)")
             pairs[key] = value
-        tag, now = set_labels(ws, model, pairs)
+        tag, now = label_model(ws, model, pairs)
         click.echo(f"{tag}: " + ", ".join(f"{k}={v}" for k, v in sorted(now.items())))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from seqrec.errors import SeqrecError
+from seqrec.errors import EX_USAGE, SeqrecError
 
 
 def parse_ks(raw: str) -> tuple[int, ...]:
@@ -69,8 +70,39 @@ def _print_ranking(res: dict[str, Any], ks: tuple[int, ...], split: str) -> None
     Console().print(table)
 
 
+def record_train(ws: Any, run: Any) -> Any:
+    """Run ``run()`` (returning a TrainOutcome) recorded as a 'train' run in the history."""
+    from seqrec import runs
+
+    run_id = runs.start_run(ws, "train")
+    runs.begin_step(ws, run_id, "train")
+    try:
+        out = run()
+    except BaseException as exc:
+        runs.fail_run(ws, run_id, exc)
+        raise
+    runs.finish_run(
+        ws,
+        run_id,
+        "succeeded",
+        model=out.model,
+        task=out.task,
+        label=(out.data or {}).get("label"),
+        preset=out.preset,
+        seed=out.settings.get("seed"),
+        config={"params": out.params, "settings": out.settings},
+        candidate_tag=out.tag,
+        vocab_after=(out.data or {}).get("items"),
+        metric=out.settings.get("metric"),
+        candidate_metrics=out.valid,
+        details=out.to_dict(),
+        **out.stats,
+    )
+    return out
+
+
 def register(cli: click.Group) -> None:
-    from seqrec.cli import emit_json, project_option, workspace
+    from seqrec.cli import emit_json, project_option, user_errors_exit, workspace
 
     @cli.command()
     @project_option
@@ -122,19 +154,22 @@ def register(cli: click.Group) -> None:
         from seqrec.pipeline import train_model
 
         ws = workspace(project)
-        out = train_model(
+        out = record_train(
             ws,
-            model_name or ws.config.models.default,
-            task=task,
-            label=label,
-            epochs=epochs,
-            seed=seed,
-            params=parse_params(params),
-            preset=preset,
-            init_from=init_from,
-            resume=resume,
-            run_dir=run_dir,
-            progress=not as_json,
+            lambda: train_model(
+                ws,
+                model_name or ws.config.models.default,
+                task=task,
+                label=label,
+                epochs=epochs,
+                seed=seed,
+                params=parse_params(params),
+                preset=preset,
+                init_from=init_from,
+                resume=resume,
+                run_dir=run_dir,
+                progress=not as_json,
+            ),
         )
         if as_json:
             emit_json(
@@ -240,7 +275,18 @@ def register(cli: click.Group) -> None:
     @click.option("--seed", type=int, default=None)
     @click.option("--no-promote", is_flag=True, help="Compare and report; change no labels.")
     @click.option("--no-materialize", is_flag=True, help="Skip the incremental materialization.")
+    @click.option(
+        "--wait",
+        type=click.FloatRange(0),
+        is_flag=False,
+        flag_value=math.inf,
+        default=None,
+        metavar="[SECONDS]",
+        help="When another retrain holds the workspace's lock, wait for it (at most SECONDS; "
+        "alone: until it is free) instead of exiting 75.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+    @user_errors_exit(EX_USAGE)
     def retrain(
         project: Path | None,
         production_label: str,
@@ -253,10 +299,19 @@ def register(cli: click.Group) -> None:
         seed: int | None,
         no_promote: bool,
         no_materialize: bool,
+        wait: float | None,
         as_json: bool,
     ) -> None:
         """Refresh features, warm-start a candidate from production, compare both on the newest
-        window, and promote it by label if it is better (exit 0 either way; see the report)."""
+        window, and promote it if it is better. The run is recorded (`seqrec runs`).
+
+        \b
+        Exit codes:
+          0   the run completed, promoted or not (see "promoted" in the report)
+          2   user or configuration error
+          75  another retrain holds the workspace's lock (retry later, or --wait)
+          1   the run failed
+        """
         from seqrec.retrain import retrain as run
 
         ws = workspace(project)
@@ -273,6 +328,7 @@ def register(cli: click.Group) -> None:
             promote=not no_promote,
             materialize=not no_materialize,
             progress=not as_json,
+            wait=wait,
         )
         if as_json:
             emit_json(rep.to_dict())
@@ -280,4 +336,5 @@ def register(cli: click.Group) -> None:
         verdict = "PROMOTED" if rep.promoted else "kept production"
         click.echo(f"{verdict}: {rep.reason}")
         click.echo(f"candidate {rep.candidate}; production was {rep.production or 'none'}")
+        click.echo(f"run {rep.run_id} (`seqrec runs show {rep.run_id}`)")
         click.echo(f"report: {rep.report_path} ({rep.seconds:.0f} s)")
