@@ -659,8 +659,7 @@ class ModelReloader:
         self.loaded_at = time.time()
         self.last_attempt: dict[str, Any] | None = None
         self.last_error: str | None = None
-        #: tags refused since the selector last named another one (newest last)
-        self.refused: dict[str, None] = {}
+        self.refused: str | None = None
         self.polls = self.reloads = self.failures = 0
         self._resolve_error: str | None = None
         self._busy = threading.Lock()  # one poll or reload at a time
@@ -703,9 +702,9 @@ class ModelReloader:
             tag = self._resolve_quietly(self.selector)
             if tag is None:
                 return False
-            if tag not in self.refused:
-                self.refused.clear()  # the selector moved on: a later promotion may be tried
-            if tag in self.refused or tag == self.serving_tag:
+            if tag != self.refused:
+                self.refused = None  # the selector moved on: a later promotion may be tried
+            if tag in (self.refused, self.serving_tag):
                 return False
             try:
                 return self._swap(tag, by="poll", same_task=True)
@@ -741,7 +740,7 @@ class ModelReloader:
             try:
                 tag = self.resolve(want)
             except Exception as exc:
-                self._refuse(want, "admin", exc, remember=False)  # no tag to remember
+                self._refuse(want, "admin", exc)
                 raise SeqrecError(f"cannot reload {want}: {_first_line(exc)}") from None
             changed = self._swap(tag, by="admin", same_task=ref is None)
             self.selector = want if "=" in want else None
@@ -754,7 +753,7 @@ class ModelReloader:
         """Load, check and swap in ``tag`` (the caller holds ``_busy``)."""
         old = self.holder.recommender
         if tag == old.tag:
-            self.refused.pop(tag, None)
+            self.refused = None
             return False
         try:
             with _torch_threads(1):  # leave the cores to the serving model
@@ -772,8 +771,7 @@ class ModelReloader:
             self.holder.recommender = new
         self.loaded_at = time.time()
         self.last_attempt = {"tag": tag, "by": by, "at": self.loaded_at, "ok": True}
-        self.last_error = None
-        self.refused.clear()
+        self.last_error = self.refused = None
         self.reloads += 1
         self.metrics.model_reload(True)
         self.metrics.serving(new.tag, old.tag)
@@ -785,10 +783,8 @@ class ModelReloader:
         _release(gone)
         return True
 
-    def _refuse(self, tag: str, by: str, exc: BaseException, remember: bool = True) -> None:
-        if remember:
-            self.refused.pop(tag, None)
-            self.refused[tag] = None
+    def _refuse(self, tag: str, by: str, exc: BaseException) -> None:
+        self.refused = tag
         self.last_error = f"{tag}: {_first_line(exc)}"
         self.last_attempt = {"tag": tag, "by": by, "at": time.time(), "ok": False}
         self.failures += 1
@@ -804,7 +800,7 @@ class ModelReloader:
             "polls": self.polls,
             "last_attempt": self.last_attempt,
             "last_error": self.last_error,
-            "refused_tag": next(reversed(self.refused), None),
+            "refused_tag": self.refused,
             "reloads": self.reloads,
             "failures": self.failures,
         }
