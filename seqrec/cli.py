@@ -99,9 +99,9 @@ def cli() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from seqrec.commands import events, features, models, project, runs, serve, train, tune
+    from seqrec.commands import events, features, models, project, report, runs, serve, train, tune
 
-    for module in (project, events, features, models, train, tune, serve, runs):
+    for module in (project, events, features, models, train, tune, serve, runs, report):
         module.register(cli)
     from seqrec.commands import items  # item text and embeddings
 
