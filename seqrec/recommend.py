@@ -659,7 +659,8 @@ class ModelReloader:
         self.loaded_at = time.time()
         self.last_attempt: dict[str, Any] | None = None
         self.last_error: str | None = None
-        self.refused: str | None = None
+        #: tags refused since the selector last named another one (newest last)
+        self.refused: dict[str, None] = {}
         self.polls = self.reloads = self.failures = 0
         self._resolve_error: str | None = None
         self._busy = threading.Lock()  # one poll or reload at a time
@@ -702,9 +703,9 @@ class ModelReloader:
             tag = self._resolve_quietly(self.selector)
             if tag is None:
                 return False
-            if tag != self.refused:
-                self.refused = None  # the selector moved on: a later promotion may be tried
-            if tag in (self.refused, self.serving_tag):
+            if tag not in self.refused:
+                self.refused.clear()  # the selector moved on: a later promotion may be tried
+            if tag in self.refused or tag == self.serving_tag:
                 return False
             try:
                 return self._swap(tag, by="poll", same_task=True)
@@ -740,7 +741,7 @@ class ModelReloader:
             try:
                 tag = self.resolve(want)
             except Exception as exc:
-                self._refuse(want, "admin", exc)
+                self._refuse(want, "admin", exc, remember=False)  # no tag to remember
                 raise SeqrecError(f"cannot reload {want}: {_first_line(exc)}") from None
             changed = self._swap(tag, by="admin", same_task=ref is None)
             self.selector = want if "=" in want else None
@@ -753,7 +754,7 @@ class ModelReloader:
         """Load, check and swap in ``tag`` (the caller holds ``_busy``)."""
         old = self.holder.recommender
         if tag == old.tag:
-            self.refused = None
+            self.refused.pop(tag, None)
             return False
         try:
             with _torch_threads(1):  # leave the cores to the serving model
@@ -771,7 +772,8 @@ class ModelReloader:
             self.holder.recommender = new
         self.loaded_at = time.time()
         self.last_attempt = {"tag": tag, "by": by, "at": self.loaded_at, "ok": True}
-        self.last_error = self.refused = None
+        self.last_error = None
+        self.refused.clear()
         self.reloads += 1
         self.metrics.model_reload(True)
         self.metrics.serving(new.tag, old.tag)
@@ -783,8 +785,10 @@ class ModelReloader:
         _release(gone)
         return True
 
-    def _refuse(self, tag: str, by: str, exc: BaseException) -> None:
-        self.refused = tag
+    def _refuse(self, tag: str, by: str, exc: BaseException, remember: bool = True) -> None:
+        if remember:
+            self.refused.pop(tag, None)
+            self.refused[tag] = None
         self.last_error = f"{tag}: {_first_line(exc)}"
         self.last_attempt = {"tag": tag, "by": by, "at": time.time(), "ok": False}
         self.failures += 1
@@ -800,7 +804,7 @@ class ModelReloader:
             "polls": self.polls,
             "last_attempt": self.last_attempt,
             "last_error": self.last_error,
-            "refused_tag": self.refused,
+            "refused_tag": next(reversed(self.refused), None),
             "reloads": self.reloads,
             "failures": self.failures,
         }
