@@ -185,7 +185,10 @@ class Recommender:
         self.metrics = metrics or Metrics()
         self.device = pick_device(device or ws.config.serve.device)
         store = None if bentoml_store else ws.model_store
-        tag = resolve_model_ref(ref or ws.config.models.default, store)
+        # the workspace's store: a promotion pointer answers stage=production (one query)
+        tag = resolve_model_ref(
+            ref or ws.config.models.default, store, None if store is None else ws
+        )
         self.stored = model_store.load(tag, device=self.device, store=store)
         self.model = self.stored.model.eval()
         self.half = self.device.type == "cuda"

@@ -613,7 +613,7 @@ class SeqrecService:
             predict_many, self.executor, cfg.micro_batch, self.model_lock, quick
         )
         self._probe_task: asyncio.Task[None] | None = None
-        store = None if in_bento else ws.model_store
+        store, pointers = (None, None) if in_bento else (ws.model_store, ws)
 
         def load(tag: str, serving: Recommender) -> Recommender:
             return Recommender(
@@ -624,7 +624,7 @@ class SeqrecService:
             self,
             self.model_lock,
             load,
-            lambda want: resolve_model_ref(want, store),
+            lambda want: resolve_model_ref(want, store, pointers),
             ref,
             cfg.reload_poll_s,
             self.metrics,
