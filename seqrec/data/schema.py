@@ -18,9 +18,12 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -76,6 +79,37 @@ imports = Table(
     Column("rows_added", BigInteger, nullable=False),
     Column("rows_skipped", BigInteger, nullable=False),
     Column("imported_at", DateTime(timezone=True), nullable=False),
+)
+
+
+#: Item text (issue 13): one row per item id (the same ids as ``items.item_id``; an item may
+#: have text before any event mentions it). ``attributes`` is a JSON object as text;
+#: ``text_hash`` is the SHA-256 of the canonical JSON of title, description, category and
+#: attributes (see :mod:`seqrec.data.item_text`).
+item_meta = Table(
+    "item_meta",
+    metadata,
+    Column("item_id", ID, primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("category", Text, nullable=True),
+    Column("attributes", Text, nullable=True),
+    Column("text_hash", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Item text embeddings, one row per (item, encoder): the float32 vector (little-endian bytes)
+#: computed from the item text whose hash is ``text_hash`` (see :mod:`seqrec.text.embed`).
+item_embeddings = Table(
+    "item_embeddings",
+    metadata,
+    Column("item_id", ID, nullable=False),
+    Column("encoder", String(256), nullable=False),
+    Column("text_hash", String(64), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("item_id", "encoder", name="pk_item_embeddings"),
 )
 
 
@@ -149,13 +183,28 @@ def require_schema(engine: Engine) -> None:
     _check_columns(engine)
 
 
-def _check_columns(engine: Engine) -> None:
+def require_item_schema(engine: Engine) -> None:
+    """Fail with a clear message when the item text tables are missing or lack columns."""
+    try:
+        names = set(inspect(engine).get_table_names())
+    except Exception as exc:
+        raise SeqrecError(f"events database unreachable ({engine.url!r}): {exc}") from None
+    missing = [t for t in ("items", "item_meta", "item_embeddings") if t not in names]
+    if missing:
+        raise SeqrecError(
+            f"events database has no table(s) {', '.join(missing)}",
+            hint="import item text first: `seqrec items import FILE`",
+        )
+    _check_columns(engine, (items, item_meta, item_embeddings))
+
+
+def _check_columns(engine: Engine, tables: tuple[Table, ...] | None = None) -> None:
     """Tables made by someone else must still have seqrec's columns and column kinds."""
     from sqlalchemy import Integer as _Int
     from sqlalchemy import String as _Str
 
     insp = inspect(engine)
-    for table in (events, items, event_types):
+    for table in tables or (events, items, event_types):
         found = {c["name"]: c["type"] for c in insp.get_columns(table.name)}
         for col in table.columns:
             where = f"{engine.url.render_as_string()} table {table.name}"
