@@ -74,6 +74,8 @@ class RetrainReport:
     report_path: str = ""
     run_id: int | None = None
     run_dir: str = ""
+    #: PSI of the newest window against the training window (seqrec.monitoring.drift)
+    drift: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,6 +118,7 @@ def retrain(
     materialize: bool = True,
     progress: bool = True,
     wait: float | None = None,
+    drift_threshold: float | None = None,
 ) -> RetrainReport:
     """One retraining run (see the module docstring); returns what it decided.
 
@@ -143,6 +146,7 @@ def retrain(
                 promote=promote,
                 materialize=materialize,
                 progress=progress,
+                drift_threshold=drift_threshold,
             )
         except BaseException as exc:
             runs.fail_run(ws, run_id, exc)
@@ -179,6 +183,7 @@ def _retrain(
     promote: bool,
     materialize: bool,
     progress: bool,
+    drift_threshold: float | None = None,
 ) -> RetrainReport:
     from seqrec import model_store, runs
     from seqrec.features import store as feature_store
@@ -329,6 +334,8 @@ def _retrain(
         reason=reason,
     )
 
+    drift = _drift(ws, run_id, data, production or candidate, drift_threshold)
+
     runs.begin_step(ws, run_id, "promote")
     if promoted:
         # one transaction: pointer, label_changes row and this run's decision
@@ -355,12 +362,41 @@ def _retrain(
         evaluations=evaluations,
         run_id=run_id,
         run_dir=str(run_dir),
+        drift=drift,
     )
     path = ws.path("runs") / "retrain" / f"report-{started.replace(':', '')}-run{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report.report_path = str(path)
     path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return report
+
+
+def _drift(
+    ws: Workspace, run_id: int, data: Any, tag: str, threshold: float | None
+) -> dict[str, Any]:
+    """Record the drift of the newest window (scores of ``tag``) in the run; monitoring only:
+    a failure is logged and recorded as the drift JSON's ``error``, never raised."""
+    import logging
+
+    from seqrec import runs
+
+    log = logging.getLogger(__name__)
+    flagged: bool | None = None
+    try:
+        from seqrec.monitoring.drift import DEFAULT_THRESHOLD, drift_for_model
+
+        limit = DEFAULT_THRESHOLD if threshold is None else threshold
+        result = drift_for_model(ws, data, tag, limit)
+        out = result.to_dict()
+        flagged = None if result.error and not result.features else result.flagged
+    except Exception as exc:
+        log.warning("drift not computed: %s", exc)
+        out = {"threshold": threshold, "features": [], "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        runs.update_run(ws, run_id, drift=out, drift_flagged=flagged)
+    except Exception as exc:
+        log.warning("drift not recorded: %s", exc)
+    return out
 
 
 def _label_candidate(ws: Workspace, tag: str, selector: str, run_id: int, reason: str) -> None:
