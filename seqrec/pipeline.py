@@ -387,7 +387,9 @@ def evaluate_model(
             topk=max(ks),
             progress=progress,
         )
-        ranks, topk = res["ranks"], res["topk"]
+        # no example left (every target newer than the model): nothing ranked, all misses
+        ranks = res.get("ranks", np.zeros(0, dtype=np.int64))
+        topk = res.get("topk", np.zeros((0, max(ks)), dtype=np.int64))
         out = dict(ranking_metrics(ranks, ks))
         intervals: dict[str, tuple[float, float]] = {}
         for k in ks:

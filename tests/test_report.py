@@ -208,3 +208,45 @@ def test_report_of_a_classifier(small_ws: Workspace, tmp_path: Path) -> None:
     for png in ("label_balance.png", "calibration.png", "learning_curves.png", "drift.png"):
         assert (index.parent / png).exists() and f'src="{png}"' in text
     assert "ROC-AUC" in text and 'id="drift-status"' in text
+
+
+def test_retrain_records_drift_and_reports_it(small_ws: Workspace, tmp_path: Path) -> None:
+    from seqrec import runs
+    from seqrec.commands.serve import set_labels
+    from seqrec.monitoring.report import build_report
+    from seqrec.pipeline import train_model
+    from seqrec.retrain import retrain
+
+    prod = train_model(small_ws, "gpt2", epochs=1, progress=False).tag
+    set_labels(small_ws, prod, {"stage": "production"})
+    _shifted_events(small_ws)
+    rep = retrain(small_ws, min_gain=-1.0, epochs=1, progress=False, drift_threshold=0.25)
+    assert rep.run_id is not None and rep.drift is not None
+    run = runs.get_run(small_ws, rep.run_id)
+    assert run["drift_flagged"] is True and run["drift"]["threshold"] == 0.25
+    psi = run["drift"]["psi"]
+    assert set(psi) == {"sequence_length", "event_type", "item_popularity", "score"}
+    assert psi["event_type"] > 0.25 and psi["item_popularity"] > 0.25
+    index = build_report(small_ws, rep.run_id, tmp_path / "rep")
+    text = index.read_text()
+    assert f'id="decision">{run["decision"]}<' in text
+    assert 'class="flagged"' in text and "Drift flagged" in text
+    for png in ("drift.png", "metric_history.png", "learning_curves.png", "ndcg_by_length.png"):
+        assert (index.parent / png).exists() and f'src="{png}"' in text
+
+
+def test_a_drift_failure_never_fails_the_retrain(
+    small_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seqrec import runs
+    from seqrec.monitoring import drift
+    from seqrec.retrain import retrain
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("drift exploded")
+
+    monkeypatch.setattr(drift, "compute_drift", broken)
+    rep = retrain(small_ws, min_gain=-1.0, epochs=1, progress=False, materialize=False)
+    run = runs.get_run(small_ws, rep.run_id)
+    assert run["status"] == "succeeded" and run["decision"] == "promoted"
+    assert "drift exploded" in run["drift"]["error"] and run["drift_flagged"] is None

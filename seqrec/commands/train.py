@@ -285,6 +285,13 @@ def register(cli: click.Group) -> None:
         help="When another retrain holds the workspace's lock, wait for it (at most SECONDS; "
         "alone: until it is free) instead of exiting 75.",
     )
+    @click.option(
+        "--drift-threshold",
+        type=click.FloatRange(min=0, min_open=True),
+        default=0.2,
+        show_default=True,
+        help="PSI above which a feature's drift is flagged (monitoring only; `seqrec report`).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
     @user_errors_exit(EX_USAGE)
     def retrain(
@@ -300,6 +307,7 @@ def register(cli: click.Group) -> None:
         no_promote: bool,
         no_materialize: bool,
         wait: float | None,
+        drift_threshold: float,
         as_json: bool,
     ) -> None:
         """Refresh features, warm-start a candidate from production, compare both on the newest
@@ -329,6 +337,7 @@ def register(cli: click.Group) -> None:
             materialize=not no_materialize,
             progress=not as_json,
             wait=wait,
+            drift_threshold=drift_threshold,
         )
         if as_json:
             emit_json(rep.to_dict())
@@ -338,3 +347,10 @@ def register(cli: click.Group) -> None:
         click.echo(f"candidate {rep.candidate}; production was {rep.production or 'none'}")
         click.echo(f"run {rep.run_id} (`seqrec runs show {rep.run_id}`)")
         click.echo(f"report: {rep.report_path} ({rep.seconds:.0f} s)")
+        if rep.drift and rep.drift.get("flagged"):
+            psi = ", ".join(
+                f"{k} {v:.2f}" for k, v in rep.drift["psi"].items() if v > drift_threshold
+            )
+            click.echo(
+                f"drift flagged (PSI > {drift_threshold:g}): {psi}; `seqrec report` shows it"
+            )

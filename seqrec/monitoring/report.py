@@ -186,10 +186,15 @@ def history_section(ws: Workspace, run: dict[str, Any], out: Path) -> str:
 
 
 def _metric(metrics: Any, metric: str) -> float | None:
-    if not isinstance(metrics, dict) or metrics.get(metric) is None:
+    """``metric`` from a run's metrics; production's over the whole window when recorded
+    (targets newer than it count as misses, as the decision compared)."""
+    if not isinstance(metrics, dict):
+        return None
+    value = metrics.get(f"{metric}_over_window", metrics.get(metric))
+    if value is None:
         return None
     try:
-        return float(metrics[metric])
+        return float(value)
     except (TypeError, ValueError):
         return None
 
