@@ -250,3 +250,25 @@ def test_a_drift_failure_never_fails_the_retrain(
     run = runs.get_run(small_ws, rep.run_id)
     assert run["status"] == "succeeded" and run["decision"] == "promoted"
     assert "drift exploded" in run["drift"]["error"] and run["drift_flagged"] is None
+
+
+def test_report_of_a_cli_train_run(small_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from seqrec.cli import build_cli
+
+    for name in ("SEQREC_PROJECT", "BENTOML_HOME"):  # the CLI sets them: undone after the test
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+    root = str(small_ws.root)
+    train = ["train", "--model", "gpt2", "--epochs", "1", "--json", "--project", root]
+    assert CliRunner().invoke(build_cli(), train).exit_code == 0
+    res = CliRunner().invoke(build_cli(), ["report", "--json", "--project", root])
+    assert res.exit_code == 0, res.output
+    index = Path(json.loads(res.output.strip().splitlines()[-1])["path"])
+    assert index.parent.parent == small_ws.path("reports") and index.parent.name.startswith("run-")
+    text = index.read_text()
+    assert "learning_curves.png" in text and "ndcg_by_length.png" in text
