@@ -19,7 +19,7 @@ def register(cli: click.Group) -> None:
         help="Folder to write (default: <workspace>/reports/run-<id>/).",
     )
     @click.option("--open", "open_", is_flag=True, help="Open the report in a browser.")
-    @click.option("--json", "as_json", is_flag=True, help="Print {run, path} as JSON.")
+    @click.option("--json", "as_json", is_flag=True, help="Print {path, folder} as JSON.")
     def report(
         run: int | None, project: Path | None, out: Path | None, open_: bool, as_json: bool
     ) -> None:
