@@ -216,3 +216,16 @@ def test_cli_import_prints_a_summary_and_bad_rows_exit_cleanly(cli_project: Path
         ["items", "import", str(bad), "--on-error", "skip", "--json", "-p", str(cli_project)]
     )
     assert res.exit_code == 0 and json.loads(res.output)["skipped"] == 1
+
+
+def test_an_item_table_made_by_someone_else_without_seqrec_columns_is_refused(
+    ws: Workspace, tmp_path: Path
+):
+    from sqlalchemy import text
+
+    engine = engine_of(ws)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE item_meta (item_id VARCHAR(256) PRIMARY KEY, name TEXT)"))
+    f = write(tmp_path / "items.csv", ITEMS_CSV)
+    with pytest.raises(SeqrecError, match="column 'title' is missing"):
+        import_item_file(engine, f, "csv")

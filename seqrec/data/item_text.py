@@ -41,7 +41,7 @@ from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from seqrec.data.importers import MAX_ERRORS_KEPT, _log_import, _Vocab
-from seqrec.data.schema import MAX_ID_LEN, create_schema, item_meta, items
+from seqrec.data.schema import MAX_ID_LEN, create_schema, item_meta, items, require_item_schema
 from seqrec.errors import SeqrecError
 
 ItemFormat = Literal["csv", "recbole"]
@@ -286,6 +286,7 @@ def import_items(
         raise SeqrecError(f"unknown on_error {on_error!r}", hint="use fail or skip")
     started = time.perf_counter()
     create_schema(engine)
+    require_item_schema(engine)  # tables made by someone else must have seqrec's columns
     read = skipped = 0
     errors: list[str] = []
     seen: dict[str, tuple[int, str]] = {}  # item id -> (first line, text hash) in this file

@@ -17,7 +17,13 @@ import numpy as np
 from sqlalchemy import Engine, func, select
 
 from seqrec.config import Workspace
-from seqrec.data.schema import create_schema, item_embeddings, item_meta, make_engine
+from seqrec.data.schema import (
+    create_schema,
+    item_embeddings,
+    item_meta,
+    make_engine,
+    require_item_schema,
+)
 from seqrec.errors import SeqrecError
 from seqrec.text.encoder import TextEncoder, describe_workspace, load_encoder
 
@@ -90,6 +96,7 @@ def embed_items(
     t0 = time.perf_counter()
     engine = engine or make_engine(ws.events_url)
     create_schema(engine)
+    require_item_schema(engine)
     with engine.connect() as conn:
         n_meta = int(conn.execute(select(func.count()).select_from(item_meta)).scalar_one())
     if n_meta == 0:

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from sqlalchemy import Engine, and_, func, select, text
+from sqlalchemy import Engine, and_, func, inspect, select, text
 
 from seqrec.config import Workspace
-from seqrec.data.schema import create_schema, item_embeddings, item_meta, items, make_engine
+from seqrec.data.schema import item_embeddings, item_meta, items, make_engine
 from seqrec.errors import SeqrecError
 from seqrec.features.definitions import (
     ITEM_FEATURES,
@@ -64,7 +64,8 @@ def active_encoder(ws: Workspace, engine: Engine | None = None) -> ActiveEncoder
     """The configured encoder if it has embeddings, else the most recently run one; None when
     there are no embeddings at all."""
     engine = engine or make_engine(ws.events_url)
-    create_schema(engine)
+    if not inspect(engine).has_table(item_embeddings.name):
+        return None  # a workspace without item text: nothing is created here
     with engine.connect() as conn:
         rows = conn.execute(
             select(
