@@ -63,6 +63,9 @@ def drop_pg_redis_workspace(ws: Workspace) -> None:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{ws.config.events.pg_schema}" CASCADE'))
     engine.dispose()
     redis_online(ws).drop()
+    from seqrec.text.features import drop_item_online
+
+    drop_item_online(ws)
 
 
 def _merge(base: str, overrides: str) -> str:

@@ -302,6 +302,34 @@ def materialize_items(
     return ItemMaterializeReport(mode, enc.id, len(out), round(time.perf_counter() - t0, 3))
 
 
+def drop_item_online(ws: Workspace) -> int:
+    """Delete the item view's Redis rows and watermark (postgres-redis teardown); returns the
+    number of keys deleted. Other projects' keys and user rows are left alone."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+    from seqrec.features.redis_online import ENTITY_KEY_VERSION
+    from seqrec.features.store import redis_online
+
+    project = ws.config.features.project.encode()
+    empty = EntityKeyProto(join_keys=["item_id"], entity_values=[ValueProto(string_val="")])
+    head = serialize_entity_key(empty, entity_key_serialization_version=ENTITY_KEY_VERSION)[:-4]
+    client = redis_online(ws).client
+    keys = [
+        k
+        for k in client.scan_iter(match=b"*" + project, count=10_000)
+        if k.startswith(head)
+        and len(k)
+        == len(head) + 4 + int.from_bytes(k[len(head) : len(head) + 4], "little") + len(project)
+    ]
+    n = 0
+    for start in range(0, len(keys), 5_000):
+        n += int(client.delete(*keys[start : start + 5_000]))
+    client.delete(_OnlineState(ws).key)
+    return n
+
+
 # --------------------------------------------------------------------------------------------
 # Reads
 
@@ -391,6 +419,7 @@ __all__ = [
     "ItemTextReader",
     "active_encoder",
     "apply_items",
+    "drop_item_online",
     "item_text_embeddings",
     "item_text_matrix",
     "item_text_rows",
