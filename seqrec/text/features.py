@@ -42,6 +42,7 @@ from seqrec.features.definitions import (
     ITEM_SNAPSHOT_FILE,
     ITEM_TABLE,
     ITEM_VIEW_NAME,
+    ItemDefinitions,
     build_item_definitions,
 )
 from seqrec.text.embed import from_bytes
@@ -143,6 +144,13 @@ def apply_items(ws: Workspace, store: FeatureStore, engine: Engine | None = None
     defs = build_item_definitions(ws, encoder=enc.id, dim=enc.dim)
     store.apply(defs.objects)
     return ["entity item", f"source {defs.source.name}", f"view {ITEM_VIEW_NAME} ({enc.id})"]
+
+
+def workspace_item_definitions(ws: Workspace) -> ItemDefinitions | None:
+    """The item Feast objects for the workspace's active encoder; None without embeddings
+    (what the workspace's ``feature_repo/definitions.py`` registers for ``feast apply``)."""
+    enc = active_encoder(ws)
+    return None if enc is None else build_item_definitions(ws, encoder=enc.id, dim=enc.dim)
 
 
 def _write_snapshot(ws: Workspace, df: pd.DataFrame, dim: int) -> None:
@@ -424,4 +432,5 @@ __all__ = [
     "item_text_matrix",
     "item_text_rows",
     "materialize_items",
+    "workspace_item_definitions",
 ]
