@@ -223,15 +223,14 @@ class Recommender:
         )
         self.health: StoreHealth
         self.reader: Any
-        #: moving average of online lookup time (seconds)
-        self.lookup_s: float
+        self.lookup_s: float  # moving average of online lookup time (seconds)
         share = share_store_with
         if share is not None and share.feature_service == self.feature_service:
             self.health, self.reader, self.lookup_s = share.health, share.reader, share.lookup_s
-            return
-        self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
-        self.lookup_s = 0.0
-        self.reader = feature_store.online_reader(ws, self.feature_service)
+        else:
+            self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
+            self.reader = feature_store.online_reader(ws, self.feature_service)
+            self.lookup_s = 0.0
 
     # -- online features --------------------------------------------------------------------
 
@@ -831,12 +830,14 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _release(gone: weakref.ref[Any]) -> None:
-    """Free a model swapped out, then freeze what serves now out of the garbage collector's
-    full passes (as the service does at startup). A recommender is freed by reference counting
-    when the last request using it ends; were it still held (a reference cycle among objects
-    frozen at startup), unfreeze and collect everything once."""
+    """Free a model swapped out (its GPU memory too), then freeze what serves now out of the
+    garbage collector's full passes (as the service does at startup). A recommender is freed by
+    reference counting when the last request using it ends; were it still held (a reference
+    cycle among objects frozen at startup), unfreeze and collect everything once."""
     gc.collect()
     if gone() is not None:
         gc.unfreeze()
         gc.collect()
     gc.freeze()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()  # hand the old weights' blocks back to the GPU
