@@ -13,7 +13,7 @@ from seqrec.config import Workspace
 from seqrec.data.importers import import_file
 from seqrec.data.item_text import import_item_file
 from seqrec.data.schema import item_embeddings, items, make_engine
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.features import store as fs
 from seqrec.text.embed import embed_items, from_bytes
 from seqrec.text.encoder import TextEncoder, describe, render_text
@@ -174,6 +174,12 @@ def test_item_text_features_online_after_materialize(
     new_i2 = item_text_embeddings(ws, ["i2"])[0]
     assert cosine(new_i2, stored["i2"]) < 0.9
     np.testing.assert_allclose(new_i2, from_bytes(_vectors(ws)["i2"], encoder.dim), atol=1e-6)
+
+    if ws.is_postgres_redis:  # Redis down: a clear StoreUnavailable for serving to act on
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SEQREC_REDIS_URL", "redis://127.0.0.1:9/0")  # nothing listens there
+            with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:9"):
+                ItemTextReader(ws).read(["i1"])
 
 
 def test_a_workspace_without_item_text_applies_and_materializes_as_before(

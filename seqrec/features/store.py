@@ -510,7 +510,18 @@ def status(ws: Workspace) -> dict[str, Any]:
             out["events_not_online"] = None
     out["online_store"] = str(ws.path(ws.config.features.online_path))
     out["online_reachable"] = ws.path(ws.config.features.online_path).is_file()
+    out.update(_item_status(ws))
     return out
+
+
+def _item_status(ws: Workspace) -> dict[str, Any]:
+    """The item text view's part of the status (best effort)."""
+    try:
+        from seqrec.text.features import item_status
+
+        return item_status(ws)
+    except Exception as exc:
+        return {"item_text": f"error: {exc}"}
 
 
 def _applied(ws: Workspace) -> bool | str:
@@ -558,6 +569,7 @@ def _status_pg(ws: Workspace) -> dict[str, Any]:
         out["online_staleness_s"] = (
             round((datetime.now(UTC) - at).total_seconds(), 1) if pending else 0.0
         )
+    out.update(_item_status(ws))
     return out
 
 

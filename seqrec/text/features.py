@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from sqlalchemy import Engine, and_, func, inspect, select, text
 
 from seqrec.config import Workspace
 from seqrec.data.schema import item_embeddings, item_meta, items, make_engine
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.features.definitions import (
     ITEM_FEATURES,
     ITEM_SNAPSHOT_FILE,
@@ -220,6 +221,24 @@ class ItemMaterializeReport:
     seconds: float
 
 
+@contextlib.contextmanager
+def _online_errors(ws: Workspace) -> Iterator[None]:
+    """Online store failures (Redis or SQLite unreachable) as :class:`StoreUnavailable`."""
+    import sqlite3
+
+    import redis
+
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError, sqlite3.Error, OSError) as exc:
+        where = (
+            ws.redis_url if ws.is_postgres_redis else str(ws.path(ws.config.features.online_path))
+        )
+        from seqrec.features.redis_online import _safe_url
+
+        raise StoreUnavailable(f"online store unreachable: {exc}", where=_safe_url(where)) from None
+
+
 class _OnlineState:
     """The item view's online watermark: a file (embedded) or a Redis key (postgres-redis),
     beside the online rows it describes."""
@@ -282,7 +301,8 @@ def materialize_items(
     else:
         _write_snapshot(ws, df, enc.dim)
     state_store = _OnlineState(ws)
-    state = state_store.read() if incremental else None
+    with _online_errors(ws):
+        state = state_store.read() if incremental else None
     if state is not None and state.get("encoder") == enc.id and state.get("newest"):
         since = pd.Timestamp(state["newest"])
         df_out = df[df["updated_at"] > since]
@@ -300,14 +320,34 @@ def materialize_items(
             "item_idx": df_out["item_idx"],
         }
     )
-    with contextlib.redirect_stdout(sys.stderr):
+    newest = df["updated_at"].max() if len(df) else None
+    with _online_errors(ws), contextlib.redirect_stdout(sys.stderr):
         for start in range(0, len(out), batch_size):
             store.write_to_online_store(ITEM_VIEW_NAME, out.iloc[start : start + batch_size])
-    newest = df["updated_at"].max() if len(df) else None
-    state_store.write(
-        {"encoder": enc.id, "newest": newest.isoformat() if newest is not None else None}
-    )
+        state_store.write(
+            {"encoder": enc.id, "newest": newest.isoformat() if newest is not None else None}
+        )
     return ItemMaterializeReport(mode, enc.id, len(out), round(time.perf_counter() - t0, 3))
+
+
+def item_status(ws: Workspace) -> dict[str, Any]:
+    """For ``seqrec features status``: the active encoder, items with current embeddings, and
+    the online watermark of the item view."""
+    engine = make_engine(ws.events_url)
+    enc = active_encoder(ws, engine)
+    if enc is None:
+        return {"item_text_encoder": None}
+    with engine.connect() as conn:
+        n_meta = int(conn.execute(select(func.count()).select_from(item_meta)).scalar_one())
+    _, df = item_text_rows(ws, engine)
+    with _online_errors(ws):
+        state = _OnlineState(ws).read()
+    return {
+        "item_text_encoder": enc.id,
+        "item_text_items": n_meta,
+        "item_text_embedded": len(df),
+        "item_text_online_upto": state.get("newest") if state else None,
+    }
 
 
 def drop_item_online(ws: Workspace) -> int:
@@ -348,6 +388,7 @@ class ItemTextReader:
     def __init__(self, ws: Workspace):
         from seqrec.features.store import get_store
 
+        self.ws = ws
         self.store = get_store(ws)
         try:
             view = self.store.get_feature_view(ITEM_VIEW_NAME)
@@ -362,14 +403,16 @@ class ItemTextReader:
         self._refs = [f"{ITEM_VIEW_NAME}:{name}" for name in ITEM_FEATURES]
 
     def read(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """``(vectors [n, dim] float32, found [n] bool)``: zeros where an item is not online."""
+        """``(vectors [n, dim] float32, found [n] bool)``: zeros where an item is not online;
+        :class:`~seqrec.errors.StoreUnavailable` when the online store cannot be reached."""
         out = np.zeros((len(item_ids), self.dim), dtype=np.float32)
         found = np.zeros(len(item_ids), dtype=bool)
         if not item_ids:
             return out, found
-        resp = self.store.get_online_features(
-            features=self._refs, entity_rows=[{"item_id": i} for i in item_ids]
-        ).to_dict()
+        with _online_errors(self.ws):
+            resp = self.store.get_online_features(
+                features=self._refs, entity_rows=[{"item_id": i} for i in item_ids]
+            ).to_dict()
         for k, vec in enumerate(resp["embedding"]):
             if vec is not None and len(vec) == self.dim:
                 out[k] = np.asarray(vec, dtype=np.float32)
@@ -428,6 +471,7 @@ __all__ = [
     "active_encoder",
     "apply_items",
     "drop_item_online",
+    "item_status",
     "item_text_embeddings",
     "item_text_matrix",
     "item_text_rows",
