@@ -3,6 +3,7 @@ text features online (both profiles) and offline (vocabulary-aligned matrix)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ def test_related_titles_are_closer_than_an_unrelated_one(encoder: TextEncoder):
         ]
     )
     assert cosine(v[0], v[1]) > cosine(v[0], v[2]) + 0.2
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # it can never try to download
 
 
 def test_vectors_are_unit_length_and_independent_of_batching(encoder: TextEncoder):
