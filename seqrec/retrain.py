@@ -129,7 +129,8 @@ def retrain(
 
     _parse_selector(production_label)  # a user mistake fails before anything is recorded
     with job_lock(ws, "retrain", wait):
-        _forget_crashed(ws, runs.mark_crashed(ws, kinds=("retrain",)))
+        runs.mark_crashed(ws, kinds=("retrain",))  # we hold the lock: none of them runs
+        _forget_crashed(ws)
         run_id = runs.start_run(ws, "retrain", task=task, label=label, model=model_name)
         try:
             report = _retrain(
@@ -155,16 +156,16 @@ def retrain(
         return report
 
 
-def _forget_crashed(ws: Workspace, run_ids: list[int]) -> None:
+def _forget_crashed(ws: Workspace) -> None:
     """Remove the checkpoints of crashed retrain runs (a retrain never resumes them)."""
     import shutil
 
-    from seqrec.runs import get_run
+    from seqrec.runs import find_runs
 
     root = (ws.path("runs") / "retrain").resolve()
-    for run_id in run_ids:
-        run_dir = (get_run(ws, run_id).get("details") or {}).get("run_dir")
-        if run_dir and Path(run_dir).resolve().parent == root:
+    for run in find_runs(ws, kind="retrain", status="crashed"):
+        run_dir = (run.get("details") or {}).get("run_dir")
+        if run_dir and Path(run_dir).resolve().parent == root and Path(run_dir).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
 
 

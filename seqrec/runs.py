@@ -316,6 +316,19 @@ def list_runs(ws: Workspace, limit: int = 50) -> list[dict[str, Any]]:
     return [_row(r) for r in rows]
 
 
+def find_runs(
+    ws: Workspace, *, kind: str | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """Runs of ``kind`` with ``status`` (None: any), oldest first."""
+    query = select(training_runs).order_by(training_runs.c.id)
+    if kind is not None:
+        query = query.where(training_runs.c.kind == kind)
+    if status is not None:
+        query = query.where(training_runs.c.status == status)
+    with tables(ws).connect() as conn:
+        return [_row(r) for r in conn.execute(query).all()]
+
+
 def get_run(ws: Workspace, run_id: int) -> dict[str, Any]:
     """Everything recorded about run ``run_id``."""
     mark_crashed(ws)

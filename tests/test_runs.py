@@ -17,6 +17,8 @@ from seqrec import model_store
 from seqrec.config import Workspace
 from seqrec.testing import load_synth
 
+PROD = "stage=production"
+
 
 def production_workspace(ws: Workspace) -> str:
     """Synthetic events online, gpt2 trained (1 epoch) and promoted; returns its tag."""
@@ -106,7 +108,6 @@ def test_train_and_retrain_commands_record_runs_that_runs_shows(
     assert retrain_run["candidate_metrics"]["ndcg@10"] == rep["candidate_score"]
     assert retrain_run["production_metrics"]["users"] > 0
     assert retrain_run["details"]["candidate"] == rep["candidate"]
-    assert retrain_run["drift"] is None
 
     res = cli("runs", "show", retrain_run["id"], "--json", *p)
     assert res.exit_code == 0, res.output
@@ -171,3 +172,31 @@ def test_production_tag_falls_back_to_labels_until_a_pointer_exists(ws: Workspac
     assert resolve_model_ref("team=a", ws.model_store, ws=ws) == pop
     change = label_history(ws)[-1]
     assert (change["selector"], change["old_tag"], change["new_tag"]) == ("team=a", gpt2, pop)
+
+
+def test_label_command_promotes_through_the_pointer_and_withdraws_it(
+    ws: Workspace, cli: Any
+) -> None:
+    from seqrec.errors import SeqrecError
+    from seqrec.features import store as fs
+    from seqrec.pipeline import train_model
+    from seqrec.promotion import production_tag
+    from seqrec.recommend import resolve_model_ref
+    from seqrec.runs import label_history
+
+    load_synth(ws, users=30, items=20)
+    fs.apply(ws)
+    a, b = (train_model(ws, "popularity", progress=False).tag for _ in range(2))
+    for tag in (a, b):
+        res = cli("label", tag, "stage=production", "team=x", "--project", ws.root)
+        assert res.exit_code == 0, res.output
+    assert production_tag(ws) == b and labelled(ws) == [b]
+    assert labelled(ws, "stage=archived") == [a] and len(labelled(ws, "team=x")) == 2
+    res = cli("label", b, "stage=staging", "--project", ws.root)  # production withdrawn
+    assert res.exit_code == 0, res.output
+    assert production_tag(ws) is None and labelled(ws) == []
+    with pytest.raises(SeqrecError, match="withdrawn"):
+        resolve_model_ref("stage=production", ws.model_store, ws=ws)
+    moves = [(c["old_tag"], c["new_tag"]) for c in label_history(ws) if c["selector"] == PROD]
+    assert moves == [(None, a), (a, b), (b, None)]
+    assert ("stage=staging", b) in {(c["selector"], c["new_tag"]) for c in label_history(ws)}
