@@ -211,6 +211,7 @@ def start_run(ws: Workspace, kind: str, **fields: Any) -> int:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     eng = tables(ws)
+    mark_crashed(ws)
     values = {"status": "running", "host": socket.gethostname(), "pid": os.getpid(), **fields}
     with eng.begin() as conn:
         res = conn.execute(
