@@ -244,6 +244,12 @@ class SeqModel(nn.Module):
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
         """Optional: non-gradient models (popularity) fit here from the training tensors."""
 
+    def prepare(self, ws: Any) -> None:
+        """Optional: read what the model needs from the workspace ``ws`` besides the training
+        tensors (item titles, event type names), once, right after it is built for training
+        (:func:`seqrec.pipeline.build_model`). A stored model is loaded without a workspace:
+        keep what was read in buffers, which are saved with the weights."""
+
     def fit_classifier(self, tensors: Mapping[str, Tensor]) -> None:
         """Optional: non-gradient classifiers (gbdt) fit here, once, before any epoch.
 

@@ -121,9 +121,15 @@ def validator(data: Data, settings: TrainSettings) -> Any:
 
 
 def build_model(
-    spec: ModelSpec, data: Data, task: str, params: dict[str, Any], seed: int
+    spec: ModelSpec,
+    data: Data,
+    task: str,
+    params: dict[str, Any],
+    seed: int,
+    ws: Workspace | None = None,
 ) -> SeqModel:
-    """A fresh model of ``spec`` for ``data`` (class weights set for classification)."""
+    """A fresh model of ``spec`` for ``data`` (class weights set for classification),
+    prepared from ``ws`` when given (:meth:`SeqModel.prepare`)."""
     torch.manual_seed(seed)
     ctx = ModelContext(
         n_items=data.n_items,
@@ -138,6 +144,8 @@ def build_model(
         counts = np.bincount(data.train.labels, minlength=data.n_classes).astype(np.float64)
         weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
         model.class_weights = torch.tensor(weights, dtype=torch.float32)
+    if ws is not None:
+        model.prepare(ws)
     return model
 
 
@@ -174,6 +182,11 @@ def train_model(
 
     engine = make_engine(ws.events_url)
     spec = get_spec(model_name)
+    warm_from = init_from
+    if init_from is not None and _pretrained_dir(spec, Path(init_from)):
+        # a pretrained checkpoint, not a seqrec model: what the model fine-tunes from
+        params = {**(params or {}), "checkpoint": str(Path(init_from).resolve())}
+        warm_from = None
     resolved = resolve(
         ws,
         spec,
@@ -185,9 +198,9 @@ def train_model(
     if task == "classify":
         settings.metric = "roc_auc"
     data = data or build_data(ws, task, label, engine)
-    model = build_model(spec, data, task, resolved.params, settings.seed)
-    if init_from is not None:
-        _init_from(model, init_from, load_weights)
+    model = build_model(spec, data, task, resolved.params, settings.seed, ws)
+    if warm_from is not None:
+        _init_from(model, warm_from, load_weights)
     run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
     tensors = data.train.tensors(with_targets=task == "next-item")
     result = train(
@@ -253,6 +266,15 @@ def train_model(
         settings=asdict(settings),
         stats=data_stats(data, engine),
     )
+
+
+def _pretrained_dir(spec: ModelSpec, directory: Path) -> bool:
+    """Whether ``--init-from directory`` names a pretrained checkpoint for ``spec``: a model
+    whose defaults have a ``checkpoint`` hyperparameter (it fine-tunes one) and a directory
+    that is not a seqrec model."""
+    from seqrec.models import CONTEXT_FILE
+
+    return "checkpoint" in spec.defaults and not (directory / CONTEXT_FILE).is_file()
 
 
 def _init_from(model: SeqModel, directory: Path, load_weights: Any) -> None:

@@ -197,7 +197,7 @@ def tune(
         )
         settings = resolved.settings
         settings.metric = metric
-        model = build_model(spec, data, task, resolved.params, settings.seed)
+        model = build_model(spec, data, task, resolved.params, settings.seed, ws)
         base_validate = validator(data, settings)
         step = 0
 
