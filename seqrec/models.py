@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
@@ -42,6 +43,9 @@ PRESET_TRAIN_KEYS = (
 DEFAULT_PRESET = "default"
 #: recency buckets of the learned repeat bias: bucket = floor(log2(distance + 1)), capped
 REPEAT_BUCKETS = 8
+#: buffers that hold data handed to the model (item text), not weights: a warm start never
+#: copies them from the old model, the new model is built with the current data
+DATA_BUFFERS = frozenset({"text_table", "id_known"})
 WEIGHTS_FILE = "model.safetensors"
 CONTEXT_FILE = "seqrec_model.json"
 
@@ -78,9 +82,26 @@ class Batch:
         return self.items > 0
 
 
+@dataclass(frozen=True)
+class ItemText:
+    """Item text embeddings handed to a text-aware model at build time (``item_text=true``).
+
+    ``matrix`` [n_items, dim] float32: row = item index, zeros for padding and items without
+    text. ``trained`` [n_items] bool: items with events in the training data (their id
+    embedding is used); None = every item. The model keeps both as buffers, so they are saved
+    with it."""
+
+    matrix: np.ndarray
+    trained: np.ndarray | None = None
+
+
 @dataclass
 class ModelContext:
-    """What a model is built from: vocabulary sizes, sequence length, task, hyperparameters."""
+    """What a model is built from: vocabulary sizes, sequence length, task, hyperparameters.
+
+    ``text_dim``: width of the item text embeddings of a text-aware model (0: ids only); saved
+    with the model. ``item_text``: the embeddings themselves, filled by the platform when the
+    params ask for ``item_text`` (None when loading: the saved buffers hold them)."""
 
     n_items: int  # item vocabulary size including padding index 0
     n_event_types: int  # event-type vocabulary size including padding index 0
@@ -88,6 +109,8 @@ class ModelContext:
     task: str = "next-item"
     n_classes: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    text_dim: int = 0
+    item_text: ItemText | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -112,7 +135,11 @@ class SeqModel(nn.Module):
 
     def __init__(self, ctx: ModelContext):
         super().__init__()
-        self.ctx = ctx
+        #: the context without the text matrix (the model holds that as buffers)
+        self.ctx = ctx if ctx.item_text is None else replace(ctx, item_text=None)
+        #: the item text fusion of a text-aware model (``ctx.text_dim > 0``), set by the plugin;
+        #: the service scores items newer than the model with it
+        self.text_fusion: Any = None
         #: the registered model name; set by ``ModelSpec.make``
         self.spec_name: str = ""
         #: per-class loss weights for classification, set by the trainer
@@ -148,6 +175,13 @@ class SeqModel(nn.Module):
         """[B, n_items] scores for the next item after position -1 (column 0 is padding)."""
         raise NotImplementedError(f"{type(self).__name__} does not rank items")
 
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Text-aware models: (``next_item_scores(batch)``, the user state [B, d] those scores
+        are dot products with). An item the model has no row for scores ``state @
+        text_fusion.vectors(text)`` (+ its text bias): the service ranks items newer than the
+        model that way."""
+        raise NotImplementedError(f"{type(self).__name__} does not score items by text")
+
     def class_logits(self, batch: Batch) -> Tensor:
         """[B, n_classes] logits for the sequence's label."""
         raise NotImplementedError(f"{type(self).__name__} does not classify")
@@ -160,14 +194,15 @@ class SeqModel(nn.Module):
 
         Tensors of the same shape are copied. One whose first dimension grew keeps its leading
         rows (the known items, padding row 0 among them); the rows after them keep this
-        model's fresh initialisation. A model with special rows after the items (a MASK
+        model's fresh initialisation. Data buffers (:data:`DATA_BUFFERS`: the item text
+        matrix) are never copied: they come from the current data. A model with special rows after the items (a MASK
         token) overrides this to move them to their new index.
         """
         own = self.state_dict()
         used = 0
         for k, v in state.items():
             mine = own.get(k)
-            if mine is None:
+            if mine is None or k.rsplit(".", 1)[-1] in DATA_BUFFERS:
                 continue
             if mine.shape == v.shape:
                 mine.copy_(v)
@@ -485,7 +520,10 @@ def save_weights(model: SeqModel, directory: Path) -> None:
     """Write ``model.safetensors`` and ``seqrec_model.json`` (spec name + context)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS_FILE))
-    meta = {"model": model.spec_name, "context": asdict(model.ctx)}
+    context = {k: v for k, v in asdict(model.ctx).items() if k != "item_text"}
+    if not context["text_dim"]:
+        del context["text_dim"]  # id-only models: the file as before
+    meta = {"model": model.spec_name, "context": context}
     (directory / CONTEXT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 

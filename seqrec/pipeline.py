@@ -19,7 +19,8 @@ from seqrec.data.schema import make_engine
 from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.features.sql import drop_unknown, event_positions
-from seqrec.models import ModelContext, ModelSpec, SeqModel, get_spec
+from seqrec.models import ItemText, ModelContext, ModelSpec, SeqModel, get_spec
+from seqrec.text.fusion import wants_item_text
 from seqrec.training.data import (
     ClassificationData,
     NextItemData,
@@ -120,6 +121,29 @@ def validator(data: Data, settings: TrainSettings) -> Any:
     return validate
 
 
+def item_text_for(ws: Workspace, data: Data, engine: Any = None) -> ItemText:
+    """The item text matrix a text-aware model of ``data`` is built with: the workspace's
+    current embeddings for the vocabulary of ``data``, and which items have training events
+    (the others are represented by their text alone)."""
+    from seqrec.errors import SeqrecError
+    from seqrec.text.features import item_text_matrix
+
+    text = item_text_matrix(ws, n_items=data.n_items, engine=engine)
+    if text.encoder is None or not text.mask.any():
+        raise SeqrecError(
+            "item_text=true needs item text embeddings, and this workspace has none"
+            + ("" if text.encoder is None else " for the items of the training data"),
+            hint="import item text with `seqrec items import FILE`, then encode it with "
+            "`seqrec items embed`",
+        )
+    trained = np.zeros(data.n_items, dtype=bool)
+    trained[np.unique(data.train.items)] = True
+    if isinstance(data, NextItemData):
+        trained[data.train.labels[data.train.labels < data.n_items]] = True
+    trained[0] = True
+    return ItemText(text.matrix, trained)
+
+
 def build_model(
     spec: ModelSpec,
     data: Data,
@@ -127,10 +151,15 @@ def build_model(
     params: dict[str, Any],
     seed: int,
     ws: Workspace | None = None,
+    item_text: ItemText | None = None,
 ) -> SeqModel:
     """A fresh model of ``spec`` for ``data`` (class weights set for classification),
-    prepared from ``ws`` when given (:meth:`SeqModel.prepare`)."""
+    prepared from ``ws`` when given (:meth:`SeqModel.prepare`). A text-aware model
+    (``item_text=true``) gets ``item_text``, or the workspace's (:func:`item_text_for`)."""
     torch.manual_seed(seed)
+    if item_text is None and ws is not None and wants_item_text({**spec.defaults, **params}):
+        item_text = item_text_for(ws, data)
+        torch.manual_seed(seed)
     ctx = ModelContext(
         n_items=data.n_items,
         n_event_types=data.n_event_types,
@@ -138,6 +167,8 @@ def build_model(
         task=task,
         n_classes=data.n_classes if isinstance(data, ClassificationData) else 0,
         params=params,
+        text_dim=0 if item_text is None else int(item_text.matrix.shape[1]),
+        item_text=item_text,
     )
     model = spec.make(ctx)
     if isinstance(data, ClassificationData):

@@ -11,7 +11,9 @@ Random real positions are replaced by MASK and predicted with a full softmax ove
 (tied output: h @ item_embeddings[:n_items].T + bias). Scoring appends a MASK after the newest
 event and ranks items at that position. Event types are zero (padding) at every MASK and at
 the appended target, whose type is unknown at inference. Classification uses the newest
-position's hidden state, like the gpt2 and lstm plugins.
+position's hidden state, like the gpt2 and lstm plugins. With ``item_text=true`` the item
+embeddings (not the MASK row) and the output bias are fused with the item text
+(:class:`seqrec.text.fusion.TextFusion`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from seqrec.models import (
     newest_distance,
     time_gap_buckets,
 )
+from seqrec.text.fusion import TextFusion
 from seqrec_bert.cloze import append_newest, cloze_positions
 
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "use_time_gaps": True,
     "head_transform": True,
     "label_smoothing": 0.0,
+    "item_text": False,  # fuse item text embeddings into the item representations
 }
 
 
@@ -97,6 +101,23 @@ class BertNextItem(SeqModel):
         self.last_mask_prob = float(p["last_mask_prob"])
         self.dropout = nn.Dropout(float(p["dropout"]))
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
+        if p.get("item_text", False):
+            init = self.config.initializer_range
+            self.text_fusion = TextFusion(ctx, d, init, with_bias=True)
+
+    def output_items(self) -> tuple[Tensor, Tensor]:
+        """(item representations [n_items, d], output bias [n_items]): the MASK row is not a
+        candidate; with item text, fused with it (ids for items seen in training, + text)."""
+        w = self.item_weight[: self.mask_id]
+        if self.text_fusion is None:
+            return w, self.out_bias
+        return self.text_fusion.table(w), self.text_fusion.bias(self.out_bias)
+
+    def _embed_items(self, items: Tensor) -> Tensor:
+        if self.text_fusion is None:
+            return self.backbone.embeddings.word_embeddings(items)
+        table = torch.cat([self.output_items()[0], self.item_weight[self.mask_id :]])
+        return table[items]
 
     @property
     def item_weight(self) -> Tensor:
@@ -121,7 +142,7 @@ class BertNextItem(SeqModel):
         (T <= max_len + 1); a time of 0 marks an unknown time (MASK or appended column)."""
         mask = items > 0
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
-        emb = self.backbone.embeddings.word_embeddings(items)
+        emb = self._embed_items(items)
         if self.type_emb is not None:
             emb = emb + self.type_emb(types)
         if self.gap_emb is not None and times is not None:
@@ -153,7 +174,7 @@ class BertNextItem(SeqModel):
             times.masked_fill(chosen, 0),
         )
         # masked positions against real items only (the MASK row is not a candidate)
-        emb = self.item_weight[: self.mask_id]  # [n_items, d]
+        emb, bias = self.output_items()  # [n_items, d], [n_items]
         hist = dist = None
         if self.repeat_bias is not None:  # the visible (unmasked) items, both directions
             T = items.shape[1]
@@ -161,17 +182,21 @@ class BertNextItem(SeqModel):
             seen = items.masked_fill(chosen, 0)[:, None, :].expand(-1, T, -1)  # [B, T, T]
             hist = seen[chosen]
             dist = (idx[:, None] - idx[None, :]).abs().expand_as(seen)[chosen]
-        return self.item_loss(self._out(h[chosen]), items[chosen], emb, self.out_bias, hist, dist)
+        return self.item_loss(self._out(h[chosen]), items[chosen], emb, bias, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""
+        return self.next_item_scores_and_state(batch)[0]
+
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
         col = torch.full_like(batch.items[:, 0], self.mask_id)
         items, types, times = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
         h = self._out(self.encode(items, types, times)[:, -1])  # [B, d]
-        scores = h @ self.item_weight[: self.mask_id].T + self.out_bias  # [B, n_items]
+        emb, bias = self.output_items()
+        scores = h @ emb.T + bias  # [B, n_items]
         scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items, 1))
         scores[:, 0] = torch.finfo(scores.dtype).min
-        return scores
+        return scores, h
 
     def class_logits(self, batch: Batch) -> Tensor:
         """[B, n_classes] from the newest event's hidden state (no MASK appended)."""

@@ -2,7 +2,8 @@
 
 Inputs are left-padded: position ids count real events only, so the newest event is always at
 index -1 and its position id is (sequence length - 1). Item embeddings are tied with the output
-layer: scores = hidden @ item_embeddings.T.
+layer: scores = hidden @ item_embeddings.T. With ``item_text=true`` the item embeddings are
+fused with the item text (:class:`seqrec.text.fusion.TextFusion`), on both sides.
 
 Scoring (eval mode) needs the newest position only: :meth:`GPT2NextItem.newest_hidden` runs the
 same blocks with the same weights, but the last block computes its attention query, projection
@@ -29,6 +30,7 @@ from seqrec.models import (
     prefix_history,
     time_gap_buckets,
 )
+from seqrec.text.fusion import TextFusion
 
 DEFAULTS: dict[str, Any] = {
     "d_model": 64,
@@ -40,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "use_event_types": True,
     "use_time_gaps": True,
     "label_smoothing": 0.0,
+    "item_text": False,  # fuse item text embeddings into the item representations
 }
 
 
@@ -86,11 +89,21 @@ class GPT2NextItem(SeqModel):
                 nn.init.zeros_(emb.weight[0])
         self.dropout = nn.Dropout(p["dropout"])
         self.classifier = nn.Linear(p["d_model"], ctx.n_classes) if ctx.task == "classify" else None
+        if p.get("item_text", False):
+            self.text_fusion = TextFusion(ctx, p["d_model"], self.config.initializer_range)
+
+    def item_table(self) -> Tensor:
+        """[n_items, d] item representations: input embeddings = tied output rows."""
+        w = self.backbone.wte.weight
+        return w if self.text_fusion is None else self.text_fusion.table(w)
 
     def _inputs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(input embeddings [B, L, d] without positions, position ids [B, L])."""
         positions = (batch.mask.long().cumsum(1) - 1).clamp(min=0)
-        emb = self.backbone.wte(batch.items)
+        if self.text_fusion is None:
+            emb = self.backbone.wte(batch.items)
+        else:
+            emb = self.item_table()[batch.items]
         if self.type_emb is not None:
             emb = emb + self.type_emb(batch.types)
         if self.gap_emb is not None:
@@ -126,7 +139,7 @@ class GPT2NextItem(SeqModel):
         return self.hidden(batch)[:, -1] if self.training else self.newest_hidden(batch)
 
     def _logits(self, h: Tensor) -> Tensor:
-        logits = h @ self.backbone.wte.weight.T  # [N, V]
+        logits = h @ self.item_table().T  # [N, V]
         logits[:, 0] = torch.finfo(logits.dtype).min  # never recommend padding
         return logits
 
@@ -137,11 +150,15 @@ class GPT2NextItem(SeqModel):
         hist = dist = None
         if self.repeat_bias is not None:
             hist, dist = (x[sel] for x in prefix_history(batch.items))
-        return self.item_loss(h, batch.targets[sel], self.backbone.wte.weight, None, hist, dist)
+        return self.item_loss(h, batch.targets[sel], self.item_table(), None, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
-        logits = self._logits(self._newest(batch))
-        return self.add_repeat_bias(logits, batch.items, newest_distance(batch.items))
+        return self.next_item_scores_and_state(batch)[0]
+
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        h = self._newest(batch)
+        logits = self._logits(h)
+        return self.add_repeat_bias(logits, batch.items, newest_distance(batch.items)), h
 
     def class_logits(self, batch: Batch) -> Tensor:
         # GPT2ForSequenceClassification-style: the newest (last real, as inputs are

@@ -3,7 +3,8 @@
 Inputs are left-padded. The LSTM runs on a right-aligned copy (each row rolled left by its pad
 count) through ``pack_padded_sequence``, and its outputs are rolled back, so every state — in
 particular the newest one at index -1 — is exact and independent of the amount of padding.
-Item embeddings are tied with the output layer: scores = proj(h) @ item_embeddings.T.
+Item embeddings are tied with the output layer: scores = proj(h) @ item_embeddings.T. With
+``item_text=true`` they are fused with the item text (:class:`seqrec.text.fusion.TextFusion`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from seqrec.models import (
     prefix_history,
     time_gap_buckets,
 )
+from seqrec.text.fusion import TextFusion
 
 __all__ = ["DEFAULTS", "GAP_BUCKETS", "LSTMNextItem", "roll_rows", "time_gap_buckets"]
 
@@ -34,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "use_event_types": True,
     "use_time_gaps": True,
     "label_smoothing": 0.0,
+    "item_text": False,  # fuse item text embeddings into the item representations
 }
 
 
@@ -65,10 +68,20 @@ class LSTMNextItem(SeqModel):
         )
         self.proj = nn.Linear(hidden, d)
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
+        if p.get("item_text", False):
+            self.text_fusion = TextFusion(ctx, d, init_std=1.0)  # nn.Embedding's N(0, 1)
+
+    def item_table(self) -> Tensor:
+        """[n_items, d] item representations: input embeddings = tied output rows."""
+        w = self.item_emb.weight
+        return w if self.text_fusion is None else self.text_fusion.table(w)
 
     def embed(self, batch: Batch) -> Tensor:
         """[B, L, d] input embeddings (zero at padding)."""
-        emb = self.item_emb(batch.items)
+        if self.text_fusion is None:
+            emb = self.item_emb(batch.items)
+        else:
+            emb = self.item_table()[batch.items]
         if self.type_emb is not None:
             emb = emb + self.type_emb(batch.types)
         if self.gap_emb is not None:
@@ -97,13 +110,17 @@ class LSTMNextItem(SeqModel):
         hist = dist = None
         if self.repeat_bias is not None:
             hist, dist = (x[sel] for x in prefix_history(batch.items))
-        return self.item_loss(h, batch.targets[sel], self.item_emb.weight, None, hist, dist)
+        return self.item_loss(h, batch.targets[sel], self.item_table(), None, hist, dist)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
-        scores = self.hidden(batch)[:, -1] @ self.item_emb.weight.T  # [B, n_items]
+        return self.next_item_scores_and_state(batch)[0]
+
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        h = self.hidden(batch)[:, -1]  # [B, d]
+        scores = h @ self.item_table().T  # [B, n_items]
         scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items))
         scores[:, 0] = torch.finfo(scores.dtype).min
-        return scores
+        return scores, h
 
     def class_logits(self, batch: Batch) -> Tensor:
         assert self.classifier is not None, "built for next-item, not classification"
