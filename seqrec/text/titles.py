@@ -28,7 +28,8 @@ def display_title(
 ) -> str:
     """``"<title> (<year>) [<category>]"``, the parts that are known (see the module doc)."""
     out = " ".join(title.split())
-    year = next((str(attributes[k]).strip() for k in YEAR_KEYS if (attributes or {}).get(k)), "")
+    attrs = attributes or {}
+    year = next((str(attrs[k]).strip() for k in YEAR_KEYS if attrs.get(k)), "")
     if year and not out.endswith(f"({year})"):
         out += f" ({year})"
     if with_category and category and category.strip():

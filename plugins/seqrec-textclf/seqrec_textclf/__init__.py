@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqrec.hookspecs import hookimpl
-from seqrec.models import Choice, Float, ModelSpec, Preset
+from seqrec.models import Choice, Float, ModelSpec, Preset, SearchSpace
 from seqrec_textclf.model import DEFAULTS, TextClassifier
 
 #: fine-tuning a pretrained encoder: a small learning rate with warmup, small batches, few
@@ -30,7 +30,7 @@ PRESETS = {
     ),
 }
 
-SEARCH_SPACE = {
+SEARCH_SPACE: SearchSpace = {
     "lr": Float(1e-5, 1e-4, log=True),
     "batch_size": Choice((8, 16, 32)),
     "dropout": Float(0.0, 0.3),

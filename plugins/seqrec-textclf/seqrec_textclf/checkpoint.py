@@ -78,7 +78,8 @@ def load_pretrained(checkpoint: str | Path | None) -> tuple[nn.Module, Any]:
 
 def config_json(encoder: nn.Module) -> str:
     """The encoder's architecture (its Hugging Face config) as JSON."""
-    return str(encoder.config.to_json_string(use_diff=False))  # type: ignore[operator]
+    config: Any = encoder.config
+    return str(config.to_json_string(use_diff=False))
 
 
 def tokenizer_files(tokenizer: Any) -> str:

@@ -94,7 +94,7 @@ class TextClassifier(SeqModel):
 
     def _attach(self, encoder: nn.Module, tokenizer: Any) -> None:
         """Use ``encoder`` and ``tokenizer``: a fresh head, the config and tokenizer buffers."""
-        config = encoder.config  # type: ignore[union-attr]
+        config: Any = encoder.config
         limit = min(
             int(getattr(tokenizer, "model_max_length", 512) or 512),
             int(getattr(config, "max_position_embeddings", 512) or 512),
