@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from seqrec.config import Workspace
-from seqrec.errors import EX_TEMPFAIL, SeqrecError
+from seqrec.errors import EX_TEMPFAIL, SeqrecError, StoreUnavailable
 
 
 def _busy(ws: Workspace, name: str, waited: float | None) -> SeqrecError:
@@ -111,7 +111,7 @@ def _pg_lock(ws: Workspace, name: str, wait: float) -> Iterator[None]:
         try:
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError as exc:
-            raise SeqrecError(
+            raise StoreUnavailable(
                 f"events database unreachable: {exc.orig}", where=engine.url.render_as_string()
             ) from None
         try:

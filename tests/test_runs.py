@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,27 @@ def test_label_command_promotes_through_the_pointer_and_withdraws_it(
     moves = [(c["old_tag"], c["new_tag"]) for c in label_history(ws) if c["selector"] == PROD]
     assert moves == [(None, a), (a, b), (b, None)]
     assert ("stage=staging", b) in {(c["selector"], c["new_tag"]) for c in label_history(ws)}
+
+
+def test_retrain_exits_1_when_the_events_database_is_down(tmp_path: Path) -> None:
+    """A store outage is transient (exit 1: a scheduler retries), not a configuration error."""
+    import sys
+
+    from seqrec.testing import make_workspace
+
+    ws = make_workspace(
+        tmp_path / "ws",
+        '[events]\nurl = "postgresql+psycopg://postgres@127.0.0.1:1/test"\n',
+        "postgres-redis",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SEQREC_PG_URL", "SEQREC_EVENTS_URL")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqrec.cli", "retrain", "--project", str(ws.root), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "events database unreachable" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, StoreUnavailable
 
 MAX_ID_LEN = 256
 #: ids compare byte-wise on PostgreSQL (collation "C"): the same order as SQLite and Python, and
@@ -157,7 +157,7 @@ def ensure_pg_schema(engine: Engine) -> None:
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{name}"'))  # validated identifier
     except OperationalError as exc:
-        raise SeqrecError(
+        raise StoreUnavailable(
             f"events database unreachable: {exc.orig}", where=engine.url.render_as_string()
         ) from None
 
@@ -173,7 +173,7 @@ def require_schema(engine: Engine) -> None:
     try:
         names = set(inspect(engine).get_table_names())
     except Exception as exc:
-        raise SeqrecError(f"events database unreachable ({engine.url!r}): {exc}") from None
+        raise StoreUnavailable(f"events database unreachable ({engine.url!r}): {exc}") from None
     missing = [t for t in ("events", "items", "event_types") if t not in names]
     if missing:
         raise SeqrecError(
@@ -188,7 +188,7 @@ def require_item_schema(engine: Engine) -> None:
     try:
         names = set(inspect(engine).get_table_names())
     except Exception as exc:
-        raise SeqrecError(f"events database unreachable ({engine.url!r}): {exc}") from None
+        raise StoreUnavailable(f"events database unreachable ({engine.url!r}): {exc}") from None
     missing = [t for t in ("items", "item_meta", "item_embeddings") if t not in names]
     if missing:
         raise SeqrecError(
