@@ -199,6 +199,14 @@ class ServeConfig(_Section):
         description="when serving a label selector (stage=production), look for a newly "
         "labelled model this often and swap it in without a restart; 0 = never",
     )
+    items_poll_s: float = Field(
+        10.0,
+        ge=0,
+        le=86_400,
+        description="serving a text-aware model (item_text=true), look this often for items "
+        "newer than it (imported with text, embedded and materialized online) and rank them "
+        "by their text without a restart; 0 = only at startup and reload",
+    )
     admin_token_env: str = Field(
         "SEQREC_ADMIN_TOKEN",
         min_length=1,

@@ -25,6 +25,7 @@ import torch
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError, StoreUnavailable
+from seqrec.extra_items import ExtraItems, ExtraItemsSource
 from seqrec.features import store as feature_store
 from seqrec.features.sql import drop_unknown, left_pad
 from seqrec.models import Batch
@@ -214,6 +215,12 @@ class Recommender:
         self._pop_cache: dict[int, list[dict[str, Any]]] = {}
         self._traced: Any = None
         self._buckets: list[int] = []
+        #: a text-aware next-item model: scores come with the user state, and items newer
+        #: than the model are ranked by their text (:mod:`seqrec.extra_items`)
+        self.text_aware = self.task == "next-item" and self.model.text_fusion is not None
+        if self.text_aware:
+            with torch.inference_mode():  # the fused item table, cached before tracing
+                self.model.score(Batch(*self._example(1, 1, 0)))
         if ws.config.serve.trace and type(self.model).traceable:
             self._traced = self._trace()
             if self._traced is not None:
@@ -231,6 +238,55 @@ class Recommender:
             self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
             self.reader = feature_store.online_reader(ws, self.feature_service)
             self.lookup_s = 0.0
+        self.extra: ExtraItems | None = None
+        self._extra_source: ExtraItemsSource | None = None
+        self._extra_error: str | None = None
+        if self.text_aware:
+            text_reader = getattr(share, "_extra_source", None)
+            self.extra = ExtraItems(self.n_items)
+            self._extra_source = ExtraItemsSource(
+                ws, self.model, self.device, text_reader.reader if text_reader else None
+            )
+            self.refresh_extra_items()
+
+    # -- items newer than the model (text-aware models) ------------------------------------
+
+    def refresh_extra_items(self) -> bool:
+        """Re-read the items newer than a text-aware model and swap the new block in (one
+        assignment: a request sees the old block or the new one). On failure (online store
+        down, database unreachable) the last block stays, logged once per distinct error.
+        False for id-only models and on failure."""
+        if self._extra_source is None:
+            return False
+        try:
+            with _torch_threads(1):
+                block = self._extra_source.load()
+        except Exception as exc:
+            msg = _first_line(exc)
+            if msg != self._extra_error:
+                log.warning(
+                    "extra items: refresh failed, keeping %d: %s", len(self.extra or ()), msg
+                )
+            self._extra_error = msg
+            return False
+        if self._extra_error is not None:
+            log.warning("extra items: refreshed again (%d items)", len(block))
+        self._extra_error = None
+        if self.extra is None or block.ids != self.extra.ids:
+            log.info("extra items: %d items newer than %s ranked by text", len(block), self.tag)
+        self.extra = block
+        return True
+
+    def extra_status(self) -> dict[str, Any]:
+        """``/status``'s ``extra_items``: how many items newer than the model are ranked by
+        their text, when the block was last refreshed, the last refresh error."""
+        extra = self.extra
+        return {
+            "enabled": extra is not None,
+            "count": len(extra) if extra is not None else 0,
+            "refreshed_at": extra.refreshed_at if extra is not None else None,
+            "last_error": self._extra_error,
+        }
 
     # -- online features --------------------------------------------------------------------
 
@@ -309,7 +365,7 @@ class Recommender:
         paddings; else None (eager), with a warning."""
         import warnings
 
-        wrapper = _ScoreModule(self.model).eval()
+        wrapper = (_StateModule if self.text_aware else _ScoreModule)(self.model).eval()
         try:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")
@@ -318,12 +374,15 @@ class Recommender:
                 )
                 for b, n in ((1, self.max_len), (3, max(1, self.max_len // 3)), (5, 1)):
                     x = self._example(b, n, b)
-                    want, got = wrapper(*x).float(), traced(*x).float()
-                    finite = torch.isfinite(want)
-                    if not torch.equal(finite, torch.isfinite(got)) or not torch.allclose(
-                        want[finite], got[finite], rtol=1e-3, atol=1e-3
-                    ):
-                        raise ValueError(f"traced scores differ from eager (batch {b}, {n} events)")
+                    wants, gots = _outputs(wrapper(*x)), _outputs(traced(*x))
+                    for want, got in zip(wants, gots, strict=True):
+                        finite = torch.isfinite(want)
+                        if not torch.equal(finite, torch.isfinite(got)) or not torch.allclose(
+                            want[finite], got[finite], rtol=1e-3, atol=1e-3
+                        ):
+                            raise ValueError(
+                                f"traced scores differ from eager (batch {b}, {n} events)"
+                            )
         except Exception as exc:
             log.warning("serving %s eagerly: tracing failed: %s", self.tag, exc)
             return None
@@ -375,6 +434,8 @@ class Recommender:
     ) -> torch.Tensor:
         """[B, n_items] (or [B, n_classes]) float32 scores on the model's device; ``now`` [B]:
         the request time (epoch seconds) for eager models that read it."""
+        if self.text_aware:
+            return self._scores_and_state(items, types, times)[0]
         self._known(items, types, times)
         if self._traced is not None:
             n = len(items)
@@ -384,19 +445,42 @@ class Recommender:
                 items, types, times = (np.pad(a, pad) for a in (items, types, times))
             t = [torch.from_numpy(a).to(self.device) for a in (items, types, times)]
             return self._traced(*t)[:n].float()  # type: ignore[no-any-return]
-        # eager: drop the columns that are padding in every row (left padding: a prefix);
-        # position ids count real events only, so the scores do not change, the work shrinks
+        return self.model.score(self._eager_batch(items, types, times, now)).float()
+
+    def _eager_batch(
+        self, items: np.ndarray, types: np.ndarray, times: np.ndarray, now: np.ndarray | None
+    ) -> Batch:
+        """Drop the columns that are padding in every row (left padding: a prefix); position
+        ids count real events only, so the scores do not change, the work shrinks."""
         used = np.flatnonzero(items.any(axis=0))
         if len(used) and used[0] > 0:
             start = int(used[0])
             items, types, times = items[:, start:], types[:, start:], times[:, start:]
-        batch = Batch(
+        return Batch(
             items=torch.from_numpy(items),
             types=torch.from_numpy(types),
             times=torch.from_numpy(times),
             now=None if now is None else torch.from_numpy(now),
         ).to(self.device)
-        return self.model.score(batch).float()
+
+    def _scores_and_state(
+        self, items: np.ndarray, types: np.ndarray, times: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A text-aware model's ([B, n_items] scores, [B, d] user states), float32."""
+        self._known(items, types, times)
+        if self._traced is not None:
+            n = len(items)
+            size = next((b for b in self._buckets if b >= n), n)
+            if size > n:
+                pad = ((0, size - n), (0, 0))
+                items, types, times = (np.pad(a, pad) for a in (items, types, times))
+            t = [torch.from_numpy(a).to(self.device) for a in (items, types, times)]
+            scores, state = self._traced(*t)
+            return scores[:n].float(), state[:n].float()
+        scores, state = self.model.next_item_scores_and_state(
+            self._eager_batch(items, types, times, None)
+        )
+        return scores.float(), state.float()
 
     @torch.inference_mode()
     def _rank(
@@ -405,9 +489,18 @@ class Recommender:
         types: np.ndarray,
         times: np.ndarray,
         queries: Sequence[Query],
+        extra: ExtraItems | None = None,
+        extra_seen: Sequence[Sequence[int]] = (),
     ) -> list[list[dict[str, Any]]]:
-        """Top-k per row (row i answers queries[i]); seen/excluded items masked out."""
-        scores = self._scores(items, types, times)
+        """Top-k per row (row i answers queries[i]); seen/excluded items masked out.
+
+        ``extra``: items newer than a text-aware model, ranked after its own columns by their
+        text; ``extra_seen[i]``: their columns in row i's history (masked with exclude_seen)."""
+        if extra:
+            known, state = self._scores_and_state(items, types, times)
+            scores = torch.cat([known, extra.scores(state)], dim=1)
+        else:
+            scores = self._scores(items, types, times)
         # mask padding and each row's history (padding is item 0: masked anyway) in one scatter
         scores[:, 0] = -torch.inf
         seen = [r for r, q in enumerate(queries) if q.exclude_seen]
@@ -422,22 +515,36 @@ class Recommender:
         for r, q in enumerate(queries):
             if q.exclude_items:
                 ex = self._indices(q.exclude_items)
+                if extra:  # extra items by id; a stored vocabulary index past n_items is none
+                    ex = {i for i in ex if i < self.n_items}
+                    ex |= {c for c in (extra.column.get(x) for x in q.exclude_items) if c}
                 rows += [r] * len(ex)
                 cols += ex
+            if extra and q.exclude_seen and r < len(extra_seen) and extra_seen[r]:
+                rows += [r] * len(extra_seen[r])
+                cols += extra_seen[r]
         if rows:
             scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
-        kmax = min(max(q.k for q in queries), self.n_items - 1)
+        kmax = min(max(q.k for q in queries), scores.shape[1] - 1)
         top = torch.topk(scores, kmax, dim=1)
         vals, idxs = top.values.cpu().numpy().tolist(), top.indices.cpu().numpy().tolist()
-        vocab, out = self.vocab, []
+        vocab, n, out = self.vocab, self.n_items, []
         for r, q in enumerate(queries):
             recs = []
             for j, v in zip(idxs[r][: q.k], vals[r][: q.k], strict=True):
                 if v == -np.inf:
                     break  # sorted: the rest is masked too
-                recs.append({"item_id": vocab[j], "score": v})
+                item = vocab[j] if j < n else extra.item_id(j)  # type: ignore[union-attr]
+                recs.append({"item_id": item, "score": v})
             out.append(recs)
         return out
+
+    def _extra_seen(self, extra: ExtraItems | None, seqs: Sequence[Any]) -> list[list[int]]:
+        """Per history in ``seqs`` (vocabulary indices), the extra columns it holds."""
+        if not extra:
+            return []
+        get = extra.by_index.get
+        return [[c for c in (get(int(i)) for i in seq or ()) if c is not None] for seq in seqs]
 
     def _fallback(self, q: Query, reason: str) -> dict[str, Any]:
         exclude = self._indices(q.exclude_items) if q.exclude_items else None
@@ -456,6 +563,7 @@ class Recommender:
         if feats is None:
             self.metrics.fallback("store_unavailable", len(queries))
             return [self._fallback(q, "store_unavailable") for q in queries]
+        extra = self.extra  # one block for the whole batch (a refresh swaps it meanwhile)
         row_of = {u: i for i, u in enumerate(users)}
         seqs, tss = feats.get("item_seq") or [None] * len(users), feats.get("ts_seq")
         type_seqs = feats.get("type_seq")
@@ -482,7 +590,8 @@ class Recommender:
                 live, rows = [live[j] for j in keep], [rows[j] for j in keep]
                 items, types, times = items[keep], types[keep], times[keep]
         if live:
-            ranked = self._rank(items, types, times, [queries[i] for i in live])
+            seen_extra = self._extra_seen(extra, [seqs[r] for r in rows])
+            ranked = self._rank(items, types, times, [queries[i] for i in live], extra, seen_extra)
             now = time.time()
             for i, r, recs in zip(live, rows, ranked, strict=True):
                 ts = tss[r] if tss else None
@@ -519,8 +628,15 @@ class Recommender:
         are skipped and counted in ``unknown_items``; none known -> popularity fallback."""
         self._require("next-item")
         now = time.time()
+        extra = self.extra
         items, types, times, unknown = [], [], [], 0
+        seen_extra: list[int] = []
         for e in events:
+            col = extra.column.get(e.item_id) if extra else None
+            if col is not None:  # newer than the model: not an input, but seen
+                seen_extra.append(col)
+                unknown += 1
+                continue
             idx = self.item_index.get(e.item_id)
             if idx is None:
                 unknown += 1
@@ -539,6 +655,8 @@ class Recommender:
             left_pad([types], self.max_len),
             left_pad([times], self.max_len),
             [q],
+            extra,
+            [seen_extra],
         )[0]
         return {
             "items": recs,
@@ -606,6 +724,25 @@ class Recommender:
                 f"model {self.tag} is a {self.task} model; this endpoint needs a {task} model "
                 f"(use {other}, or serve a {task} model)"
             )
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    """A traced module's output(s) as float tensors."""
+    return [t.float() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+class _StateModule(torch.nn.Module):
+    """``model.next_item_scores_and_state`` over plain tensors (text-aware models)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = Batch(items=items, types=types, times=times)
+        return self.model.next_item_scores_and_state(batch)  # type: ignore[operator,no-any-return]
 
 
 class _ScoreModule(torch.nn.Module):

@@ -13,6 +13,11 @@ Hot reload: started with a label selector (``SEQREC_MODEL=stage=production``), t
 re-resolves it every ``[serve] reload_poll_s`` seconds and swaps in a newly labelled model
 (:class:`seqrec.recommend.ModelReloader`); ``POST /admin/reload`` does it at once.
 
+Cold-start items: serving a text-aware model (``item_text=true``), the service looks every
+``[serve] items_poll_s`` seconds for items newer than the model that have a text embedding
+online, and ranks them by their text (:mod:`seqrec.extra_items`); ``/status`` shows
+``extra_items``.
+
 Throughput: concurrent requests are coalesced by :class:`MicroBatcher` into one online lookup and
 one model call, on one worker thread; a request that arrives while the thread is idle runs at
 once (no batching delay at low load), the ones arriving while it is busy form the next batch.
@@ -630,6 +635,8 @@ class SeqrecService:
             self.metrics,
         )
         self.metrics.serving(rec.tag)
+        self.items_poll_s = cfg.items_poll_s
+        self._items_stop = threading.Event()
         _SERVICE = self
         # everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall requests for hundreds of milliseconds
@@ -646,6 +653,17 @@ class SeqrecService:
         if self.reloader.polling:
             log.info("seqrec: following %s, checked every %gs", ref, self.reloader.poll_s)
         self.reloader.start()
+        if self.items_poll_s > 0:
+            threading.Thread(target=self._watch_items, name="seqrec-items", daemon=True).start()
+
+    def _watch_items(self) -> None:
+        """Every ``[serve] items_poll_s``: the serving text-aware model re-reads the items
+        newer than it (a no-op for id-only models); failures keep the last block."""
+        while not self._items_stop.wait(self.items_poll_s):
+            try:
+                self.recommender.refresh_extra_items()
+            except Exception:  # the watcher must outlive any surprise
+                log.exception("extra items: refresh failed")
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -713,6 +731,7 @@ class SeqrecService:
             **rec.health.status(),
             "uptime_s": round(time.time() - self.started, 1),
             "reload": self.reloader.status(),
+            "extra_items": {**rec.extra_status(), "poll_s": self.items_poll_s},
         }
 
     # -- answers: (JSON bytes, model tag), shared by BentoML's endpoints and the fast path -------

@@ -274,11 +274,13 @@ def test_every_plugin_trains_evaluates_and_stores_a_text_aware_model(
 
 
 def test_item_text_in_a_workspace_without_embeddings_names_the_commands(tmp_path: Path) -> None:
+    from seqrec.features import store as fs
     from seqrec.pipeline import train_model
     from seqrec.testing import load_synth
 
     ws = make_workspace(tmp_path / "ws")
     load_synth(ws, users=20, items=10)
+    fs.apply(ws)
     with pytest.raises(SeqrecError) as err:
         train_model(ws, "gpt2", epochs=1, params={"item_text": True}, progress=False)
     text = f"{err.value} {err.value.hint}"
