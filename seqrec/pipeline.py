@@ -228,6 +228,9 @@ def train_model(
     settings = resolved.settings
     if task == "classify":
         settings.metric = "roc_auc"
+    from seqrec.monitoring.intake import max_event_id
+
+    events_max_id = max_event_id(engine)  # what "events since this model" counts from
     data = data or build_data(ws, task, label, engine)
     model = build_model(spec, data, task, resolved.params, settings.seed, ws)
     if warm_from is not None:
@@ -276,6 +279,7 @@ def train_model(
             "preset": resolved.preset,
             "preset_source": resolved.source,
             "init_from": str(init_from) if init_from else None,
+            "events_max_id": events_max_id,
             **extra,
         },
     )

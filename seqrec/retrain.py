@@ -16,7 +16,10 @@ One run (``seqrec retrain``), recorded step by step in the run history (:mod:`se
    newest event. That is the newest data, which neither model has trained on. Production cannot
    rank items newer than itself: those targets count as misses for it (the staleness the run
    measures).
-5. **Decision** (step ``promote``). Promote when the candidate's metric is at least
+5. **Decision** (step ``promote``). The intake check (:mod:`seqrec.monitoring.intake`) first:
+   when the events imported since production's training shift item popularity against the
+   earlier ones by more than ``max_intake_psi`` (shuffled or re-keyed ids), the candidate is
+   rejected whatever its metric. Otherwise promote when the candidate's metric is at least
    production's plus ``min_gain``: one transaction moves the pointer to the candidate (then the
    BentoML labels follow: the candidate gets the production label, the old model
    ``stage=archived``). Nothing moves before both evaluations succeeded, so a run that fails or
@@ -76,6 +79,9 @@ class RetrainReport:
     run_dir: str = ""
     #: PSI of the newest window against the training window (seqrec.monitoring.drift)
     drift: dict[str, Any] | None = None
+    #: the events since production's training against the earlier ones
+    #: (seqrec.monitoring.intake); None without a production model that recorded its events
+    intake: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,6 +125,7 @@ def retrain(
     progress: bool = True,
     wait: float | None = None,
     drift_threshold: float | None = None,
+    max_intake_psi: float | None = None,
 ) -> RetrainReport:
     """One retraining run (see the module docstring); returns what it decided.
 
@@ -148,6 +155,7 @@ def retrain(
                 materialize=materialize,
                 progress=progress,
                 drift_threshold=drift_threshold,
+                max_intake_psi=max_intake_psi,
             )
         except BaseException as exc:
             runs.fail_run(ws, run_id, exc)
@@ -185,6 +193,7 @@ def _retrain(
     materialize: bool,
     progress: bool,
     drift_threshold: float | None = None,
+    max_intake_psi: float | None = None,
 ) -> RetrainReport:
     from seqrec import model_store, runs
     from seqrec.features import store as feature_store
@@ -205,6 +214,7 @@ def _retrain(
     prod_params: dict[str, Any] = {}
     prod_train: dict[str, Any] = {}
     vocab_before = None
+    prod_events_max_id: int | None = None
     if production is not None:
         stored = model_store.load(production, store=ws.model_store)
         prod_task = stored.info.get("task", "next-item")
@@ -225,6 +235,7 @@ def _retrain(
         model_name = spec_name
         init_from = stored.path
         vocab_before = stored.model.ctx.n_items - 1
+        prod_events_max_id = stored.info.get("events_max_id")
         # the candidate is production's configuration (its preset and any options), retrained
         prod_params = _known_params(spec_name, stored.info.get("params") or {})
         prod_train = {
@@ -251,6 +262,7 @@ def _retrain(
     from seqrec.data.schema import make_engine
 
     engine = make_engine(ws.events_url)
+    intake = _intake(engine, prod_events_max_id, max_intake_psi)
     data = build_data(ws, task, label, engine)
     runs.update_run(ws, run_id, vocab_after=data.n_items - 1, **data_stats(data, engine))
     engine.dispose()
@@ -301,6 +313,14 @@ def _retrain(
             f"candidate {metric} {cand_score:.4f} vs production {prod_score:.4f} "
             f"(needs +{min_gain:g}): " + ("better" if better else "not better, production kept")
         )
+        if intake is not None and intake.refused:
+            better = False
+            reason = (
+                f"{intake.describe()}: the new events do not look like the ones production "
+                f"learned from (item ids shuffled or re-keyed upstream?), so no candidate "
+                f"trained on them is promoted ({reason.split(':')[0]}); check the import, or "
+                "rerun with a higher --max-intake-psi (0 turns the check off)"
+            )
     elif task == "next-item":
         # no production yet: the first model must at least beat the popularity ranking
         base = _popularity_baseline(ws, data, metric)
@@ -318,7 +338,9 @@ def _retrain(
     if better and not promote:
         reason += " (--no-promote: labels unchanged)"
     decision = (
-        "promoted"
+        "rejected"
+        if intake is not None and intake.refused
+        else "promoted"
         if promoted
         else "not-promoted"
         if better
@@ -364,12 +386,22 @@ def _retrain(
         run_id=run_id,
         run_dir=str(run_dir),
         drift=drift,
+        intake=None if intake is None else intake.to_dict(),
     )
     path = ws.path("runs") / "retrain" / f"report-{started.replace(':', '')}-run{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report.report_path = str(path)
     path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return report
+
+
+def _intake(engine: Any, since: int | None, limit: float | None) -> Any:
+    """The intake check against production's events (None: production recorded none)."""
+    from seqrec.monitoring.intake import DEFAULT_LIMIT, check_intake
+
+    if since is None:
+        return None
+    return check_intake(engine, int(since), DEFAULT_LIMIT if limit is None else limit)
 
 
 def _drift(

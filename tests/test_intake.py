@@ -1,0 +1,142 @@
+"""The intake check: events since production's training that do not look like the earlier ones
+(item ids shuffled) are refused, clean ones pass, and retrain acts on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqrec.config import Workspace
+from seqrec.data.importers import RawEvent
+from seqrec.testing import make_workspace
+
+USERS, ITEMS = 240, 80
+
+
+def _log() -> list[RawEvent]:
+    from seqrec.data.synth import generate
+
+    return sorted(generate(USERS, ITEMS, seed=5), key=lambda e: e.ts_ms)
+
+
+def _import(ws: Workspace, rows: list[RawEvent], name: str) -> None:
+    from seqrec.data.importers import import_events
+    from seqrec.data.schema import make_engine
+
+    engine = make_engine(ws.events_url)
+    sha = hashlib.sha256(name.encode()).hexdigest()
+    import_events(engine, enumerate(rows, 1), source=name, sha256=sha, fmt="test")
+    engine.dispose()
+
+
+def _shuffled(rows: list[RawEvent], seed: int = 1) -> list[RawEvent]:
+    ids = sorted({e.item_id for e in rows})
+    perm = dict(zip(ids, np.random.default_rng(seed).permutation(ids).tolist(), strict=True))
+    return [dataclasses.replace(e, item_id=perm[e.item_id]) for e in rows]
+
+
+@pytest.fixture
+def split_log(tmp_path: Path) -> tuple[Workspace, int, list[RawEvent]]:
+    """A workspace holding the first 70% of a synthetic log; the max event id; the next 15%."""
+    from seqrec.data.schema import make_engine
+    from seqrec.monitoring.intake import max_event_id
+
+    log = _log()
+    a, b = int(0.7 * len(log)), int(0.85 * len(log))
+    ws = make_workspace(tmp_path / "ws")
+    _import(ws, log[:a], "base")
+    engine = make_engine(ws.events_url)
+    since = max_event_id(engine)
+    engine.dispose()
+    return ws, since, log[a:b]
+
+
+def _check(ws: Workspace, since: int, limit: float = 0.5):  # type: ignore[no-untyped-def]
+    from seqrec.data.schema import make_engine
+    from seqrec.monitoring.intake import check_intake
+
+    engine = make_engine(ws.events_url)
+    try:
+        return check_intake(engine, since, limit)
+    finally:
+        engine.dispose()
+
+
+def test_a_clean_slice_passes_the_intake_check(split_log: tuple) -> None:
+    ws, since, new = split_log
+    _import(ws, new, "clean")
+    check = _check(ws, since)
+    assert check.new_events == len(new)
+    assert check.psi is not None and check.psi < 0.2
+    assert not check.refused
+
+
+def test_a_slice_with_shuffled_item_ids_is_refused(split_log: tuple) -> None:
+    ws, since, new = split_log
+    _import(ws, _shuffled(new), "shuffled")
+    check = _check(ws, since)
+    assert check.psi is not None and check.psi > 0.5
+    assert check.refused
+    assert "refused" in check.describe()
+
+
+def test_limit_zero_measures_but_never_refuses(split_log: tuple) -> None:
+    ws, since, new = split_log
+    _import(ws, _shuffled(new), "shuffled")
+    check = _check(ws, since, limit=0)
+    assert check.psi is not None and check.psi > 0.5
+    assert not check.refused
+
+
+def test_new_items_are_not_counted_as_corruption(split_log: tuple) -> None:
+    """A catalogue launch: most new events are on items never seen before."""
+    ws, since, new = split_log
+    launch = [dataclasses.replace(e, item_id=f"launch-{i % 40}") for i, e in enumerate(new)]
+    _import(ws, launch[: int(0.8 * len(launch))] + new[int(0.8 * len(new)) :], "launch")
+    check = _check(ws, since, limit=0.5)
+    assert check.new_item_share > 0.7
+    assert not check.refused
+
+
+def test_too_few_new_events_are_not_judged(split_log: tuple) -> None:
+    ws, since, new = split_log
+    _import(ws, _shuffled(new[:50]), "few")
+    check = _check(ws, since)
+    assert check.psi is None and not check.refused
+    assert "skipped" in check.describe()
+
+
+def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> None:
+    """Even a run told to promote anything (min_gain -1) does not promote past the check;
+    with the check off (0) the same run promotes."""
+    from seqrec.features import store as fs
+    from seqrec.pipeline import train_model
+    from seqrec.promotion import production_tag, promote
+    from seqrec.retrain import retrain
+
+    log = _log()
+    a, b = int(0.7 * len(log)), int(0.85 * len(log))
+    ws = make_workspace(tmp_path / "ws")
+    _import(ws, log[:a], "base")
+    fs.apply(ws)
+    fs.materialize(ws)
+    prod = train_model(ws, "gpt2", epochs=1, progress=False).tag
+    promote(ws, prod, "stage=production")
+    _import(ws, _shuffled(log[a:b]), "shuffled")
+
+    rep = retrain(ws, epochs=1, min_gain=-1.0, progress=False)
+    assert not rep.promoted
+    assert rep.intake is not None and rep.intake["refused"]
+    assert "intake check refused" in rep.reason
+    assert production_tag(ws, "stage=production") == prod
+    from seqrec.runs import get_run
+
+    assert get_run(ws, rep.run_id)["decision"] == "rejected"
+
+    rep2 = retrain(ws, epochs=1, min_gain=-1.0, max_intake_psi=0, progress=False)
+    assert rep2.promoted
+    assert production_tag(ws, "stage=production") == rep2.candidate
