@@ -164,13 +164,16 @@ class TextClassifier(SeqModel):
         ]
 
     def _token_counts(self, texts: list[str]) -> dict[str, int]:
-        todo = list(dict.fromkeys(t for t in texts if t not in self._counts))
+        """Token counts of ``texts`` (no special tokens), cached between batches."""
+        counts = self._counts  # this call's view, whatever another thread does to the cache
+        todo = list(dict.fromkeys(t for t in texts if t not in counts))
         if todo:
-            if len(self._counts) + len(todo) > _COUNT_CACHE:
-                self._counts = {}
+            if len(counts) + len(todo) > _COUNT_CACHE:
+                counts = {}
             ids = self.tokenizer(todo, add_special_tokens=False)["input_ids"]
-            self._counts.update({t: len(i) for t, i in zip(todo, ids, strict=True)})
-        return {t: self._counts[t] for t in texts}
+            counts.update({t: len(i) for t, i in zip(todo, ids, strict=True)})
+            self._counts = counts
+        return {t: counts[t] for t in texts}
 
     # -- scoring ----------------------------------------------------------------------------
 
