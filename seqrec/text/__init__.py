@@ -5,5 +5,8 @@
 * :mod:`seqrec.text.embed`: :func:`~seqrec.text.embed.embed_items`, embeddings cached in SQL by
   (encoder, text hash);
 * :mod:`seqrec.text.features`: the ``item_text_v1`` feature view, online reads for serving
-  and the vocabulary-aligned ``[n_items, dim]`` matrix for training.
+  and the vocabulary-aligned ``[n_items, dim]`` matrix for training;
+* :mod:`seqrec.text.titles`: item display titles aligned with the vocabulary, and
+  :mod:`seqrec.text.render`: a sequence rendered as text ("viewed Toy Story (1995) [Animation]
+  3 days ago; ..."), for models that read behaviour as text (the ``text-bert`` plugin).
 """
