@@ -141,6 +141,27 @@ def test_the_rendered_text_is_cut_to_max_length_from_the_oldest_event(tiny: Path
     assert cut(two - 1) == events[2]
 
 
+def test_a_warm_start_uses_a_model_of_the_same_checkpoint_and_nothing_of_another(
+    tiny: Path, tmp_path: Path
+) -> None:
+    spec = get_spec("text-bert")
+    old = spec.make(_ctx(tiny))
+    torch.manual_seed(1)
+    new = spec.make(ModelContext(40, 4, 12, "classify", 2, {"checkpoint": str(tiny)}))
+    assert new.grow_from(old.state_dict(), old.ctx) > 0
+    assert torch.equal(new.head.weight, old.head.weight)  # type: ignore[union-attr]
+    assert new._titles[-1] == "item 39"  # its own names, not the old model's
+    other = write_tiny_checkpoint(tmp_path / "narrower")
+    config = json.loads((other / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (other / "config.json").write_text(json.dumps(config))
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(**config)).save_pretrained(other)
+    stranger = spec.make(_ctx(other))
+    assert stranger.grow_from(old.state_dict(), old.ctx) == 0
+
+
 def test_a_missing_checkpoint_directory_is_a_clear_error_on_first_use(tmp_path: Path) -> None:
     model = get_spec("text-bert").make(_ctx(tmp_path / "nowhere"))
     with pytest.raises(SeqrecError) as err:
