@@ -33,7 +33,7 @@ from seqrec.text.render import event_texts, render_sequence
 from seqrec_textclf import checkpoint as ckpt
 
 DEFAULTS: dict[str, Any] = {
-    "checkpoint": "",  # local Hugging Face directory; "" = the packaged all-MiniLM-L6-v2
+    "checkpoint": "",  # local Hugging Face directory; "" = [text] checkpoint, else MiniLM
     "max_length": 0,  # tokens per sequence; 0 = the tokenizer's limit (512 for MiniLM)
     "pooling": "mean",  # mean (over real tokens) | cls
     "dropout": 0.1,  # before the classification head
@@ -121,9 +121,17 @@ class TextClassifier(SeqModel):
             raise self.missing or SeqrecError("the text model has no encoder")
 
     def prepare(self, ws: Any) -> None:
-        """Read the item titles and event type names the sequences are rendered with."""
+        """Read the item titles and event type names the sequences are rendered with. Without
+        a ``checkpoint`` param, a workspace whose item text encoder is a local checkpoint
+        (``[text] checkpoint``) fine-tunes that one."""
         from seqrec.text.titles import event_type_names, item_titles
 
+        encoder_dir = ws.config.text.checkpoint
+        if not self.ctx.params["checkpoint"] and encoder_dir:
+            path = str(ws.path(encoder_dir))
+            self._attach(*ckpt.load_pretrained(path))
+            self.ctx.params["checkpoint"] = path
+            self.missing = None
         self._ready()
         self._set_names(
             item_titles(ws, self.ctx.n_items), event_type_names(ws, self.ctx.n_event_types)

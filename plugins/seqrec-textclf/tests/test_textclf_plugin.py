@@ -180,6 +180,17 @@ def test_without_the_text_extra_the_error_says_how_to_install_it(
     assert "pip install 'seqrec[text]'" in str(err.value)
 
 
+def test_without_a_checkpoint_param_the_workspace_text_encoder_checkpoint_is_used(
+    tiny: Path, tmp_path: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws", f'[text]\ncheckpoint = "{tiny}"\n')
+    load_synth(ws, users=5, items=10)
+    model = get_spec("text-bert").make(_ctx())
+    model.prepare(ws)
+    assert model.encoder.config.hidden_size == 32  # type: ignore[union-attr]
+    assert model.ctx.params["checkpoint"] == str(tiny)
+
+
 def test_the_packaged_minilm_loads_and_scores_two_sequences() -> None:
     torch.manual_seed(0)
     model = get_spec("text-bert").make(_ctx(n_classes=3)).eval()
