@@ -97,10 +97,6 @@ class TextFusion(nn.Module):
         bias = None if self.text_bias is None else self.text_bias(text).squeeze(-1)
         return self.proj(text), bias
 
-    def train(self, mode: bool = True) -> TextFusion:
-        self._cache = None
-        return super().train(mode)
-
     def _apply(self, fn: Any, recurse: bool = True) -> TextFusion:  # .to(), .half(): recompute
         self._cache = None
         return super()._apply(fn, recurse)  # type: ignore[no-any-return]
