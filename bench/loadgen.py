@@ -118,7 +118,7 @@ async def run(
     errors: list[str] = []
     next_index = [0]
     stop = asyncio.Event()
-    loop = asyncio.gewall_offsetning_loop()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     t0 = time.perf_counter()

@@ -17,9 +17,9 @@ One run (``seqrec retrain``), recorded step by step in the run history (:mod:`se
    rank items newer than itself: those targets count as misses for it (the staleness the run
    measures).
 5. **Decision** (step ``promote``). The intake check (:mod:`seqrec.monitoring.intake`) first:
-   when the events imported since production's training shift item popularity against the
-   earlier ones by more than ``max_intake_psi`` (shuffled or re-keyed ids), the candidate is
-   rejected whatever its metric. Otherwise promote when the candidate's metric is at least
+   when the item-to-item transitions of the events imported since production's training
+   agree with the earlier ones less than ``min_intake_agreement`` (shuffled or re-keyed ids),
+   the candidate is rejected whatever its metric. Otherwise promote when the candidate's metric is at least
    production's plus ``min_gain``: one transaction moves the pointer to the candidate (then the
    BentoML labels follow: the candidate gets the production label, the old model
    ``stage=archived``). Nothing moves before both evaluations succeeded, so a run that fails or
@@ -125,7 +125,7 @@ def retrain(
     progress: bool = True,
     wait: float | None = None,
     drift_threshold: float | None = None,
-    max_intake_psi: float | None = None,
+    min_intake_agreement: float | None = None,
 ) -> RetrainReport:
     """One retraining run (see the module docstring); returns what it decided.
 
@@ -155,7 +155,7 @@ def retrain(
                 materialize=materialize,
                 progress=progress,
                 drift_threshold=drift_threshold,
-                max_intake_psi=max_intake_psi,
+                min_intake_agreement=min_intake_agreement,
             )
         except BaseException as exc:
             runs.fail_run(ws, run_id, exc)
@@ -193,7 +193,7 @@ def _retrain(
     materialize: bool,
     progress: bool,
     drift_threshold: float | None = None,
-    max_intake_psi: float | None = None,
+    min_intake_agreement: float | None = None,
 ) -> RetrainReport:
     from seqrec import model_store, runs
     from seqrec.features import store as feature_store
@@ -262,7 +262,7 @@ def _retrain(
     from seqrec.data.schema import make_engine
 
     engine = make_engine(ws.events_url)
-    intake = _intake(engine, prod_events_max_id, max_intake_psi)
+    intake = _intake(engine, prod_events_max_id, min_intake_agreement)
     data = build_data(ws, task, label, engine)
     runs.update_run(ws, run_id, vocab_after=data.n_items - 1, **data_stats(data, engine))
     engine.dispose()
@@ -316,10 +316,10 @@ def _retrain(
         if intake is not None and intake.refused:
             better = False
             reason = (
-                f"{intake.describe()}: the new events do not look like the ones production "
-                f"learned from (item ids shuffled or re-keyed upstream?), so no candidate "
-                f"trained on them is promoted ({reason.split(':')[0]}); check the import, or "
-                "rerun with a higher --max-intake-psi (0 turns the check off)"
+                f"{intake.describe()}: the new events do not follow the item-to-item "
+                f"patterns of the earlier ones (item ids shuffled or re-keyed upstream?), so "
+                f"no candidate trained on them is promoted ({reason.split(':')[0]}); check "
+                "the import, or rerun with --min-intake-agreement 0 to skip the check"
             )
     elif task == "next-item":
         # no production yet: the first model must at least beat the popularity ranking
@@ -397,11 +397,11 @@ def _retrain(
 
 def _intake(engine: Any, since: int | None, limit: float | None) -> Any:
     """The intake check against production's events (None: production recorded none)."""
-    from seqrec.monitoring.intake import DEFAULT_LIMIT, check_intake
+    from seqrec.monitoring.intake import DEFAULT_MIN_AGREEMENT, check_intake
 
     if since is None:
         return None
-    return check_intake(engine, int(since), DEFAULT_LIMIT if limit is None else limit)
+    return check_intake(engine, int(since), DEFAULT_MIN_AGREEMENT if limit is None else limit)
 
 
 def _drift(

@@ -71,7 +71,7 @@ def test_a_clean_slice_passes_the_intake_check(split_log: tuple) -> None:
     _import(ws, new, "clean")
     check = _check(ws, since)
     assert check.new_events == len(new)
-    assert check.psi is not None and check.psi < 0.2
+    assert check.agreement is not None and check.agreement > 0.8
     assert not check.refused
 
 
@@ -79,7 +79,7 @@ def test_a_slice_with_shuffled_item_ids_is_refused(split_log: tuple) -> None:
     ws, since, new = split_log
     _import(ws, _shuffled(new), "shuffled")
     check = _check(ws, since)
-    assert check.psi is not None and check.psi > 0.5
+    assert check.agreement is not None and check.agreement < 0.3
     assert check.refused
     assert "refused" in check.describe()
 
@@ -88,7 +88,7 @@ def test_limit_zero_measures_but_never_refuses(split_log: tuple) -> None:
     ws, since, new = split_log
     _import(ws, _shuffled(new), "shuffled")
     check = _check(ws, since, limit=0)
-    assert check.psi is not None and check.psi > 0.5
+    assert check.agreement is not None and check.agreement < 0.3
     assert not check.refused
 
 
@@ -104,9 +104,9 @@ def test_new_items_are_not_counted_as_corruption(split_log: tuple) -> None:
 
 def test_too_few_new_events_are_not_judged(split_log: tuple) -> None:
     ws, since, new = split_log
-    _import(ws, _shuffled(new[:50]), "few")
+    _import(ws, _shuffled(new[:30]), "few")
     check = _check(ws, since)
-    assert check.psi is None and not check.refused
+    assert check.agreement is None and not check.refused
     assert "skipped" in check.describe()
 
 
@@ -137,6 +137,6 @@ def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> 
 
     assert get_run(ws, rep.run_id)["decision"] == "rejected"
 
-    rep2 = retrain(ws, epochs=1, min_gain=-1.0, max_intake_psi=0, progress=False)
+    rep2 = retrain(ws, epochs=1, min_gain=-1.0, min_intake_agreement=0, progress=False)
     assert rep2.promoted
     assert production_tag(ws, "stage=production") == rep2.candidate

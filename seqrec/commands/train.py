@@ -293,12 +293,13 @@ def register(cli: click.Group) -> None:
         help="PSI above which a feature's drift is flagged (monitoring only; `seqrec report`).",
     )
     @click.option(
-        "--max-intake-psi",
+        "--min-intake-agreement",
         type=click.FloatRange(min=0),
         default=0.5,
         show_default=True,
-        help="Refuse to promote when the events since production's training shift item "
-        "popularity by more than this PSI (shuffled or re-keyed ids); 0 = never refuse.",
+        help="Refuse to promote when the item-to-item transitions of the events since "
+        "production's training agree with the earlier ones less than this (about 1 for clean "
+        "data, near 0 for shuffled or re-keyed ids); 0 = never refuse.",
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
     @user_errors_exit(EX_USAGE)
@@ -316,7 +317,7 @@ def register(cli: click.Group) -> None:
         no_materialize: bool,
         wait: float | None,
         drift_threshold: float,
-        max_intake_psi: float,
+        min_intake_agreement: float,
         as_json: bool,
     ) -> None:
         """Refresh features, warm-start a candidate from production, compare both on the newest
@@ -347,7 +348,7 @@ def register(cli: click.Group) -> None:
             progress=not as_json,
             wait=wait,
             drift_threshold=drift_threshold,
-            max_intake_psi=max_intake_psi,
+            min_intake_agreement=min_intake_agreement,
         )
         if as_json:
             emit_json(rep.to_dict())
