@@ -130,6 +130,12 @@ def new_item_stats(topk_file: Path, new_items: set[str], k: int = 10) -> dict[st
     }
 
 
+def _decision(run: Any) -> str:
+    if run.promoted:
+        return "promoted"
+    return "rejected" if run.intake and run.intake.get("refused") else "kept"
+
+
 def trained(ws: Any, tag: str) -> dict[str, Any]:
     from seqrec import model_store
 
@@ -180,7 +186,8 @@ def replay(log: str, events: list[Any], n_slices: int, model: str, epochs: int |
         row: dict[str, Any] = {
             "slice": name,
             "events": len(part),
-            "decision": "promoted" if run.promoted else "kept",
+            "decision": _decision(run),
+            "intake": run.intake,
             "reason": run.reason,
             "retrain_seconds": round(retrain_s, 1),
             "production_ndcg@10": run.production_score,
@@ -263,7 +270,8 @@ def swap_under_load(log: str, tags: list[str], every_s: float, concurrency: int)
     rows = _read_jsonl(timeline)
     swaps = []
     for tag, t_prom in zip(tags, promoted_at, strict=True):
-        first = min((r["t"] + r["ms"] / 1000 for r in rows if r["model"] == tag), default=None)
+        after = (r["t"] + r["ms"] / 1000 for r in rows if r["model"] == tag and r["t"] >= t_prom)
+        first = min(after, default=None)
         end = (first or t_prom) + 1.0
         during = [r["ms"] for r in rows if t_prom <= r["t"] <= end]
         swaps.append(
