@@ -187,3 +187,12 @@ def test_markov_successor_counts_follow_the_training_transitions() -> None:
     for a in range(V):
         lo, hi = int(model.ptr1[a]), int(model.ptr1[a + 1])
         assert set(model.item1[lo:hi].tolist()) == set(counts[a])
+
+
+def test_popularity_with_repeat_bias_is_a_clear_error_not_silently_ignored() -> None:
+    from seqrec.default_plugins.popularity import Popularity
+    from seqrec.models import ModelContext
+
+    ctx = ModelContext(n_items=10, n_event_types=2, max_len=5, params={"repeat_bias": True})
+    with pytest.raises(SeqrecError, match="popularity has no repeat bias"):
+        Popularity(ctx)

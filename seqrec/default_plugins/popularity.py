@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from seqrec.errors import SeqrecError
 from seqrec.hookspecs import hookimpl
 from seqrec.models import Batch, ModelContext, ModelSpec, SeqModel
 
@@ -13,6 +14,11 @@ class Popularity(SeqModel):
     """Scores every user's next item by global training frequency (no personalisation)."""
 
     def __init__(self, ctx: ModelContext):
+        if ctx.params.get("repeat_bias"):
+            raise SeqrecError(
+                "popularity has no repeat bias (it is counted, not trained)",
+                hint="drop --param repeat_bias=true; --exclude-seen masks seen items instead",
+            )
         super().__init__(ctx)
         self.counts: Tensor
         self.register_buffer("counts", torch.zeros(ctx.n_items, dtype=torch.float32))
