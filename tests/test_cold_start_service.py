@@ -177,3 +177,21 @@ def test_an_online_store_failure_keeps_the_last_block_and_shows_in_status(
     assert extra_status(srv)["count"] == 2
     log = srv.log.read_text()
     assert log.count("extra items: refresh failed") == 1, "logged once per distinct error"
+
+
+def test_an_id_only_model_reads_no_extra_items(served: Served) -> None:
+    """The default (id-only) model: no block, nothing read, the request path as before."""
+    from seqrec.pipeline import train_model
+    from seqrec.recommend import Recommender
+
+    tag = train_model(served.ws, "gpt2", epochs=1, seed=0, progress=False).tag
+    rec = Recommender(served.ws, tag, device="cpu")
+    assert rec.text_aware is False and rec.extra is None
+    assert rec.refresh_extra_items() is False
+    assert rec.extra_status() == {
+        "enabled": False,
+        "count": 0,
+        "refreshed_at": None,
+        "last_error": None,
+    }
+    assert len(rec.recommend(JAZZ_FAN, k=3)["items"]) == 3
