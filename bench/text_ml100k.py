@@ -74,7 +74,7 @@ def quick_slice(root: Path) -> tuple[Path, Path]:
     ]
     (root / "slice.inter").write_text("\n".join([lines[0], *keep]) + "\n")
     used = {ln.split("\t")[1] for ln in keep}
-    ilines = item.read_text(encoding="latin-1").splitlines()
+    ilines = item.read_text().splitlines()
     ikeep = [ln for ln in ilines[1:] if ln.split("\t")[0] in used]
     (root / "slice.item").write_text("\n".join([ilines[0], *ikeep]) + "\n")
     return root / "slice.inter", root / "slice.item"
