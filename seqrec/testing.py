@@ -132,6 +132,22 @@ def load_synth(ws: Workspace, users: int, items: int, seed: int = 3) -> int:
     return import_synth(engine, users, items, seed, mean_events_per_user=30).rows_added
 
 
+def import_rows(ws: Workspace, rows: Any, source: str) -> int:
+    """Import ``RawEvent`` rows as one import named ``source``; returns the rows added."""
+    import hashlib
+
+    from seqrec.data.importers import import_events
+    from seqrec.data.schema import make_engine
+
+    engine = make_engine(ws.events_url)
+    try:
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        rep = import_events(engine, enumerate(rows, 1), source=source, sha256=sha, fmt="test")
+    finally:
+        engine.dispose()
+    return int(rep.rows_added)
+
+
 def random_batch(ctx: Any, batch_size: int = 8, seed: int = 0) -> Any:
     """A left-padded batch with a learnable pattern (item i is followed by i + 1)."""
     import torch

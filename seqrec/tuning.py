@@ -83,16 +83,13 @@ def _owner() -> str:
 
 def _alive(owner: str) -> bool:
     """Whether the process that owns a trial (``host:pid``) still runs on this host."""
+    from seqrec.runs import process_alive
+
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True  # another machine's: not ours to judge
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
+        return process_alive(host, int(pid))
+    except ValueError:
         return True
-    return True
 
 
 def requeue_dead_trials(study: Any) -> int:

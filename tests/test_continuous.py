@@ -4,7 +4,6 @@ keeps requests flowing, with no failed request."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -16,22 +15,11 @@ import httpx
 import pytest
 from test_service import REPO, free_port, serve_env, serving
 
-from seqrec.data.importers import RawEvent
-from seqrec.testing import make_workspace
+from seqrec.testing import import_rows, make_workspace
 
 pytestmark = pytest.mark.integration
 
 SWITCH_DEADLINE_S = 120.0
-
-
-def _import(events_url: str, rows: list[RawEvent], name: str) -> None:
-    from seqrec.data.importers import import_events
-    from seqrec.data.schema import make_engine
-
-    engine = make_engine(events_url)
-    sha = hashlib.sha256(name.encode()).hexdigest()
-    import_events(engine, enumerate(rows, 1), source=name, sha256=sha, fmt="test")
-    engine.dispose()
 
 
 def _retrain(root: Path) -> dict:
@@ -65,7 +53,7 @@ def test_three_retrains_swap_the_served_model_under_load_with_zero_errors(
     log = sorted(generate(160, 60, seed=11), key=lambda e: e.ts_ms)
     cut = [int(f * len(log)) for f in (0.7, 0.8, 0.9, 1.0)]
     ws = make_workspace(tmp_path / "ws", "[serve]\nreload_poll_s = 0.5\n")
-    _import(ws.events_url, log[: cut[0]], "base")
+    import_rows(ws, log[: cut[0]], "base")
     fs.apply(ws)
     fs.materialize(ws)
     first = train_model(ws, "gpt2", epochs=1, progress=False).tag
@@ -88,7 +76,7 @@ def test_three_retrains_swap_the_served_model_under_load_with_zero_errors(
         promoted = [first]
         try:
             for i in range(3):
-                _import(ws.events_url, log[cut[i] : cut[i + 1]], f"slice-{i}")
+                import_rows(ws, log[cut[i] : cut[i + 1]], f"slice-{i}")
                 rep = _retrain(ws.root)
                 assert rep["promoted"], rep["reason"]
                 promoted.append(rep["candidate"])

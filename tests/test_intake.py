@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from seqrec.config import Workspace
 from seqrec.data.importers import RawEvent
-from seqrec.testing import make_workspace
+from seqrec.testing import import_rows, make_workspace
 
 USERS, ITEMS = 240, 80
 
@@ -21,16 +20,6 @@ def _log() -> list[RawEvent]:
     from seqrec.data.synth import generate
 
     return sorted(generate(USERS, ITEMS, seed=5), key=lambda e: e.ts_ms)
-
-
-def _import(ws: Workspace, rows: list[RawEvent], name: str) -> None:
-    from seqrec.data.importers import import_events
-    from seqrec.data.schema import make_engine
-
-    engine = make_engine(ws.events_url)
-    sha = hashlib.sha256(name.encode()).hexdigest()
-    import_events(engine, enumerate(rows, 1), source=name, sha256=sha, fmt="test")
-    engine.dispose()
 
 
 def _shuffled(rows: list[RawEvent], seed: int = 1) -> list[RawEvent]:
@@ -48,7 +37,7 @@ def split_log(tmp_path: Path) -> tuple[Workspace, int, list[RawEvent]]:
     log = _log()
     a, b = int(0.7 * len(log)), int(0.85 * len(log))
     ws = make_workspace(tmp_path / "ws")
-    _import(ws, log[:a], "base")
+    import_rows(ws, log[:a], "base")
     engine = make_engine(ws.events_url)
     since = max_event_id(engine)
     engine.dispose()
@@ -68,7 +57,7 @@ def _check(ws: Workspace, since: int, limit: float = 0.5):  # type: ignore[no-un
 
 def test_a_clean_slice_passes_the_intake_check(split_log: tuple) -> None:
     ws, since, new = split_log
-    _import(ws, new, "clean")
+    import_rows(ws, new, "clean")
     check = _check(ws, since)
     assert check.new_events == len(new)
     assert check.agreement is not None and check.agreement > 0.8
@@ -77,7 +66,7 @@ def test_a_clean_slice_passes_the_intake_check(split_log: tuple) -> None:
 
 def test_a_slice_with_shuffled_item_ids_is_refused(split_log: tuple) -> None:
     ws, since, new = split_log
-    _import(ws, _shuffled(new), "shuffled")
+    import_rows(ws, _shuffled(new), "shuffled")
     check = _check(ws, since)
     assert check.agreement is not None and check.agreement < 0.3
     assert check.refused
@@ -86,7 +75,7 @@ def test_a_slice_with_shuffled_item_ids_is_refused(split_log: tuple) -> None:
 
 def test_limit_zero_measures_but_never_refuses(split_log: tuple) -> None:
     ws, since, new = split_log
-    _import(ws, _shuffled(new), "shuffled")
+    import_rows(ws, _shuffled(new), "shuffled")
     check = _check(ws, since, limit=0)
     assert check.agreement is not None and check.agreement < 0.3
     assert not check.refused
@@ -96,7 +85,7 @@ def test_new_items_are_not_counted_as_corruption(split_log: tuple) -> None:
     """A catalogue launch: most new events are on items never seen before."""
     ws, since, new = split_log
     launch = [dataclasses.replace(e, item_id=f"launch-{i % 40}") for i, e in enumerate(new)]
-    _import(ws, launch[: int(0.8 * len(launch))] + new[int(0.8 * len(new)) :], "launch")
+    import_rows(ws, launch[: int(0.8 * len(launch))] + new[int(0.8 * len(new)) :], "launch")
     check = _check(ws, since, limit=0.5)
     assert check.new_item_share > 0.7
     assert not check.refused
@@ -104,7 +93,7 @@ def test_new_items_are_not_counted_as_corruption(split_log: tuple) -> None:
 
 def test_too_few_new_events_are_not_judged(split_log: tuple) -> None:
     ws, since, new = split_log
-    _import(ws, _shuffled(new[:30]), "few")
+    import_rows(ws, _shuffled(new[:30]), "few")
     check = _check(ws, since)
     assert check.agreement is None and not check.refused
     assert "skipped" in check.describe()
@@ -121,12 +110,12 @@ def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> 
     log = _log()
     a, b = int(0.7 * len(log)), int(0.85 * len(log))
     ws = make_workspace(tmp_path / "ws")
-    _import(ws, log[:a], "base")
+    import_rows(ws, log[:a], "base")
     fs.apply(ws)
     fs.materialize(ws)
     prod = train_model(ws, "gpt2", epochs=1, progress=False).tag
     promote(ws, prod, "stage=production")
-    _import(ws, _shuffled(log[a:b]), "shuffled")
+    import_rows(ws, _shuffled(log[a:b]), "shuffled")
 
     rep = retrain(ws, epochs=1, min_gain=-1.0, progress=False)
     assert not rep.promoted
