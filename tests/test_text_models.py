@@ -285,3 +285,40 @@ def test_item_text_in_a_workspace_without_embeddings_names_the_commands(tmp_path
         train_model(ws, "gpt2", epochs=1, params={"item_text": True}, progress=False)
     text = f"{err.value} {err.value.hint}"
     assert "seqrec items import" in text and "seqrec items embed" in text
+
+
+def test_text_id_dropout_trains_some_items_on_text_alone_and_never_those_without_text() -> None:
+    from dataclasses import replace
+
+    from seqrec.models import ItemText, ModelContext
+    from seqrec.text.fusion import TextFusion
+
+    n, dim, d = 400, 8, 4
+    matrix = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    matrix[0] = 0.0
+    matrix[1:50] = 0.0  # items without text
+    ctx = ModelContext(
+        n_items=n,
+        n_event_types=2,
+        max_len=5,
+        params={"text_id_dropout": 0.25},
+        text_dim=dim,
+        item_text=ItemText(matrix),
+    )
+    torch.manual_seed(0)
+    fusion = TextFusion(ctx, d, init_std=0.02)
+    ids = torch.ones(n, d)
+    fusion.train()
+    torch.manual_seed(1)
+    known = fusion._known()
+    dropped = (~known[50:]).float().mean().item()
+    assert 0.15 < dropped < 0.35  # about the share asked for, among items with text
+    assert known[:50].all()  # padding and items without text always keep their id row
+    torch.manual_seed(1)  # the same draw as above
+    table = fusion.table(ids)
+    text_only = ~known
+    assert torch.allclose(table[text_only], fusion.proj(fusion.text_table[text_only]))
+    fusion.eval()
+    assert fusion._known().all()  # serving and evaluation: every trained item's id counts
+    with pytest.raises(SeqrecError, match="text_id_dropout"):
+        TextFusion(replace(ctx, params={"text_id_dropout": 1.0}), d, init_std=0.02)

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "use_time_gaps": True,
     "label_smoothing": 0.0,
     "item_text": False,  # fuse item text embeddings into the item representations
+    # item_text: in training, this share of items is represented by its text alone at each
+    # step, so that text-only (cold-start) items score on the same footing as trained ones
+    "text_id_dropout": 0.25,
 }
 
 
