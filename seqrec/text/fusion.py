@@ -12,10 +12,11 @@ The text matrix and the mask are buffers: saved with the model, never copied by 
 (:data:`seqrec.models.DATA_BUFFERS`). In eval mode without gradients the fused table is
 computed once and reused until a weight changes.
 
-In training, ``text_id_dropout`` (a hyperparameter, default 0.25) of the items, drawn anew at
+In training, ``text_id_dropout`` (a hyperparameter, off by default) of the items, drawn anew at
 every step, are represented by their text alone, as cold-start items are when served: the
 projection learns to stand on its own, not just to correct an id row (the idea of DropoutNet,
-Volkovs et al., NeurIPS 2017). Without it a text-only item scores below every trained one.
+Volkovs et al., NeurIPS 2017). On ml-100k it ranks held-out items higher (median rank 741 ->
+449 at 0.25) but costs 15% NDCG@10 on the standard protocol, so it is an option.
 """
 
 from __future__ import annotations

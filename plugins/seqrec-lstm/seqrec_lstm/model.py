@@ -38,8 +38,8 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "item_text": False,  # fuse item text embeddings into the item representations
     # item_text: in training, this share of items is represented by its text alone at each
-    # step, so that text-only (cold-start) items score on the same footing as trained ones
-    "text_id_dropout": 0.25,
+    # step (for cold-start items; off by default: on ml-100k 0.25 cost 15% NDCG@10)
+    "text_id_dropout": 0.0,
 }
 
 
