@@ -136,11 +136,10 @@ def test_report_without_runs_is_a_clear_error(ws: Workspace) -> None:
 def _shifted_events(ws: Workspace, per_user: int = 3) -> None:
     """Every user does ``per_user`` more events, all of a new type on items new to the
     catalogue: the newest window differs from the training window in types and items."""
-    import hashlib
 
     from sqlalchemy import func, select
 
-    from seqrec.data.importers import RawEvent, import_events
+    from seqrec.data.importers import RawEvent
     from seqrec.data.schema import events, make_engine
 
     engine = make_engine(ws.events_url)
@@ -154,15 +153,10 @@ def _shifted_events(ws: Workspace, per_user: int = 3) -> None:
         for i, u in enumerate(users)
         for j in range(per_user)
     ]
-    source = "test:shifted"
-    import_events(
-        engine,
-        enumerate(rows, 1),
-        source=source,
-        sha256=hashlib.sha256(source.encode()).hexdigest(),
-        fmt="test",
-    )
     engine.dispose()
+    from seqrec.testing import import_rows
+
+    import_rows(ws, rows, "test:shifted")
 
 
 @pytest.fixture

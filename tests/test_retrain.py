@@ -3,7 +3,6 @@ newest window, labels moved only when the candidate wins."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +24,7 @@ def _new_events(ws: Workspace, n_users: int = 40) -> None:
     """Each of ``n_users`` users views two more items, one of them new to the catalogue."""
     from sqlalchemy import func, select
 
-    from seqrec.data.importers import RawEvent, import_events
+    from seqrec.data.importers import RawEvent
     from seqrec.data.schema import events, make_engine
 
     engine = make_engine(ws.events_url)
@@ -36,15 +35,10 @@ def _new_events(ws: Workspace, n_users: int = 40) -> None:
     for i, u in enumerate(users):
         for j, item in enumerate((f"brand-new-{i % 3}", f"i{(i * 7) % 50}")):
             rows.append(RawEvent(u, item, int(last) + 60_000 * (1 + 2 * i + j), "view", None))
-    source = "test:new-events"
-    import_events(
-        engine,
-        enumerate(rows, 1),
-        source=source,
-        sha256=hashlib.sha256(source.encode()).hexdigest(),
-        fmt="test",
-    )
     engine.dispose()
+    from seqrec.testing import import_rows
+
+    import_rows(ws, rows, "test:new-events")
 
 
 @pytest.fixture

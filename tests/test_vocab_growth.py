@@ -9,7 +9,6 @@ function ``train_model(init_from=...)`` runs for ``seqrec retrain``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +235,7 @@ def _add_newest_events(ws: Workspace, n_users: int, known: list[str]) -> tuple[s
     newest event). Returns (the ``late-*`` item ids, ``learned``)."""
     from sqlalchemy import func, select
 
-    from seqrec.data.importers import RawEvent, import_events
+    from seqrec.data.importers import RawEvent
     from seqrec.data.schema import events, make_engine
 
     engine = make_engine(ws.events_url)
@@ -255,15 +254,10 @@ def _add_newest_events(ws: Workspace, n_users: int, known: list[str]) -> tuple[s
         for item in seq:
             t += 60_000
             rows.append(RawEvent(user, item, t, "view", None))
-    source = "test:late-items"
-    import_events(
-        engine,
-        enumerate(rows, 1),
-        source=source,
-        sha256=hashlib.sha256(source.encode()).hexdigest(),
-        fmt="test",
-    )
     engine.dispose()
+    from seqrec.testing import import_rows
+
+    import_rows(ws, rows, "test:late-items")
     return late, learned
 
 

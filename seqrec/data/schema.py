@@ -168,33 +168,34 @@ def create_schema(engine: Engine) -> None:
     metadata.create_all(engine)
 
 
-def require_schema(engine: Engine) -> None:
-    """Fail with a clear message when the events tables are missing."""
+def _require_tables(engine: Engine, names: tuple[str, ...], hint: str) -> None:
+    """Fail with a clear message when the database is down or one of ``names`` is missing."""
     try:
-        names = set(inspect(engine).get_table_names())
+        present = set(inspect(engine).get_table_names())
     except Exception as exc:
         raise StoreUnavailable(f"events database unreachable ({engine.url!r}): {exc}") from None
-    missing = [t for t in ("events", "items", "event_types") if t not in names]
+    missing = [t for t in names if t not in present]
     if missing:
-        raise SeqrecError(
-            f"events database has no table(s) {', '.join(missing)}",
-            hint="import events first: `seqrec events import FILE` or `seqrec events synth`",
-        )
+        raise SeqrecError(f"events database has no table(s) {', '.join(missing)}", hint=hint)
+
+
+def require_schema(engine: Engine) -> None:
+    """Fail with a clear message when the events tables are missing."""
+    _require_tables(
+        engine,
+        ("events", "items", "event_types"),
+        "import events first: `seqrec events import FILE` or `seqrec events synth`",
+    )
     _check_columns(engine)
 
 
 def require_item_schema(engine: Engine) -> None:
     """Fail with a clear message when the item text tables are missing or lack columns."""
-    try:
-        names = set(inspect(engine).get_table_names())
-    except Exception as exc:
-        raise StoreUnavailable(f"events database unreachable ({engine.url!r}): {exc}") from None
-    missing = [t for t in ("items", "item_meta", "item_embeddings") if t not in names]
-    if missing:
-        raise SeqrecError(
-            f"events database has no table(s) {', '.join(missing)}",
-            hint="import item text first: `seqrec items import FILE`",
-        )
+    _require_tables(
+        engine,
+        ("items", "item_meta", "item_embeddings"),
+        "import item text first: `seqrec items import FILE`",
+    )
     _check_columns(engine, (items, item_meta, item_embeddings))
 
 
