@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 PLUGINS := $(wildcard plugins/seqrec-*)
 
-.PHONY: install demo test lint format typecheck clean bench browser
+.PHONY: install demo test lint format typecheck clean bench browser reliability
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ browser:
 
 test: lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# the fault-injection suite alone; writes bench/results/reliability.json and docs/reliability.md
+reliability: install
+	SEQREC_RELIABILITY_REPORT=1 $(BIN)/pytest -q -p no:cacheprovider -m reliability tests/reliability
 
 format: install
 	$(BIN)/ruff format .
