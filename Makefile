@@ -50,3 +50,4 @@ clean:
 bench: install
 	$(PIP) install -q -c constraints.txt -e ".[bench]"
 	@echo "benchmarks: python bench/ml100k.py --with-peer | bench/feature_store.py | bench/classification.py"
+	@echo "soak: python bench/soak.py (10 min: outage, promotion, RSS; --quick: 2-minute smoke run)"
