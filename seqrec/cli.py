@@ -99,9 +99,20 @@ def cli() -> None:
 
 
 def _register_builtin_commands() -> None:
-    from seqrec.commands import events, features, models, project, report, runs, serve, train, tune
+    from seqrec.commands import (
+        events,
+        features,
+        models,
+        plugin,
+        project,
+        report,
+        runs,
+        serve,
+        train,
+        tune,
+    )
 
-    for module in (project, events, features, models, train, tune, serve, runs, report):
+    for module in (project, events, features, models, train, tune, serve, runs, report, plugin):
         module.register(cli)
     from seqrec.commands import items  # item text and embeddings
 
@@ -114,15 +125,49 @@ def build_cli() -> click.Group:
         _register_builtin_commands()
         from seqrec.plugins import get_plugin_manager
 
-        get_plugin_manager().hook.register_commands(cli=cli)
+        get_plugin_manager().call_each("register_commands", cli=cli)  # one at a time
     return cli
 
 
-def main() -> None:
+#: library warnings seqrec's users can do nothing about: (category, start of the message).
+#: Silenced in the command line only; tests calling the libraries still see them.
+QUIET_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (DeprecationWarning, "fetch_arrow_table() is deprecated"),  # ibis, under Feast
+    (DeprecationWarning, "GitWildMatchPattern ('gitwildmatch') is deprecated"),  # pathspec
+)
+
+
+def quiet_library_warnings() -> None:
+    """Drop :data:`QUIET_WARNINGS` and print seqrec's own warnings as ``warning: ...`` lines.
+
+    A filter alone does not hold: Feast calls ``warnings.simplefilter("once",
+    DeprecationWarning)`` when imported, ahead of any filter set before, so the known
+    warnings are dropped where they are shown."""
     import warnings
 
-    # third-party deprecation chatter (ibis, pathspec) is not for seqrec's users
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    show = warnings.showwarning
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        text = str(message)
+        if any(issubclass(category, c) and text.startswith(m) for c, m in QUIET_WARNINGS):
+            return
+        if category.__module__.startswith("seqrec"):  # ours are meant for people
+            click.secho(f"warning: {text}", fg="yellow", err=True)
+            return
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+
+def main() -> None:
+    quiet_library_warnings()
     build_cli()(prog_name="seqrec")
 
 

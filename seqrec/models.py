@@ -10,6 +10,7 @@ Saving and loading (safetensors + JSON) is done here, once, for every model.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -427,6 +428,23 @@ class ModelSpec:
     plugin: str = ""  # filled in by the registry
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", self.name):
+            raise SeqrecError(
+                f"model name {self.name!r} is not a name",
+                hint="letters, digits, '_', '-' and '.', starting with a letter or digit",
+            )
+        if not callable(self.build):
+            raise SeqrecError(
+                f"model '{self.name}': build is a {type(self.build).__name__}, not callable",
+                hint="pass the model class (or a function of a ModelContext)",
+            )
+        tasks = (self.tasks,) if isinstance(self.tasks, str) else tuple(self.tasks)
+        if not tasks or set(tasks) - set(TASKS):
+            raise SeqrecError(
+                f"model '{self.name}': tasks {tasks!r} are not a non-empty selection of {TASKS}",
+                hint='e.g. tasks=("next-item",) or tasks=("next-item", "classify")',
+            )
+        object.__setattr__(self, "tasks", tasks)  # a single task string becomes a tuple
         bad = sorted(set(self.train_defaults) - set(PRESET_TRAIN_KEYS))
         if bad:
             raise SeqrecError(
@@ -486,24 +504,63 @@ class ModelSpec:
 
 
 def model_registry(pm: Any = None) -> dict[str, ModelSpec]:
-    """All models registered by loaded plugins, by name."""
+    """All models registered by loaded plugins, by name.
+
+    Each plugin's ``register_models`` runs on its own: one that raises, registers something
+    that is not a :class:`ModelSpec`, or returns a value instead of calling ``register`` is
+    marked broken (``seqrec plugins`` shows why) and none of its models are used; the other
+    plugins' models are. The same model name from two plugins is an error naming both.
+    """
     from seqrec.plugins import get_plugin_manager
 
     pm = pm or get_plugin_manager()
     specs: dict[str, ModelSpec] = {}
-
     for impl in pm.hook.register_models.get_hookimpls():
-
-        def register(spec: ModelSpec, _plugin: str = impl.plugin_name) -> None:
+        plugin = impl.plugin_name
+        mine: list[ModelSpec] = []
+        try:
+            returned = impl.function(register=_collector(plugin, mine))
+        except _NotAModelSpec as exc:
+            pm.fail(plugin, str(exc), "broke")
+            continue
+        except Exception as exc:
+            what = "" if isinstance(exc, SeqrecError) else f"{type(exc).__name__}: "
+            pm.fail(plugin, f"register_models raised {what}{exc}", "broke")
+            continue
+        if returned is not None:
+            pm.fail(
+                plugin,
+                f"register_models returned a {type(returned).__name__} instead of calling "
+                "register(spec) for each model (it must return None)",
+                "broke",
+            )
+            continue
+        for spec in mine:
             if spec.name in specs:
                 raise SeqrecError(
                     f"model '{spec.name}' registered twice "
-                    f"(plugins '{specs[spec.name].plugin}' and '{_plugin}')"
+                    f"(plugins '{specs[spec.name].plugin}' and '{plugin}')"
                 )
-            specs[spec.name] = replace(spec, plugin=_plugin)
-
-        impl.function(register=register)
+            specs[spec.name] = spec
     return specs
+
+
+class _NotAModelSpec(SeqrecError):
+    """``register`` was called with something that is not a ModelSpec."""
+
+
+def _collector(plugin: str, into: list[ModelSpec]) -> Callable[[ModelSpec], None]:
+    """The ``register`` callable handed to one plugin's ``register_models``."""
+
+    def register(spec: ModelSpec) -> None:
+        if not isinstance(spec, ModelSpec):
+            raise _NotAModelSpec(
+                f"register_models registered a {type(spec).__name__} ({spec!r:.80}), "
+                "not a seqrec.models.ModelSpec"
+            )
+        into.append(replace(spec, plugin=plugin))
+
+    return register
 
 
 def get_spec(name: str, pm: Any = None) -> ModelSpec:

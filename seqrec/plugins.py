@@ -1,8 +1,11 @@
 """The plugin host: a pluggy manager that loads entry points in group ``seqrec``.
 
-Each entry point loads in its own try/except, so one broken plugin is reported (``seqrec
-plugins`` shows it) and does not stop the others. ``SEQREC_LOAD_PLUGINS=a,b`` loads only the named
-entry points; set and empty, it loads none. Default plugins inside core always load.
+A broken plugin never stops the others. Each entry point loads in its own try/except, each
+plugin's ``register_models`` and ``register_commands`` run in their own too, and what went wrong
+is recorded against the plugin (``seqrec plugins`` shows it as broken, with the reason) and
+warned once with a :class:`PluginWarning` naming its distribution and entry point.
+``SEQREC_LOAD_PLUGINS=a,b`` loads only the named entry points; set and empty, it loads none.
+Default plugins inside core always load.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from typing import Any
 
 import pluggy
 
@@ -21,26 +25,39 @@ GROUP = "seqrec"
 DEFAULT_PLUGINS = ("seqrec.default_plugins.popularity", "seqrec.default_plugins.markov")
 
 
+class PluginWarning(UserWarning):
+    """A plugin failed to load or one of its hooks failed; the other plugins keep working."""
+
+
 @dataclass
 class PluginInfo:
-    """What ``seqrec plugins`` shows for one plugin."""
+    """What ``seqrec plugins`` shows for one plugin.
+
+    ``distribution``: the installed distribution that provides it (None for plugins registered
+    in code); ``entry_point``: its entry point as written in that distribution's metadata
+    (``name = module``); ``error``: why it is broken, or None."""
 
     name: str
     version: str | None
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
     default: bool = False
+    distribution: str | None = None
+    entry_point: str | None = None
 
 
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager plus a record of which plugins failed to load and why."""
+    """pluggy's manager plus a record of where each plugin came from and which ones broke."""
 
     def __init__(self) -> None:
         super().__init__("seqrec")
         self.add_hookspecs(hookspecs)
+        #: plugin name -> why it is broken (it is unregistered, or was never registered)
         self.failures: dict[str, str] = {}
         self.versions: dict[str, str | None] = {}
         self.defaults: set[str] = set()
+        #: plugin name -> (distribution name, "entry_point = module") for entry-point plugins
+        self.sources: dict[str, tuple[str | None, str]] = {}
 
     def load_defaults(self) -> None:
         for modname in DEFAULT_PLUGINS:
@@ -56,22 +73,14 @@ class PluginManager(pluggy.PluginManager):
                 continue
             if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
                 continue
-            version = ep.dist.version if ep.dist else None
-            registered = False
+            self.versions[ep.name] = ep.dist.version if ep.dist else None
+            self.sources[ep.name] = (ep.dist.name if ep.dist else None, f"{ep.name} = {ep.value}")
             try:
                 plugin = ep.load()
                 self.register(plugin, name=ep.name)
-                registered = True
                 self._check_known_hooks(plugin)
             except Exception as exc:  # isolate: a broken plugin must not kill the host
-                if registered:
-                    self.unregister(name=ep.name)
-                msg = f"{type(exc).__name__}: {exc}"
-                self.failures[ep.name] = msg
-                self.versions[ep.name] = version
-                warnings.warn(f"seqrec plugin '{ep.name}' failed to load: {msg}", stacklevel=2)
-                continue
-            self.versions[ep.name] = version
+                self.fail(ep.name, f"{type(exc).__name__}: {exc}", "failed to load")
 
     def _check_known_hooks(self, plugin: object) -> None:
         """Reject a plugin implementing a hook seqrec does not define (``check_pending`` would
@@ -85,18 +94,65 @@ class PluginManager(pluggy.PluginManager):
                         plugin, f"unknown hook '{caller.name}' (not in seqrec.hookspecs)"
                     )
 
+    def origin(self, name: str) -> str:
+        """Where plugin ``name`` comes from, for messages: its distribution and entry point."""
+        if name in self.defaults:
+            return f"plugin '{name}' (built into seqrec)"
+        if name in self.sources:
+            dist, ep = self.sources[name]
+            version = self.versions.get(name)
+            where = f"distribution {dist}{f' {version}' if version else ''}, " if dist else ""
+            return f"plugin '{name}' ({where}entry point '{ep}')"
+        return f"plugin '{name}'"
+
+    def fail(self, name: str, reason: str, what: str) -> None:
+        """Mark plugin ``name`` broken: unregister it, record ``reason`` (what ``seqrec
+        plugins`` shows) and warn once, naming where it comes from."""
+        if self.get_plugin(name) is not None:
+            self.unregister(name=name)
+        if name in self.failures:
+            return
+        self.failures[name] = reason
+        warnings.warn(
+            f"seqrec {self.origin(name)} {what}: {reason}; the other plugins keep working",
+            PluginWarning,
+            stacklevel=3,
+        )
+
+    def call_each(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every plugin's implementation of ``hook`` on its own: one that raises marks
+        its plugin broken (:meth:`fail`) and the others still run. Returns (plugin name,
+        result) for those that returned."""
+        results = []
+        for impl in getattr(self.hook, hook).get_hookimpls():
+            try:
+                results.append((impl.plugin_name, impl.function(**kwargs)))
+            except Exception as exc:
+                self.fail(impl.plugin_name, f"{hook} raised {type(exc).__name__}: {exc}", "broke")
+        return results
+
     def describe(self) -> list[PluginInfo]:
         infos = []
         for name, plugin in self.list_name_plugin():
             if name is None:
                 continue
             hooks = sorted(h.name for h in (self.get_hookcallers(plugin) or []))
-            infos.append(
-                PluginInfo(name, self.versions.get(name), hooks, default=name in self.defaults)
-            )
+            infos.append(self._info(name, hooks, None))
         for name, err in self.failures.items():
-            infos.append(PluginInfo(name, self.versions.get(name), [], error=err))
+            infos.append(self._info(name, [], err))
         return sorted(infos, key=lambda i: (not i.default, i.name))
+
+    def _info(self, name: str, hooks: list[str], error: str | None) -> PluginInfo:
+        dist, ep = self.sources.get(name, (None, None))
+        return PluginInfo(
+            name,
+            self.versions.get(name),
+            hooks,
+            error=error,
+            default=name in self.defaults,
+            distribution=dist,
+            entry_point=ep,
+        )
 
 
 def _only_from_env() -> set[str] | None:
@@ -131,3 +187,14 @@ def reset_plugin_manager() -> None:
     """Forget the process-wide manager (tests use a fresh one each)."""
     global _manager
     _manager = None
+
+
+def model_origin(model_name: str, pm: PluginManager | None = None) -> str:
+    """``model 'NAME' of plugin ...`` (its distribution and entry point), for messages."""
+    from seqrec.models import model_registry
+
+    pm = pm or get_plugin_manager()
+    spec = model_registry(pm).get(model_name)
+    if spec is None or not spec.plugin:
+        return f"model '{model_name}'"
+    return f"model '{model_name}' of {pm.origin(spec.plugin)}"

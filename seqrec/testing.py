@@ -1,6 +1,7 @@
 """Helpers for testing seqrec and its plugins: fast workspaces with real stores and data.
 
-Plugin authors can use these in their own test suites (see docs/plugins.md).
+Plugin authors can use these in their own test suites (see docs/plugins.md), with the model
+contract kit (:mod:`seqrec.contract`, re-exported here): ``check_plugin(name)`` runs it all.
 """
 
 from __future__ import annotations
@@ -10,6 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.config import Workspace, load_workspace, render_default_config
+from seqrec.contract import (  # noqa: F401  the model contract kit, imported from here
+    BATCH_TOLERANCE,
+    TRACE_TOLERANCE,
+    check_batch_independence,
+    check_deterministic,
+    check_model_contract,
+    check_padding_never_ranked,
+    check_plugin,
+    check_tasks,
+    check_traceable,
+    check_vocab_growth,
+    random_batch,
+)
 
 # Small, fast settings for every workspace a test makes.
 FAST = """
@@ -146,186 +160,6 @@ def import_rows(ws: Workspace, rows: Any, source: str) -> int:
     finally:
         engine.dispose()
     return int(rep.rows_added)
-
-
-def random_batch(ctx: Any, batch_size: int = 8, seed: int = 0) -> Any:
-    """A left-padded batch with a learnable pattern (item i is followed by i + 1)."""
-    import torch
-
-    from seqrec.models import Batch
-
-    g = torch.Generator().manual_seed(seed)
-    L, V = ctx.max_len, ctx.n_items
-    starts = torch.randint(1, V, (batch_size, 1), generator=g)
-    items = (starts + torch.arange(L)) % (V - 1) + 1
-    lengths = torch.randint(2, L + 1, (batch_size,), generator=g)
-    pad = torch.arange(L).unsqueeze(0) < (L - lengths).unsqueeze(1)
-    items = items.masked_fill(pad, 0)
-    types = torch.where(items > 0, 1 + (items % max(1, ctx.n_event_types - 1)), 0)
-    times = torch.where(items > 0, 1_700_000_000 + torch.arange(L), 0)
-    nxt = items[:, -1:] % (V - 1) + 1
-    targets = torch.cat([items[:, 1:], nxt], dim=1).masked_fill(items == 0, 0)
-    return Batch(items=items, types=types, times=times, targets=targets, labels=nxt.squeeze(1))
-
-
-def _train_steps(model: Any, batch: Any, steps: int = 30) -> list[float]:
-    import torch
-
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        loss = model.loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
-    model.eval()
-    return losses
-
-
-def _round_trip(model: Any, batch: Any, name: str) -> None:
-    import tempfile
-
-    import torch
-
-    from seqrec.models import load_weights, save_weights
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model"
-        save_weights(model, path)
-        loaded = load_weights(path)
-        with torch.no_grad():
-            assert torch.equal(model.score(batch), loaded.score(batch)), (
-                f"{name}: round trip differs"
-            )
-
-
-def check_model_contract(name: str, params: dict[str, Any] | None = None) -> None:
-    """The contract every model plugin must pass (call it from the plugin's own tests).
-
-    For each task the model declares: it is registered and builds; scores have the right shape
-    and are finite; a few optimiser steps on a learnable pattern reduce the loss; save/load
-    through safetensors gives identical scores.
-    """
-    import torch
-
-    from seqrec.models import ModelContext, get_spec
-
-    spec = get_spec(name)
-    for task in spec.tasks:
-        torch.manual_seed(0)
-        n_classes = 3 if task == "classify" else 0
-        ctx = ModelContext(
-            n_items=30,
-            n_event_types=4,
-            max_len=12,
-            task=task,
-            n_classes=n_classes,
-            params=dict(params or {}),
-        )
-        model = spec.make(ctx)
-        assert model.spec_name == name
-        batch = random_batch(ctx)
-        if task == "classify":  # a label the sequence determines: its newest item mod 3
-            batch.labels = batch.items[:, -1] % 3
-        model.eval()
-        with torch.no_grad():
-            scores = model.score(batch)
-        width = n_classes if task == "classify" else ctx.n_items
-        assert tuple(scores.shape) == (8, width), (
-            f"{name}/{task}: score shape {tuple(scores.shape)}"
-        )
-        assert torch.isfinite(scores[:, 1:]).all(), f"{name}/{task}: non-finite scores"
-        if model.trainable:
-            losses = _train_steps(model, batch)
-            assert losses[-1] < 0.7 * losses[0], (
-                f"{name}/{task}: loss did not decrease ({losses[0]:.3f} -> {losses[-1]:.3f})"
-            )
-        _round_trip(model, batch, f"{name}/{task}")
-
-
-def check_vocab_growth(name: str, params: dict[str, Any] | None = None) -> None:
-    """Warm starting after the item vocabulary grew (``seqrec retrain``), for each task:
-    every tensor that did not grow is kept, and one that grew keeps the known items' rows
-    (padding row 0 among them) while the new items' rows keep the fresh initialisation; the
-    grown model scores new items. Rows after the items (special tokens) are the plugin's to
-    test."""
-    import torch
-
-    from seqrec.models import ModelContext, get_spec
-
-    spec = get_spec(name)
-    n_old, n_new = 30, 40
-    for task in spec.tasks:
-        n_classes = 3 if task == "classify" else 0
-
-        def ctx(n_items: int, task: str = task, n_classes: int = n_classes) -> ModelContext:
-            return ModelContext(n_items, 4, 12, task, n_classes, dict(params or {}))
-
-        torch.manual_seed(0)
-        old = spec.make(ctx(n_old))
-        batch = random_batch(old.ctx)
-        if task == "classify":
-            batch.labels = batch.items[:, -1] % 3
-        if old.trainable:  # weights unlike any fresh initialisation
-            _train_steps(old, batch, steps=3)
-        torch.manual_seed(1)
-        new = spec.make(ctx(n_new))
-        fresh = {k: v.clone() for k, v in new.state_dict().items()}
-        assert new.grow_from(old.state_dict(), old.ctx) > 0, f"{name}/{task}: nothing used"
-        got = new.state_dict()
-        for k, v in old.state_dict().items():
-            where = f"{name}/{task}: {k}"
-            if got[k].shape == v.shape:
-                assert torch.equal(got[k], v), f"{where} not kept"
-            else:
-                assert torch.equal(got[k][:n_old], v[:n_old]), f"{where}: known rows not kept"
-                assert torch.equal(got[k][n_old:n_new], fresh[k][n_old:n_new]), (
-                    f"{where}: new items' rows are not freshly initialised"
-                )
-        grown = random_batch(new.ctx, seed=1)
-        with torch.no_grad():
-            scores = new.eval().score(grown)
-        assert torch.isfinite(scores[:, 1:]).all(), f"{name}/{task}: non-finite after growing"
-
-
-#: how far a request's scores may move with what it is batched with (relative and absolute):
-#: batch shapes change how matrix products are blocked and summed, so the last bits differ
-#: between CPUs (and with the batch), never more
-BATCH_TOLERANCE = 1e-6
-
-
-def check_batch_independence(name: str, params: dict[str, Any] | None = None) -> None:
-    """What serving promises (it batches concurrent requests): for each task, every row of a
-    batch of different sequences (lengths 1 to max_len, two of them equal) scores as it does
-    alone, within :data:`BATCH_TOLERANCE`."""
-    import torch
-
-    from seqrec.models import Batch, ModelContext, get_spec
-
-    spec = get_spec(name)
-    for task in spec.tasks:
-        torch.manual_seed(0)
-        ctx = ModelContext(300, 4, 12, task, 3 if task == "classify" else 0, dict(params or {}))
-        model = spec.make(ctx).eval()
-        items = torch.randint(1, 300, (6, 12), generator=torch.Generator().manual_seed(1))
-        for row, n in enumerate((12, 1, 5, 11, 7, 7)):
-            items[row, : 12 - n] = 0
-        items[5] = items[4]
-        types = torch.where(items > 0, 1 + items % 3, 0)
-        times = torch.where(items > 0, 1_700_000_000 + torch.arange(12) * 600, 0)
-        with torch.no_grad():
-            together = model.score(Batch(items=items, types=types, times=times)).float()
-            for r in range(len(items)):
-                one = slice(r, r + 1)
-                alone = model.score(Batch(items=items[one], types=types[one], times=times[one]))
-                try:
-                    torch.testing.assert_close(
-                        together[one], alone.float(), rtol=BATCH_TOLERANCE, atol=BATCH_TOLERANCE
-                    )
-                except AssertionError as exc:
-                    raise AssertionError(f"{name}/{task} row {r}: {exc}") from None
 
 
 # -- serving: a private Redis and a workspace that serves from it -------------------------------

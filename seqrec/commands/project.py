@@ -60,17 +60,21 @@ def register(cli: click.Group) -> None:
     @cli.command()
     @click.option("--json", "as_json", is_flag=True)
     def plugins(as_json: bool) -> None:
-        """List loaded plugins: name, version, hooks (and load errors)."""
+        """List plugins: name, distribution, version, hooks, and why a broken one is broken."""
+        from seqrec.models import model_registry
         from seqrec.plugins import get_plugin_manager
 
-        infos = get_plugin_manager().describe()
+        pm = get_plugin_manager()
+        model_registry(pm)  # runs every register_models: a plugin whose hook fails is broken
+        infos = pm.describe()
         if as_json:
             emit_json([i.__dict__ for i in infos])
             return
-        table = Table("plugin", "version", "hooks", "status")
+        table = Table("plugin", "distribution", "version", "hooks", "status")
         for i in infos:
-            status = f"[red]failed: {i.error}[/]" if i.error else ("default" if i.default else "ok")
-            table.add_row(i.name, i.version or "-", ", ".join(i.hooks), status)
+            status = f"[red]broken: {i.error}[/]" if i.error else ("default" if i.default else "ok")
+            dist = "(seqrec)" if i.default else i.distribution or "-"
+            table.add_row(i.name, dist, i.version or "-", ", ".join(i.hooks), status)
         Console().print(table)
 
     @cli.command()
