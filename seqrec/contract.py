@@ -121,8 +121,10 @@ def check_tasks(name: str, params: dict[str, Any] | None = None) -> None:
         model = spec.make(_ctx(task, params))
         batch = _task_batch(model.ctx)
         try:
-            model.train()
-            model.loss(batch)
+            if model.trainable:
+                model.train()
+                model.loss(batch)
+            _fit(model, batch, steps=0)  # a counting model fits its statistics instead
             with torch.no_grad():
                 scores = model.eval().score(batch)
         except NotImplementedError as exc:
@@ -172,8 +174,8 @@ def check_padding_never_ranked(
     name: str, params: dict[str, Any] | None = None, k: int = TOP_K
 ) -> None:
     """Next-item: score column 0 (item index 0, padding) is strictly below the ``k``-th best
-    real item in every row, for a fresh model and a trained one, for sequences of one event
-    up to ``max_len``. (The evaluator and the service mask column 0 themselves; anything else
+    real item in every row, for a fresh model and a trained one (a counting model: once
+    fitted), for sequences of one event up to ``max_len``. (The evaluator and the service mask column 0 themselves; anything else
     reading raw scores relies on this.)"""
     from seqrec.models import get_spec
 
@@ -184,8 +186,8 @@ def check_padding_never_ranked(
     model = spec.make(_ctx("next-item", params)).eval()
     batch = random_batch(model.ctx, batch_size=8)
     batch.items[0, :-1] = 0  # one row of a single event
-    for state in ("fresh", "trained"):
-        if state == "trained":
+    for state in ("fresh", "trained") if model.trainable else ("fitted",):
+        if state != "fresh":
             _fit(model, random_batch(model.ctx, batch_size=16, seed=1), steps=10)
         with torch.no_grad():
             scores = model.score(batch).float()
@@ -363,6 +365,35 @@ def check_batch_independence(name: str, params: dict[str, Any] | None = None) ->
                     raise AssertionError(f"{name}/{task} row {r}: {exc}") from None
 
 
+def check_left_padding(name: str, params: dict[str, Any] | None = None) -> None:
+    """How much left padding a sequence has never changes its scores: for each task, every
+    row scores the same (within :data:`BATCH_TOLERANCE`) at ``max_len`` columns and with only
+    its own events, no padding at all. The service relies on it: eagerly it drops the columns
+    that are padding in every row of a batch; traced, it pads every row to ``max_len``."""
+    from seqrec.models import Batch, get_spec
+
+    spec = get_spec(name)
+    for task in spec.tasks:
+        torch.manual_seed(0)
+        model = spec.make(_ctx(task, params)).eval()
+        batch = _task_batch(model.ctx, batch_size=6, seed=2)
+        with torch.no_grad():
+            full = model.score(Batch(batch.items, batch.types, batch.times)).float()
+            for r, n in enumerate(batch.mask.sum(1).tolist()):
+                own = slice(MAX_LEN - n, MAX_LEN)
+                one = [t[r : r + 1, own] for t in (batch.items, batch.types, batch.times)]
+                alone = model.score(Batch(*one)).float()
+                close = torch.allclose(
+                    full[r : r + 1], alone, rtol=BATCH_TOLERANCE, atol=BATCH_TOLERANCE
+                )
+                assert close, (
+                    f"{_where(name, task, 'scores depend on left padding')}: row {r} ({n} "
+                    f"events) scores differently with {MAX_LEN - n} padding columns than with "
+                    "none; count positions from the real events (e.g. batch.mask.cumsum(1)), "
+                    "not from the column index, and keep padding out of every sum and mean"
+                )
+
+
 #: what :func:`check_plugin` runs, in order (each takes the model name and its params)
 CHECKS = (
     check_tasks,
@@ -370,6 +401,7 @@ CHECKS = (
     check_padding_never_ranked,
     check_deterministic,
     check_traceable,
+    check_left_padding,
     check_batch_independence,
     check_vocab_growth,
 )
@@ -380,7 +412,8 @@ def check_plugin(name: str, params: dict[str, Any] | None = None) -> None:
     ``params`` over its defaults), for every task its spec declares: the declared tasks are
     implemented; shapes, learning and the save/load round trip (:func:`check_model_contract`);
     padding never ranked; determinism under a seed; the TorchScript trace matches eager (or
-    the model says ``traceable = False``); batch independence; vocabulary growth."""
+    the model says ``traceable = False``); scores independent of left padding and of the
+    rest of the batch; vocabulary growth."""
     from seqrec.models import get_spec
 
     spec = get_spec(name)  # not registered: a SeqrecError naming the registered models

@@ -16,6 +16,7 @@ from seqrec.contract import (  # noqa: F401  the model contract kit, imported fr
     TRACE_TOLERANCE,
     check_batch_independence,
     check_deterministic,
+    check_left_padding,
     check_model_contract,
     check_padding_never_ranked,
     check_plugin,

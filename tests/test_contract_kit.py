@@ -17,6 +17,7 @@ from seqrec.plugins import get_plugin_manager
 from seqrec.testing import (
     check_batch_independence,
     check_deterministic,
+    check_left_padding,
     check_model_contract,
     check_padding_never_ranked,
     check_plugin,
@@ -145,6 +146,22 @@ class ItemsAlongColumns(Bigram):
         return scores
 
 
+class ColumnPositions(Bigram):
+    """Broken for left padding: a position embedding indexed by the column, so the same
+    events score differently behind more padding."""
+
+    def __init__(self, ctx: ModelContext):
+        super().__init__(ctx)
+        self.pos = nn.Embedding(ctx.max_len, D)
+
+    def next_item_scores(self, batch: Batch) -> Tensor:
+        last = batch.items.shape[1] - 1
+        h = self.inp(batch.items[:, -1]) + self.pos.weight[last]
+        scores = h @ self.outp.weight.T
+        scores[:, 0] = torch.finfo(scores.dtype).min
+        return scores
+
+
 class NextItemOnly(Bigram):
     """Broken for its declared tasks: registered for classify, without class_logits."""
 
@@ -163,6 +180,7 @@ MODELS: dict[str, tuple[Callable[[ModelContext], SeqModel], tuple[str, ...]]] = 
     "batch-normalised": (BatchNormalised, ("next-item",)),
     "items-along-columns": (ItemsAlongColumns, ("next-item",)),
     "next-item-only": (NextItemOnly, BOTH),
+    "column-positions": (ColumnPositions, ("next-item",)),
 }
 
 
@@ -231,6 +249,11 @@ def test_padding_fails_when_column_zero_ranks() -> None:
 def test_batch_independence_fails_for_batch_dependent_scores() -> None:
     with pytest.raises(AssertionError, match="batch-normalised/next-item row"):
         check_batch_independence("batch-normalised")
+
+
+def test_left_padding_fails_for_positions_counted_from_the_column() -> None:
+    with pytest.raises(AssertionError, match="scores depend on left padding"):
+        check_left_padding("column-positions")
 
 
 def test_vocab_growth_fails_when_items_are_not_the_first_dimension() -> None:
