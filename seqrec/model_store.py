@@ -26,6 +26,7 @@ from sqlalchemy import Engine, select
 
 from seqrec.data.schema import event_types, items
 from seqrec.errors import SeqrecError
+from seqrec.faults import kill_point
 from seqrec.models import SeqModel, load_weights, save_weights
 
 PREFIX = "seqrec-"
@@ -124,6 +125,7 @@ def save(
         ) as bm:
             path = Path(bm.path)
             save_weights(model.cpu(), path)
+            kill_point("model_store.save")
             (path / "vocab.json").write_text(json.dumps(vocab))
             (path / "event_types.json").write_text(json.dumps(types))
             (path / "popularity.json").write_text(json.dumps([float(x) for x in popularity]))
@@ -133,6 +135,7 @@ def save(
         final = models_dir / name / version
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging / name / version, final)  # atomic: all of the model or none
+        kill_point("model_store.publish")
         latest = final.parent / f".latest-{os.getpid()}"
         latest.write_text(version)
         os.replace(latest, final.parent / "latest")

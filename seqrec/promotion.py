@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
+from seqrec.faults import kill_point
 from seqrec.errors import SeqrecError
 from seqrec.runs import model_labels, now, record_label_change, tables, training_runs
 
@@ -152,6 +153,7 @@ def promote(
 
     tag = model_store.locate(tag, ws.model_store)[0]  # it must exist: fail before moving
     old = _move(ws, selector, tag, run_id, reason)
+    kill_point("promote.mirror")
     mirror_labels(ws, selector, tag)
     return old
 

@@ -8,7 +8,7 @@ production pointer: :mod:`seqrec.promotion` owns it).
 A run records the step it begins (``materialize``, ``train``, ``evaluate``, ``promote``, then
 ``done``). A run left ``running`` by a process that died (same host, pid gone) is stored and
 shown as ``crashed``, at the step it had begun. Testing hook: ``SEQREC_KILL_AT=<step>`` makes
-the process SIGKILL itself right after it recorded that step as begun.
+the process SIGKILL itself right after it recorded that step as begun (:mod:`seqrec.faults`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import resource
-import signal
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +41,7 @@ from sqlalchemy import (
 from seqrec.config import Workspace
 from seqrec.data.schema import ensure_pg_schema, make_engine
 from seqrec.errors import SeqrecError
+from seqrec.faults import kill_point
 
 KINDS = ("train", "retrain")
 STATUSES = ("running", "succeeded", "failed", "crashed")
@@ -51,7 +51,6 @@ DECISIONS = ("promoted", "kept", "rejected", "not-promoted")
 JSON_FIELDS = frozenset(
     {"config", "candidate_metrics", "production_metrics", "baseline_metrics", "drift", "details"}
 )
-KILL_ENV = "SEQREC_KILL_AT"
 
 log = logging.getLogger("seqrec.runs")
 
@@ -237,8 +236,7 @@ def begin_step(ws: Workspace, run_id: int, step: str) -> None:
     if step not in STEPS:
         raise ValueError(f"step must be one of {STEPS}, got {step!r}")
     update_run(ws, run_id, step=step)
-    if os.environ.get(KILL_ENV) == step:  # testing hook: a real, unclean death
-        os.kill(os.getpid(), signal.SIGKILL)
+    kill_point(step)  # testing hook: a real, unclean death (seqrec.faults)
 
 
 def finish_run(ws: Workspace, run_id: int, status: str, **fields: Any) -> None:

@@ -51,6 +51,7 @@ from sqlalchemy.exc import OperationalError
 
 from seqrec.data.schema import MAX_ID_LEN, create_schema, event_types, events, imports, items
 from seqrec.errors import SeqrecError
+from seqrec.faults import kill_point
 
 MAX_TYPE_LEN = 64
 MAX_ERRORS_KEPT = 10
@@ -506,12 +507,14 @@ def import_events(
                     if staged:
                         load.add_frame(stage_rows_frame(staged))
                         staged.clear()
+                        kill_point("import.batch")
                     return
                 item_vocab.flush(conn)
                 type_vocab.flush(conn)
                 if batch:
                     conn.execute(stmt, batch)
                     batch.clear()
+                    kill_point("import.batch")
 
             for n, ev in it:
                 rows_read += 1
@@ -545,6 +548,7 @@ def import_events(
             flush()
             added = load.finish() if pg else _count(conn) - before
             _log_import(conn, source, sha256, fmt, rows_read, added, rows_skipped)
+            kill_point("import.commit")
     except OperationalError as exc:
         raise SeqrecError(
             f"events database error, nothing imported: {exc.orig}", where=source
@@ -624,11 +628,13 @@ def _import_csv_fast(
                 max_ms=_now_limit_ms(),
             ):
                 load.add_frame(frame)
+                kill_point("import.batch")
                 rows_read += len(frame)
                 if bar is not None:
                     bar.update(len(frame))
             added = load.finish()
             _log_import(conn, str(path), sha256, "csv", rows_read, added, 0)
+            kill_point("import.commit")
     except OperationalError as exc:
         raise SeqrecError(
             f"events database error, nothing imported: {exc.orig}", where=str(path)

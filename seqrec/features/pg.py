@@ -27,6 +27,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, text
 
 from seqrec.data.schema import ensure_pg_schema, require_schema
+from seqrec.faults import kill_point
 from seqrec.features.online_rows import OnlineRows
 from seqrec.features.sql import feature_rows_sql, purchase_idx
 
@@ -281,6 +282,7 @@ def refresh(engine: Engine, max_len: int, *, full: bool = False) -> RefreshRepor
                 int(state.get("rows", 0)),
                 int(state.get("users", 0)),
             )
+        kill_point("features.refresh")
         write_state(
             conn,
             FEATURES_STATE,

@@ -27,6 +27,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from seqrec.errors import StoreUnavailable
+from seqrec.faults import kill_point
 from seqrec.features import encode
 from seqrec.features.online_rows import OnlineRows
 
@@ -134,6 +135,7 @@ class RedisOnline:
             for start in range(0, len(rows), chunk):
                 part = rows.slice(start, min(start + chunk, len(rows)))
                 self._send(self._commands(part), len(part))
+                kill_point("materialize.batch")
                 written += len(part)
                 if progress is not None:
                     progress(len(part))

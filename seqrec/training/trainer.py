@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.metrics import mask_scores, target_ranks
+from seqrec.faults import kill_point
 from seqrec.models import SeqModel
 from seqrec.progress import bar
 from seqrec.training.data import SequenceSet, iter_batches
@@ -270,6 +271,7 @@ class Checkpointer:
         last, best = writing / LAST_WEIGHTS, writing / BEST_WEIGHTS
         weights = {k: v.detach().cpu().contiguous() for k, v in _state_dict(model).items()}
         save_file(weights, str(last))
+        kill_point("checkpoint.write")
         if best_changed:
             _link_or_copy(last, best)
         elif (self.current / BEST_WEIGHTS).is_file():
@@ -280,6 +282,7 @@ class Checkpointer:
         replaced, previous = self.dir / REPLACED_DIR, self.current.exists()
         if previous:
             os.replace(self.current, replaced)
+            kill_point("checkpoint.swap")
         os.replace(writing, self.current)
         _fsync(self.dir)
         if previous:
@@ -421,6 +424,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             sched.step()
+            kill_point("train.batch")
             total_loss += float(loss.detach())
             n_batches += 1
             n_seen += len(batch.items)
