@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
-from seqrec.faults import kill_point
 from seqrec.errors import SeqrecError
+from seqrec.faults import kill_point
 from seqrec.runs import model_labels, now, record_label_change, tables, training_runs
 
 log = logging.getLogger("seqrec.promotion")
