@@ -125,7 +125,7 @@ def prepare(ds: Dataset, seed: int) -> dict[str, Any]:
     from seqrec.data.importers import import_file
     from seqrec.data.schema import make_engine
     from seqrec.data.synth import import_synth
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.training.data import build_classification_data
 
     shutil.rmtree(ds.ws, ignore_errors=True)
@@ -147,7 +147,7 @@ def prepare(ds: Dataset, seed: int) -> dict[str, Any]:
             random_event_types=ds.random_types,
             progress=True,
         ).rows_added
-    fs.apply(ws)
+    apply(ws)
     summaries = {}
     for label in ds.labels:
         data = build_classification_data(ws, label, engine)

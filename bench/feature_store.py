@@ -40,7 +40,11 @@ from seqrec.config import Workspace
 from seqrec.data.importers import import_file
 from seqrec.data.schema import make_engine
 from seqrec.data.synth import write_csv
-from seqrec.features import store as fs
+from seqrec.features import readers
+from seqrec.features.materialize import materialize, redis_online
+from seqrec.features.readers import online_reader
+from seqrec.features.repo import apply, get_store
+from seqrec.features.snapshots import build_snapshot, ensure_snapshot
 from seqrec.testing import (
     drop_pg_redis_workspace,
     make_pg_redis_workspace,
@@ -120,14 +124,14 @@ def run_profile(profile: str, n_events: int, peer: bool) -> dict[str, Any]:
         out["ingest_rows_per_s"] = round(rep.rows_read / out["ingest_s"])
         out["ingest_method"] = rep.method
         out["events_added"] = rep.rows_added
-        fs.apply(ws)
+        apply(ws)
         gc.collect()
         t = time.perf_counter()
-        info = fs.build_snapshot(ws, engine)
+        info = build_snapshot(ws, engine)
         out["build_s"] = round(time.perf_counter() - t, 2)
         out["feature_rows"] = info.rows
         gc.collect()
-        mat = fs.materialize(ws, engine=engine, progress=True)
+        mat = materialize(ws, engine=engine, progress=True)
         out["materialize_s"] = mat.seconds
         out["materialize_rows_per_s"] = mat.rows_per_s
         out["online_users"] = mat.users_written
@@ -136,22 +140,22 @@ def run_profile(profile: str, n_events: int, peer: bool) -> dict[str, Any]:
         rng = random.Random(5)
         ones = [[rng.choice(users)] for _ in range(LOOKUPS_1)]
         sixty4 = [rng.sample(users, 64) for _ in range(LOOKUPS_64)]
-        reader = fs.online_reader(ws)
-        store = fs.get_store(ws)
+        reader = online_reader(ws)
+        store = get_store(ws)
         service = store.get_feature_service(ws.config.features.feature_service)
         out["lookup_seqrec_1"] = lat(reader.read, ones)
         out["lookup_seqrec_64"] = lat(reader.read, sixty4)
-        out["lookup_feast_1"] = lat(lambda b: fs.online(store, service, b), ones)
-        out["lookup_feast_64"] = lat(lambda b: fs.online(store, service, b), sixty4)
+        out["lookup_feast_1"] = lat(lambda b: readers.online(store, service, b), ones)
+        out["lookup_feast_64"] = lat(lambda b: readers.online(store, service, b), sixty4)
         check = reader.read(sixty4[0])
-        assert check == fs.online(store, service, sixty4[0]), "readers disagree"
+        assert check == readers.online(store, service, sixty4[0]), "readers disagree"
 
         # 1% new events: incremental refresh + materialization vs the full ones
         inc = increment_csv(path, max(1, n_events // 100), sample_users(ws, 0))
         import_file(engine, inc)
         t = time.perf_counter()
-        refresh = fs.ensure_snapshot(ws, engine)
-        inc_mat = fs.materialize(ws, incremental=True, engine=engine)
+        refresh = ensure_snapshot(ws, engine)
+        inc_mat = materialize(ws, incremental=True, engine=engine)
         out["incremental_s"] = round(time.perf_counter() - t, 2)
         out["incremental_users"] = inc_mat.users_written
         out["incremental_build_mode"] = refresh.mode
@@ -170,8 +174,8 @@ def run_profile(profile: str, n_events: int, peer: bool) -> dict[str, Any]:
 
 def feast_materialize(ws: Workspace, n_users: int) -> dict[str, Any]:
     """Feast's own materialize (postgres offline store -> Redis, pull_latest) on the same data."""
-    store = fs.get_store(ws)
-    fs.redis_online(ws).drop()
+    store = get_store(ws)
+    redis_online(ws).drop()
     end = datetime.now(UTC) + timedelta(days=1)
     t = time.perf_counter()
     store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end)

@@ -96,7 +96,7 @@ def prepare() -> Path:
     from seqrec.config import load_workspace
     from seqrec.data.importers import import_file
     from seqrec.data.schema import make_engine
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.training.data import build_next_item_data
 
     cache = WS / f"data-stride{STRIDE}.pkl"
@@ -108,7 +108,7 @@ def prepare() -> Path:
     ws = load_workspace(WS)
     report_ = import_file(make_engine(ws.events_url), inter, "recbole", progress=True)
     print(f"imported {report_.rows_added:,} events ({report_.rows_read:,} read)", file=sys.stderr)
-    fs.apply(ws)
+    apply(ws)
     data = build_next_item_data(ws, stride=STRIDE)
     cache.write_bytes(pickle.dumps(data))
     return cache

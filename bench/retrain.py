@@ -157,9 +157,9 @@ def replay(log: str, events: list[Any], n_slices: int, model: str, epochs: int |
     base, slices = time_slices(events, n_slices)
     known: set[str] = {e.item_id for e in base}
     import_slice(ws, base, f"{log}-base")
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
 
-    fs.apply(ws)
+    apply(ws)
     first = retrain(ws, model_name=model, seed=0, epochs=epochs, progress=False)
     rows: list[dict[str, Any]] = [
         {

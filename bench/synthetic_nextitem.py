@@ -60,7 +60,7 @@ def prepare(kind: str, users: int, items: int) -> dict[str, Any]:
     from seqrec.config import load_workspace
     from seqrec.data.schema import make_engine
     from seqrec.data.synth import import_synth
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.training.data import build_next_item_data
 
     root = workspace_dir(kind, users, items)
@@ -71,7 +71,7 @@ def prepare(kind: str, users: int, items: int) -> dict[str, Any]:
     ws = load_workspace(root)
     engine = make_engine(ws.events_url)
     rep = import_synth(engine, users, items, DATA_SEED, kind=kind, progress=True)
-    fs.apply(ws)
+    apply(ws)
     data = build_next_item_data(ws, engine)
     engine.dispose()
     cache.write_bytes(pickle.dumps(data))

@@ -94,7 +94,7 @@ def prepare(quick: bool) -> dict[str, Any]:
     from seqrec.data.importers import import_file
     from seqrec.data.item_text import import_item_file
     from seqrec.data.schema import make_engine
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.training.data import build_classification_data
 
     shutil.rmtree(root, ignore_errors=True)
@@ -107,7 +107,7 @@ def prepare(quick: bool) -> dict[str, Any]:
         inter = quick_slice(inter, root / "ml-100k-quick.inter", QUICK_USERS)
     events = import_file(engine, inter, "recbole", event_type_from="liked").rows_added
     item_report = import_item_file(engine, fetch_items(), "recbole")
-    fs.apply(ws)
+    apply(ws)
     summaries = {}
     for label in labels(quick):
         data = build_classification_data(ws, label, engine)

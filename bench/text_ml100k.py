@@ -93,7 +93,7 @@ def prepare(quick: bool) -> tuple[Path, Path, Path]:
     from seqrec.data.importers import import_file
     from seqrec.data.item_text import import_item_file
     from seqrec.data.schema import make_engine
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.text.embed import embed_items
     from seqrec.training.data import build_next_item_data
 
@@ -106,7 +106,7 @@ def prepare(quick: bool) -> tuple[Path, Path, Path]:
     import_item_file(engine, item, "recbole")
     rep = embed_items(ws, engine=engine)
     print(f"embedded {rep.items} items ({rep.encoded} encoded)", file=sys.stderr)
-    fs.apply(ws)
+    apply(ws)
     data = build_next_item_data(ws, engine, stride=STRIDE)
     a_cache.write_bytes(pickle.dumps(data))
     b_cache.write_bytes(pickle.dumps(hold_out(data)))

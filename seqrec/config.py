@@ -12,11 +12,14 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from seqrec.errors import SeqrecError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 CONFIG_NAME = "seqrec.toml"
 PROFILES = ("embedded", "postgres-redis")
@@ -280,6 +283,14 @@ class Workspace:
             sep = "&" if "?" in url else "?"
             url += f"{sep}options=-csearch_path%3D{self.config.events.pg_schema}"
         return url
+
+    @property
+    def engine(self) -> Engine:
+        """The events database engine: one per workspace and URL in a process, shared by every
+        job (see :mod:`seqrec.data.engines`)."""
+        from seqrec.data.engines import workspace_engine
+
+        return workspace_engine(self.root, self.events_url)
 
     @property
     def redis_url(self) -> str:

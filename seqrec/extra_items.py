@@ -22,7 +22,7 @@ import torch
 from sqlalchemy import select
 
 from seqrec.config import Workspace
-from seqrec.data.schema import item_meta, items, make_engine
+from seqrec.data.schema import item_meta, items
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class ExtraItemsSource:
     def new_items(self) -> list[tuple[str, int]]:
         """(item id, vocabulary index) of items with text and an index the model lacks."""
         if self._engine is None:
-            self._engine = make_engine(self.ws.events_url)
+            self._engine = self.ws.engine
         q = (
             select(items.c.item_id, items.c.item_idx)
             .join(item_meta, item_meta.c.item_id == items.c.item_id)

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from seqrec.config import Workspace
-from seqrec.data.schema import make_engine
 from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.features.sql import drop_unknown, event_positions
@@ -211,7 +210,7 @@ def train_model(
     from seqrec.models import load_weights
     from seqrec.presets import resolve
 
-    engine = make_engine(ws.events_url)
+    engine = ws.engine
     spec = get_spec(model_name)
     warm_from = init_from
     if init_from is not None and _pretrained_dir(spec, Path(init_from)):
@@ -330,7 +329,7 @@ def seen_items_mask(ws: Workspace, data: SequenceSet, n_items: int, split_offset
 
     ``split_offset`` is how many events before the user's last one the target is (0 = test).
     """
-    engine = make_engine(ws.events_url)
+    engine = ws.engine
     pos = event_positions(engine).sort_values(["user_id", "pos"])
     history: dict[str, np.ndarray] = {
         u: g["item_idx"].to_numpy() for u, g in pos.groupby("user_id", sort=False)

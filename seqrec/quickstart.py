@@ -60,20 +60,21 @@ def run_quickstart(
         console.rule(f"[bold]{name}")
         return time.perf_counter()
 
-    from seqrec.data.schema import make_engine
     from seqrec.data.synth import import_synth
 
     t = step("1. synthesize and import events")
-    engine = make_engine(ws.events_url)
+    engine = ws.engine
     report = import_synth(engine, users, items, seed, progress=True)
     steps.append(("import events", time.perf_counter() - t, f"{report.rows_added:,} events"))
 
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
+    from seqrec.features.snapshots import build_snapshot
 
     t = step("2. features: build in SQL, apply to Feast, materialize online")
-    info = fs.build_snapshot(ws, engine)
-    fs.apply(ws)
-    mat = fs.materialize(ws, engine=engine)
+    info = build_snapshot(ws, engine)
+    apply(ws)
+    mat = materialize(ws, engine=engine)
     steps.append(
         (
             "features",

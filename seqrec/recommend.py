@@ -26,7 +26,7 @@ import torch
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.extra_items import ExtraItems, ExtraItemsSource
-from seqrec.features import store as feature_store
+from seqrec.features.readers import online_reader
 from seqrec.features.sql import drop_unknown, left_pad
 from seqrec.models import Batch
 from seqrec.training.trainer import pick_device
@@ -236,7 +236,7 @@ class Recommender:
             self.health, self.reader, self.lookup_s = share.health, share.reader, share.lookup_s
         else:
             self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
-            self.reader = feature_store.online_reader(ws, self.feature_service)
+            self.reader = online_reader(ws, self.feature_service)
             self.lookup_s = 0.0
         self.extra: ExtraItems | None = None
         self._extra_source: ExtraItemsSource | None = None

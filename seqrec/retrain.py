@@ -196,7 +196,7 @@ def _retrain(
     min_intake_agreement: float | None = None,
 ) -> RetrainReport:
     from seqrec import model_store, runs
-    from seqrec.features import store as feature_store
+    from seqrec.features.materialize import materialize as materialize_online
     from seqrec.pipeline import build_data, data_stats, evaluate_model, train_model
     from seqrec.promotion import promote as move_pointer
 
@@ -206,7 +206,7 @@ def _retrain(
     runs.begin_step(ws, run_id, "materialize")
     materialized = None
     if materialize:
-        materialized = feature_store.materialize(ws, incremental=True).users_written
+        materialized = materialize_online(ws, incremental=True).users_written
 
     runs.begin_step(ws, run_id, "train")
     production = find_production(ws, production_label)
@@ -259,13 +259,10 @@ def _retrain(
         details={"run_dir": str(run_dir)},
     )
 
-    from seqrec.data.schema import make_engine
-
-    engine = make_engine(ws.events_url)
+    engine = ws.engine
     intake = _intake(engine, prod_events_max_id, min_intake_agreement)
     data = build_data(ws, task, label, engine)
     runs.update_run(ws, run_id, vocab_after=data.n_items - 1, **data_stats(data, engine))
-    engine.dispose()
     out = train_model(
         ws,
         model_name,

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 
 from seqrec.config import Workspace
-from seqrec.data.schema import ensure_pg_schema, make_engine
+from seqrec.data.schema import ensure_pg_schema
 from seqrec.errors import SeqrecError
 from seqrec.faults import kill_point
 
@@ -119,9 +119,7 @@ model_labels = Table(
 )
 
 _FIELDS = frozenset(c.name for c in training_runs.columns) - {"id", "kind", "started_at"}
-_ENGINES: dict[str, Engine] = {}
 _READY: set[str] = set()
-_MAX_ENGINES = 8
 
 
 def now() -> datetime:
@@ -129,16 +127,8 @@ def now() -> datetime:
 
 
 def engine(ws: Workspace) -> Engine:
-    """A pooled engine for the workspace's events database (a few kept per process)."""
-    url = ws.events_url
-    eng = _ENGINES.get(url)
-    if eng is None:
-        if len(_ENGINES) >= _MAX_ENGINES:  # tests make many workspaces: keep few connections
-            old_url = next(iter(_ENGINES))
-            _ENGINES.pop(old_url).dispose()
-            _READY.discard(old_url)
-        eng = _ENGINES[url] = make_engine(url)
-    return eng
+    """The workspace's events database engine (:attr:`Workspace.engine`, shared)."""
+    return ws.engine
 
 
 def tables(ws: Workspace) -> Engine:

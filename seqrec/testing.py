@@ -70,13 +70,12 @@ def drop_pg_redis_workspace(ws: Workspace) -> None:
     """Drop the workspace's PostgreSQL schema and its Redis keys."""
     from sqlalchemy import text
 
-    from seqrec.data.schema import make_engine
-    from seqrec.features.store import redis_online
+    from seqrec.data.engines import dispose_engines
+    from seqrec.features.materialize import redis_online
 
-    engine = make_engine(ws.events_url)
-    with engine.begin() as conn:
+    with ws.engine.begin() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{ws.config.events.pg_schema}" CASCADE'))
-    engine.dispose()
+    dispose_engines(ws.root)
     redis_online(ws).drop()
     from seqrec.text.features import drop_item_online
 
@@ -140,10 +139,9 @@ def unique_name(prefix: str, request: Any) -> str:
 
 def load_synth(ws: Workspace, users: int, items: int, seed: int = 3) -> int:
     """Import a small synthetic log into ``ws``; returns the number of events added."""
-    from seqrec.data.schema import make_engine
     from seqrec.data.synth import import_synth
 
-    engine = make_engine(ws.events_url)
+    engine = ws.engine
     return import_synth(engine, users, items, seed, mean_events_per_user=30).rows_added
 
 
@@ -152,14 +150,10 @@ def import_rows(ws: Workspace, rows: Any, source: str) -> int:
     import hashlib
 
     from seqrec.data.importers import import_events
-    from seqrec.data.schema import make_engine
 
-    engine = make_engine(ws.events_url)
-    try:
-        sha = hashlib.sha256(source.encode()).hexdigest()
-        rep = import_events(engine, enumerate(rows, 1), source=source, sha256=sha, fmt="test")
-    finally:
-        engine.dispose()
+    engine = ws.engine
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    rep = import_events(engine, enumerate(rows, 1), source=source, sha256=sha, fmt="test")
     return int(rep.rows_added)
 
 
@@ -260,20 +254,16 @@ def serving_workspace(root: Path, redis_url: str, model_store: Path, project: st
 def latest_feature_rows(ws: Workspace) -> Any:
     """Each user's newest feature row, computed in SQL from ``ws``'s events (what
     materialization puts online)."""
-    from seqrec.data.schema import make_engine
     from seqrec.features.sql import compute_feature_rows
 
-    engine = make_engine(ws.events_url)
-    try:
-        rows = compute_feature_rows(engine, ws.config.features.max_len)
-    finally:
-        engine.dispose()
+    engine = ws.engine
+    rows = compute_feature_rows(engine, ws.config.features.max_len)
     rows = rows.sort_values(["user_id", "event_timestamp"], kind="stable")
     return rows.groupby("user_id", sort=False).tail(1).reset_index(drop=True)
 
 
 def write_online(ws: Workspace, rows: Any) -> int:
     """Write feature rows into ``ws``'s Redis online store (Feast's layout)."""
-    from seqrec.features.store import redis_online
+    from seqrec.features.materialize import redis_online
 
     return int(redis_online(ws).write(rows))

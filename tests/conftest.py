@@ -52,14 +52,15 @@ def ws(tmp_path: Path) -> Workspace:
 @pytest.fixture(scope="session")
 def trained_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """A workspace with synthetic events, features online, and gpt2 + popularity trained."""
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
 
     root = tmp_path_factory.mktemp("trained") / "ws"
     w = make_workspace(root)
     load_synth(w, users=120, items=60)
-    fs.apply(w)
-    fs.materialize(w)
+    apply(w)
+    materialize(w)
     reset_plugin_manager()
     train_model(w, "popularity", progress=False)
     train_model(w, "gpt2", epochs=2, progress=False)

@@ -158,7 +158,8 @@ def test_an_online_store_failure_keeps_the_last_block_and_shows_in_status(
     """The item view's online table disappears (a real SQLite failure, not a mock): the
     service keeps ranking the items it had and says why in /status; once the table is back
     and materialized, the error clears."""
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
 
     srv, ws = served.server, served.ws
     wait_for("ranking the new items", lambda: extra_status(srv)["count"] == 2, srv)
@@ -171,8 +172,8 @@ def test_an_online_store_failure_keeps_the_last_block_and_shows_in_status(
         assert status["count"] == 2 and "table" in status["last_error"]
         assert "jazz-new" in ids(recommend(srv, JAZZ_FAN, 3))  # the last block serves on
     finally:
-        fs.apply(ws)  # creates the item view's online table again
-        fs.materialize(ws)
+        apply(ws)  # creates the item view's online table again
+        materialize(ws)
     wait_for("recovering", lambda: extra_status(srv)["last_error"] is None, srv)
     assert extra_status(srv)["count"] == 2
     log = srv.log.read_text()

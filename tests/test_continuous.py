@@ -46,7 +46,8 @@ def test_three_retrains_swap_the_served_model_under_load_with_zero_errors(
     tmp_path: Path,
 ) -> None:
     from seqrec.data.synth import generate
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.promotion import promote
 
@@ -54,8 +55,8 @@ def test_three_retrains_swap_the_served_model_under_load_with_zero_errors(
     cut = [int(f * len(log)) for f in (0.7, 0.8, 0.9, 1.0)]
     ws = make_workspace(tmp_path / "ws", "[serve]\nreload_poll_s = 0.5\n")
     import_rows(ws, log[: cut[0]], "base")
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     first = train_model(ws, "gpt2", epochs=1, progress=False).tag
     promote(ws, first, "stage=production")
 

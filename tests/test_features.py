@@ -11,7 +11,10 @@ from sqlalchemy import insert
 
 from seqrec.config import Workspace
 from seqrec.data.schema import create_schema, event_types, events, items, make_engine
-from seqrec.features import store as fs
+from seqrec.features import readers
+from seqrec.features.materialize import materialize
+from seqrec.features.repo import apply, get_store
+from seqrec.features.snapshots import ensure_snapshot
 from seqrec.features.sql import compute_feature_rows, event_positions, left_pad
 from seqrec.testing import load_synth
 from seqrec.training.data import build_next_item_data, leave_one_out_entities
@@ -97,7 +100,7 @@ def test_point_in_time_with_equal_timestamps(profile_ws: Workspace) -> None:
         ("v", 8, T0 + 3, "view"),
     ]
     _load(ws, rows)
-    fs.apply(ws)
+    apply(ws)
     data = build_next_item_data(ws)
 
     def history(s, user):
@@ -123,7 +126,7 @@ def test_leave_one_out_covers_every_training_target_once(
 ) -> None:
     ws = profile_ws
     load_synth(ws, users=40, items=30)
-    fs.apply(ws)
+    apply(ws)
     L = ws.config.features.max_len
     engine = make_engine(ws.events_url)
     pos = event_positions(engine)
@@ -171,15 +174,15 @@ def test_online_features_match_latest_offline_row_and_refresh_incrementally(
 ) -> None:
     ws = profile_ws
     load_synth(ws, users=25, items=20)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     engine = make_engine(ws.events_url)
     offline = compute_feature_rows(engine, ws.config.features.max_len)
     latest = offline.sort_values("order_us").groupby("user_id").tail(1).set_index("user_id")
-    store = fs.get_store(ws)
+    store = get_store(ws)
     service = store.get_feature_service(ws.config.features.feature_service)
     users = sorted(latest.index)
-    online = fs.online(store, service, [*users, "nobody"])
+    online = readers.online(store, service, [*users, "nobody"])
     for i, u in enumerate(users):  # no training/serving skew
         for col in ("item_seq", "type_seq", "ts_seq", "seq_len", "n_events", "n_purchases"):
             assert online[col][i] == (
@@ -191,20 +194,20 @@ def test_online_features_match_latest_offline_row_and_refresh_incrementally(
     u = users[0]
     last_ts = int(latest.loc[u, "ts_seq"][-1]) * 1000
     _add(ws, [(u, 1, last_ts + 60_000), (u, 2, last_ts + 120_000)])
-    report = fs.materialize(ws, incremental=True)
+    report = materialize(ws, incremental=True)
     assert report.mode == "incremental" and report.users_written == 1
-    after = fs.online(store, service, [u])
+    after = readers.online(store, service, [u])
     assert after["item_seq"][0][-2:] == [1, 2]
     assert after["n_events"][0] == latest.loc[u, "n_events"] + 2
 
 
 def test_snapshot_rebuilds_only_when_events_change(ws: Workspace) -> None:
     load_synth(ws, users=5, items=10)
-    first = fs.ensure_snapshot(ws)
-    again = fs.ensure_snapshot(ws)
+    first = ensure_snapshot(ws)
+    again = ensure_snapshot(ws)
     assert again.built_at == first.built_at
     _add(ws, [("u000001", 3, 1_900_000_000_000)])
-    third = fs.ensure_snapshot(ws)
+    third = ensure_snapshot(ws)
     assert third.events == first.events + 1 and third.built_at != first.built_at
 
 

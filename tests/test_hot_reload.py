@@ -43,7 +43,8 @@ class Models:
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     """A workspace with two tiny GPT-2s trained on the same events (seeds 0 and 1)."""
     from seqrec.commands.serve import set_labels
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.plugins import reset_plugin_manager
     from seqrec.testing import load_synth, make_workspace
@@ -51,8 +52,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     root = tmp_path_factory.mktemp("hot-reload") / "ws"
     ws = make_workspace(root, "[serve]\nreload_poll_s = 0.5\n")
     load_synth(ws, users=80, items=40)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     reset_plugin_manager()
     old = train_model(ws, "gpt2", epochs=1, seed=0, progress=False).tag
     new = train_model(ws, "gpt2", epochs=1, seed=1, progress=False).tag

@@ -102,7 +102,8 @@ def test_too_few_new_events_are_not_judged(split_log: tuple) -> None:
 def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> None:
     """Even a run told to promote anything (min_gain -1) does not promote past the check;
     with the check off (0) the same run promotes."""
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.promotion import production_tag, promote
     from seqrec.retrain import retrain
@@ -111,8 +112,8 @@ def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> 
     a, b = int(0.7 * len(log)), int(0.85 * len(log))
     ws = make_workspace(tmp_path / "ws")
     import_rows(ws, log[:a], "base")
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     prod = train_model(ws, "gpt2", epochs=1, progress=False).tag
     promote(ws, prod, "stage=production")
     import_rows(ws, _shuffled(log[a:b]), "shuffled")

@@ -18,8 +18,13 @@ from sqlalchemy import insert, text
 from seqrec.config import Workspace
 from seqrec.data.schema import events, make_engine
 from seqrec.errors import SeqrecError, StoreUnavailable
-from seqrec.features import store as fs
+from seqrec.features import readers
 from seqrec.features.definitions import FEATURES
+from seqrec.features.materialize import materialize, redis_online
+from seqrec.features.readers import historical, online_reader
+from seqrec.features.repo import apply, get_store, write_repo
+from seqrec.features.snapshots import build_snapshot, ensure_snapshot
+from seqrec.features.status import status
 from seqrec.testing import (
     drop_pg_redis_workspace,
     load_synth,
@@ -45,16 +50,16 @@ def pg_ws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workspace]
 
 def _setup(w: Workspace, users: int = 40, items: int = 30) -> None:
     load_synth(w, users=users, items=items)
-    fs.apply(w)
-    fs.materialize(w)
+    apply(w)
+    materialize(w)
 
 
 def _online_all(w: Workspace, users: list[str]) -> dict[str, list]:
-    return fs.online_reader(w).read(users)
+    return online_reader(w).read(users)
 
 
 def test_feature_store_yaml_is_the_production_stack(pg_ws: Workspace) -> None:
-    fs.write_repo(pg_ws)
+    write_repo(pg_ws)
     yaml = (pg_ws.feature_repo / "feature_store.yaml").read_text()
     for needle in (
         "registry_type: sql",
@@ -67,7 +72,7 @@ def test_feature_store_yaml_is_the_production_stack(pg_ws: Workspace) -> None:
         f"project: {pg_ws.config.features.project}",
     ):
         assert needle in yaml, needle
-    store = fs.get_store(pg_ws)  # Feast parses it
+    store = get_store(pg_ws)  # Feast parses it
     assert store.config.online_store.type == "redis"
 
 
@@ -94,9 +99,9 @@ def test_profiles_give_identical_training_sets_and_online_vectors(
         assert oa[name] == ob[name], name
     assert ob["item_seq"][-1] is None
     # Feast's own reader sees exactly what seqrec wrote to Redis
-    store = fs.get_store(pg_ws)
+    store = get_store(pg_ws)
     service = store.get_feature_service(pg_ws.config.features.feature_service)
-    via_feast = fs.online(store, service, users)
+    via_feast = readers.online(store, service, users)
     for name in FEATURES:
         assert via_feast[name] == ob[name], name
 
@@ -107,7 +112,7 @@ def test_online_vector_equals_offline_features_as_of_now(pg_ws: Workspace) -> No
     with make_engine(pg_ws.events_url).connect() as c:
         users = sorted(c.execute(text("SELECT DISTINCT user_id FROM events")).scalars())
     entity = pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp.now(tz="UTC")})
-    offline = fs.historical(pg_ws, entity).set_index("user_id")
+    offline = historical(pg_ws, entity).set_index("user_id")
     online = _online_all(pg_ws, users)
     for i, u in enumerate(users):
         for name in FEATURES:
@@ -145,7 +150,7 @@ def test_incremental_refresh_only_recomputes_changed_users_and_handles_late_even
     pg_ws: Workspace,
 ) -> None:
     _setup(pg_ws, users=20)
-    again = fs.materialize(pg_ws, incremental=True)
+    again = materialize(pg_ws, incremental=True)
     assert again.mode == "incremental" and again.users_written == 0  # idempotent
     with make_engine(pg_ws.events_url).connect() as c:
         first_ts = c.execute(
@@ -170,32 +175,32 @@ def test_incremental_refresh_only_recomputes_changed_users_and_handles_late_even
         c.execute(
             text("UPDATE events SET type_idx = 2 WHERE user_id = 'newcomer' AND item_idx = 6")
         )
-    info = fs.ensure_snapshot(pg_ws)
+    info = ensure_snapshot(pg_ws)
     assert info.mode == "incremental" and info.users_refreshed == 4
-    report = fs.materialize(pg_ws, incremental=True)
+    report = materialize(pg_ws, incremental=True)
     assert report.mode == "incremental" and report.users_written == 4
     online = _online_all(pg_ws, [u, v, w, "newcomer"])
     assert online["item_seq"][1][-1] == 9
     assert online["item_seq"][2][-2:] == [4, 5] and online["item_seq"][3] == [2, 6]
     incremental_table = _table(pg_ws)
-    fs.build_snapshot(pg_ws)  # a full rebuild gives the same table
+    build_snapshot(pg_ws)  # a full rebuild gives the same table
     pd.testing.assert_frame_equal(incremental_table, _table(pg_ws))
     u_rows = incremental_table[incremental_table.user_id == u]
     assert u_rows.iloc[0]["item_seq"] == [7]  # the late event is u's first
-    fs.materialize(pg_ws)  # full
+    materialize(pg_ws)  # full
     assert _online_all(pg_ws, [u, v, w, "newcomer"]) == online
-    twice = fs.materialize(pg_ws, incremental=True)
+    twice = materialize(pg_ws, incremental=True)
     assert twice.users_written == 0 and _online_all(pg_ws, [u, v, w, "newcomer"]) == online
 
 
 def test_status_reports_watermarks_and_staleness(pg_ws: Workspace) -> None:
     _setup(pg_ws, users=10)
-    st = fs.status(pg_ws)
+    st = status(pg_ws)
     assert st["online_reachable"] is True and st["applied"] is True
     assert st["online_users"] == 10 and st["events_not_online"] == 0
     assert st["features_stale"] is False and st["online_max_event_id"] == st["events"]
     _add(pg_ws, [("u000001", 1, 1_800_000_000_000)])
-    st = fs.status(pg_ws)
+    st = status(pg_ws)
     assert st["features_stale"] is True and st["events_not_online"] == 1
     assert st["online_staleness_s"] >= 0
 
@@ -204,18 +209,18 @@ def test_redis_down_is_a_clear_error_and_redis_loss_means_a_full_run(
     pg_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _setup(pg_ws, users=8)
-    reader = fs.online_reader(pg_ws)
-    fs.redis_online(pg_ws).drop()  # Redis lost its data (it keeps nothing on disk here)
+    reader = online_reader(pg_ws)
+    redis_online(pg_ws).drop()  # Redis lost its data (it keeps nothing on disk here)
     assert reader.read(["u000001"])["item_seq"] == [None]
-    assert fs.materialize(pg_ws, incremental=True).mode == "full"
+    assert materialize(pg_ws, incremental=True).mode == "full"
     assert reader.read(["u000001"])["item_seq"][0]
 
     monkeypatch.setenv("SEQREC_REDIS_URL", "redis://127.0.0.1:9/0")  # nothing listens there
     with pytest.raises(StoreUnavailable, match=r"online store unreachable"):
-        fs.online_reader(pg_ws).read(["u000001"])
+        online_reader(pg_ws).read(["u000001"])
     with pytest.raises(StoreUnavailable, match=r"127\.0\.0\.1:9"):
-        fs.materialize(pg_ws, incremental=True)
-    assert fs.status(pg_ws)["online_reachable"] is False
+        materialize(pg_ws, incremental=True)
+    assert status(pg_ws)["online_reachable"] is False
 
 
 def test_redis_namespaces_do_not_touch_each_other(pg_ws: Workspace) -> None:
@@ -243,7 +248,7 @@ def test_bad_profile_settings_are_clear(tmp_path: Path, monkeypatch: pytest.Monk
     w = make_workspace(tmp_path / "b", profile="postgres-redis")
     monkeypatch.setenv("SEQREC_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:9/test")
     with pytest.raises(SeqrecError, match="unreachable"):
-        fs.ensure_snapshot(w)
+        ensure_snapshot(w)
 
 
 def test_foreign_events_table_with_wrong_types_is_named(pg_ws: Workspace) -> None:
@@ -252,7 +257,7 @@ def test_foreign_events_table_with_wrong_types_is_named(pg_ws: Workspace) -> Non
     with engine.begin() as c:
         c.execute(text("ALTER TABLE events ALTER COLUMN ts_ms TYPE text"))
     with pytest.raises(SeqrecError, match="table events: column 'ts_ms' has type"):
-        fs.ensure_snapshot(pg_ws)
+        ensure_snapshot(pg_ws)
 
 
 @pytest.mark.parametrize("user", ["u1", "", "ünïcödé-用户", "x" * 256])

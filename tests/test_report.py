@@ -161,13 +161,14 @@ def _shifted_events(ws: Workspace, per_user: int = 3) -> None:
 
 @pytest.fixture
 def small_ws(tmp_path: Path) -> Workspace:
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.testing import load_synth, make_workspace
 
     w = make_workspace(tmp_path / "ws")
     load_synth(w, users=80, items=50)
-    fs.apply(w)
-    fs.materialize(w)
+    apply(w)
+    materialize(w)
     return w
 
 

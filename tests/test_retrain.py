@@ -45,13 +45,14 @@ def _new_events(ws: Workspace, n_users: int = 40) -> None:
 def prod_ws(tmp_path: Path) -> tuple[Workspace, str]:
     """A workspace with gpt2 trained, online and labelled stage=production."""
     from seqrec.commands.serve import set_labels
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
 
     ws = make_workspace(tmp_path / "ws")
     load_synth(ws, users=80, items=50)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     tag = train_model(ws, "gpt2", epochs=1, progress=False).tag
     set_labels(ws, tag, {"stage": "production"})
     return ws, tag
@@ -99,12 +100,12 @@ def test_retrain_keeps_production_when_the_candidate_is_not_better(
 
 
 def test_retrain_without_production_beats_popularity_first(tmp_path: Path) -> None:
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.retrain import retrain
 
     ws = make_workspace(tmp_path / "ws")
     load_synth(ws, users=60, items=40)
-    fs.apply(ws)
+    apply(ws)
     rep = retrain(ws, min_gain=-1.0, epochs=1, progress=False, materialize=False)
     assert rep.production is None and rep.baseline_score is not None
     assert rep.promoted and "popularity" in rep.reason

@@ -156,7 +156,7 @@ def test_the_lock_is_free_again_after_a_job_and_refused_while_held(ws: Workspace
 
 def test_a_staging_dir_left_by_a_killed_save_breaks_nothing(ws: Workspace) -> None:
     """A save killed midway leaves only a staging directory outside the model store."""
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.testing import load_synth
 
@@ -168,7 +168,7 @@ def test_a_staging_dir_left_by_a_killed_save_breaks_nothing(ws: Workspace) -> No
     (left / "seqrec-gpt2" / "half").mkdir(parents=True)
     (left / "seqrec-gpt2" / "half" / "model.safetensors").write_bytes(b"\0" * 10)
     load_synth(ws, users=30, items=20)
-    fs.apply(ws)
+    apply(ws)
     tag = train_model(ws, "popularity", progress=False).tag
     assert [r["tag"] for r in model_store.list_models(ws.model_store)] == [tag]
     assert not left.exists()  # a dead process's staging directory is cleared

@@ -23,13 +23,14 @@ PROD = "stage=production"
 
 def production_workspace(ws: Workspace) -> str:
     """Synthetic events online, gpt2 trained (1 epoch) and promoted; returns its tag."""
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.promotion import promote
 
     load_synth(ws, users=60, items=40)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     tag = train_model(ws, "gpt2", epochs=1, seed=0, progress=False).tag
     promote(ws, tag, "stage=production", reason="test setup")
     return tag
@@ -62,13 +63,14 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 def test_train_and_retrain_commands_record_runs_that_runs_shows(
     profile_ws: Workspace, cli: Any
 ) -> None:
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.promotion import production_tag
 
     ws = profile_ws
     load_synth(ws, users=60, items=40)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     p = ("--project", ws.root)
     res = cli("train", "--model", "gpt2", "--epochs", "1", "--seed", "0", "--json", *p)
     assert res.exit_code == 0, res.output
@@ -152,14 +154,14 @@ def test_a_run_whose_process_died_is_shown_as_crashed_at_its_step(ws: Workspace)
 def test_production_tag_falls_back_to_labels_until_a_pointer_exists(ws: Workspace) -> None:
     """An older workspace has labels only; once promoted, the pointer is the truth."""
     from seqrec.commands.serve import set_labels
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.promotion import production_tag, promote
     from seqrec.recommend import resolve_model_ref
     from seqrec.runs import label_history
 
     load_synth(ws, users=30, items=20)
-    fs.apply(ws)
+    apply(ws)
     gpt2, pop = (train_model(ws, "popularity", progress=False).tag for _ in range(2))
     set_labels(ws, gpt2, {"team": "a"})
     assert production_tag(ws, "team=a") == gpt2  # no pointer row: the labelled model
@@ -179,14 +181,14 @@ def test_label_command_promotes_through_the_pointer_and_withdraws_it(
     ws: Workspace, cli: Any
 ) -> None:
     from seqrec.errors import SeqrecError
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.promotion import production_tag
     from seqrec.recommend import resolve_model_ref
     from seqrec.runs import label_history
 
     load_synth(ws, users=30, items=20)
-    fs.apply(ws)
+    apply(ws)
     a, b = (train_model(ws, "popularity", progress=False).tag for _ in range(2))
     for tag in (a, b):
         res = cli("label", tag, "stage=production", "team=x", "--project", ws.root)

@@ -15,7 +15,8 @@ from seqrec.data.importers import import_file
 from seqrec.data.item_text import import_item_file
 from seqrec.data.schema import item_embeddings, items, make_engine
 from seqrec.errors import SeqrecError, StoreUnavailable
-from seqrec.features import store as fs
+from seqrec.features.materialize import materialize
+from seqrec.features.repo import apply
 from seqrec.text.embed import embed_items, from_bytes
 from seqrec.text.encoder import TextEncoder, describe, render_text
 from seqrec.text.features import ItemTextReader, item_text_embeddings, item_text_matrix
@@ -141,9 +142,9 @@ def test_item_text_features_online_after_materialize(
         idx = {k: int(i) for k, i in conn.execute(select(items.c.item_id, items.c.item_idx))}
     assert idx == {"i1": 1, "i2": 2, "i3": 3, "i4": 4}
     embed_items(ws, encoder=encoder, engine=engine)
-    applied = fs.apply(ws)
+    applied = apply(ws)
     assert "view item_text_v1" in " ".join(applied)
-    report = fs.materialize(ws, engine=engine)
+    report = materialize(ws, engine=engine)
     assert report.items_written == 3
 
     stored = {k: from_bytes(v, encoder.dim) for k, v in _vectors(ws).items()}
@@ -172,7 +173,7 @@ def test_item_text_features_online_after_materialize(
         engine, _write(tmp_path / "items2.csv", ITEMS.replace("Toy Story 2", "Heat")), "csv"
     )
     assert embed_items(ws, encoder=encoder, engine=engine).encoded == 1
-    assert fs.materialize(ws, incremental=True, engine=engine).items_written == 1
+    assert materialize(ws, incremental=True, engine=engine).items_written == 1
     new_i2 = item_text_embeddings(ws, ["i2"])[0]
     assert cosine(new_i2, stored["i2"]) < 0.9
     np.testing.assert_allclose(new_i2, from_bytes(_vectors(ws)["i2"], encoder.dim), atol=1e-6)
@@ -191,8 +192,8 @@ def test_a_workspace_without_item_text_applies_and_materializes_as_before(
     import_file(
         engine, _write(tmp_path / "ev.csv", "user_id,item_id,timestamp\nu,a,1700000000\n"), "csv"
     )
-    assert not any("item" in line for line in fs.apply(ws))
-    assert fs.materialize(ws, engine=engine).items_written is None
+    assert not any("item" in line for line in apply(ws))
+    assert materialize(ws, engine=engine).items_written is None
     m = item_text_matrix(ws)
     assert m.matrix.shape == (2, 0) and not m.mask.any() and m.encoder is None
 

@@ -231,7 +231,8 @@ def text_workspace(root: Path, toml: str = "") -> Workspace:
     from seqrec.data.importers import import_file
     from seqrec.data.item_text import import_item_file
     from seqrec.data.schema import make_engine
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.text.embed import embed_items
     from seqrec.text.encoder import TextEncoder
 
@@ -243,8 +244,8 @@ def text_workspace(root: Path, toml: str = "") -> Workspace:
     import_file(engine, root / "events.csv", "csv")
     import_item_file(engine, root / "items.csv", "csv")
     embed_items(ws, encoder=TextEncoder(device="cpu"), engine=engine)
-    fs.apply(ws)
-    fs.materialize(ws, engine=engine)
+    apply(ws)
+    materialize(ws, engine=engine)
     engine.dispose()
     return ws
 
@@ -274,13 +275,13 @@ def test_every_plugin_trains_evaluates_and_stores_a_text_aware_model(
 
 
 def test_item_text_in_a_workspace_without_embeddings_names_the_commands(tmp_path: Path) -> None:
-    from seqrec.features import store as fs
+    from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
     from seqrec.testing import load_synth
 
     ws = make_workspace(tmp_path / "ws")
     load_synth(ws, users=20, items=10)
-    fs.apply(ws)
+    apply(ws)
     with pytest.raises(SeqrecError) as err:
         train_model(ws, "gpt2", epochs=1, params={"item_text": True}, progress=False)
     text = f"{err.value} {err.value.hint}"

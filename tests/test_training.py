@@ -27,7 +27,7 @@ from seqrec.config import Workspace
 from seqrec.data.schema import create_schema, event_types, events, items, make_engine
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.classification import best_threshold, classification_metrics
-from seqrec.features import store as fs
+from seqrec.features.repo import apply
 from seqrec.models import ModelContext, get_spec, sampled_softmax_loss
 from seqrec.pipeline import bootstrap_ci, evaluate_model, train_model
 from seqrec.testing import load_synth
@@ -43,7 +43,7 @@ def _seqrec(*args: str) -> list[str]:
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(ws: Workspace) -> None:
     load_synth(ws, users=80, items=40)
-    fs.apply(ws)
+    apply(ws)
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # same model store as this process
     common = ["train", "--model", "gpt2", "--epochs", "6", "--seed", "5", "--json"]
     common += ["--project", str(ws.root)]
@@ -143,7 +143,7 @@ def test_parse_label_errors() -> None:
 
 def test_classification_end_to_end_features_strictly_before_cutoff(ws: Workspace) -> None:
     load_synth(ws, users=150, items=40)
-    fs.apply(ws)
+    apply(ws)
     out = train_model(
         ws, "gpt2", task="classify", label="purchase-within:7d", epochs=2, progress=False
     )
@@ -163,7 +163,7 @@ def test_classification_examples_carry_their_cutoff_as_now(ws: Workspace) -> Non
     from seqrec.training.labels import cutoffs, parse_label
 
     load_synth(ws, users=150, items=40)
-    fs.apply(ws)
+    apply(ws)
     label = "churn:7d"
     data = build_classification_data(ws, label)
     expected = cutoffs(make_engine(ws.events_url), parse_label(label))

@@ -13,7 +13,7 @@ import pytest
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
-from seqrec.features import store as fs
+from seqrec.features.repo import apply
 from seqrec.models import get_spec
 from seqrec.presets import find_preset, resolve, workspace_presets
 from seqrec.testing import load_synth
@@ -23,7 +23,7 @@ from seqrec.tuning import storage, tune
 @pytest.fixture
 def small_ws(ws: Workspace) -> Workspace:
     load_synth(ws, users=60, items=30)
-    fs.apply(ws)
+    apply(ws)
     return ws
 
 

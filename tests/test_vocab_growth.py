@@ -272,14 +272,15 @@ def test_retrain_keeps_old_item_indices_and_never_trains_on_items_only_in_the_he
     cutoff."""
     from seqrec import model_store
     from seqrec.commands.serve import set_labels
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
     from seqrec.pipeline import build_data, train_model
     from seqrec.retrain import retrain
 
     ws = make_workspace(tmp_path / "ws")
     load_synth(ws, users=60, items=40)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     prod = train_model(ws, "gpt2", epochs=1, seed=0, progress=False).tag
     set_labels(ws, prod, {"stage": "production"})
     before = _vocab(ws)

@@ -108,28 +108,24 @@ def register(cli: click.Group) -> None:
         """Import FILE into the events database (one transaction; re-importing adds nothing)."""
         from seqrec.cli import emit_json, workspace
         from seqrec.data.importers import CsvColumns, import_file
-        from seqrec.data.schema import make_engine
 
         ws = workspace(project)
         if delimiter in ("\\t", "tab", "TAB"):
             delimiter = "\t"
-        engine = make_engine(ws.events_url)
-        try:
-            report = import_file(
-                engine,
-                file,
-                fmt,  # type: ignore[arg-type]
-                columns=CsvColumns(user_col, item_col, time_col, type_col, value_col),
-                time_unit=time_unit,  # type: ignore[arg-type]
-                delimiter=delimiter,
-                default_event_type=event_type,
-                on_error=on_error,  # type: ignore[arg-type]
-                event_type_from=event_type_from,  # type: ignore[arg-type]
-                batch_size=ws.config.events.batch_size,
-                progress=not as_json,
-            )
-        finally:
-            engine.dispose()
+        engine = ws.engine
+        report = import_file(
+            engine,
+            file,
+            fmt,  # type: ignore[arg-type]
+            columns=CsvColumns(user_col, item_col, time_col, type_col, value_col),
+            time_unit=time_unit,  # type: ignore[arg-type]
+            delimiter=delimiter,
+            default_event_type=event_type,
+            on_error=on_error,  # type: ignore[arg-type]
+            event_type_from=event_type_from,  # type: ignore[arg-type]
+            batch_size=ws.config.events.batch_size,
+            progress=not as_json,
+        )
         if as_json:
             emit_json(report.to_dict())
         else:
@@ -190,23 +186,19 @@ def register(cli: click.Group) -> None:
             return
 
         from seqrec.cli import workspace
-        from seqrec.data.schema import make_engine
 
         ws = workspace(project)
-        engine = make_engine(ws.events_url)
-        try:
-            report = synth.import_synth(
-                engine,
-                users,
-                items,
-                seed,
-                batch_size=ws.config.events.batch_size,
-                progress=not as_json,
-                kind=kind,
-                random_event_types=random_event_types,
-            )
-        finally:
-            engine.dispose()
+        engine = ws.engine
+        report = synth.import_synth(
+            engine,
+            users,
+            items,
+            seed,
+            batch_size=ws.config.events.batch_size,
+            progress=not as_json,
+            kind=kind,
+            random_event_types=random_event_types,
+        )
         if as_json:
             emit_json(report.to_dict())
         else:
@@ -220,32 +212,29 @@ def register(cli: click.Group) -> None:
         from sqlalchemy import func, make_url, select
 
         from seqrec.cli import emit_json, workspace
-        from seqrec.data.schema import event_types, events, make_engine, require_schema
+        from seqrec.data.schema import event_types, events, require_schema
 
         ws = workspace(project)
-        engine = make_engine(ws.events_url)
-        try:
-            require_schema(engine)
-            with engine.connect() as conn:
-                n_events, n_users, n_items, lo, hi = conn.execute(
-                    select(
-                        func.count(),
-                        func.count(events.c.user_id.distinct()),
-                        func.count(events.c.item_idx.distinct()),
-                        func.min(events.c.ts_ms),
-                        func.max(events.c.ts_ms),
-                    )
-                ).one()
-                by_type = conn.execute(
-                    select(event_types.c.name, func.count(events.c.event_id))
-                    .select_from(
-                        event_types.outerjoin(events, events.c.type_idx == event_types.c.type_idx)
-                    )
-                    .group_by(event_types.c.type_idx, event_types.c.name)
-                    .order_by(event_types.c.type_idx)
-                ).all()
-        finally:
-            engine.dispose()
+        engine = ws.engine
+        require_schema(engine)
+        with engine.connect() as conn:
+            n_events, n_users, n_items, lo, hi = conn.execute(
+                select(
+                    func.count(),
+                    func.count(events.c.user_id.distinct()),
+                    func.count(events.c.item_idx.distinct()),
+                    func.min(events.c.ts_ms),
+                    func.max(events.c.ts_ms),
+                )
+            ).one()
+            by_type = conn.execute(
+                select(event_types.c.name, func.count(events.c.event_id))
+                .select_from(
+                    event_types.outerjoin(events, events.c.type_idx == event_types.c.type_idx)
+                )
+                .group_by(event_types.c.type_idx, event_types.c.name)
+                .order_by(event_types.c.type_idx)
+            ).all()
         type_counts = {name: int(c) for name, c in by_type}
         stats: dict[str, Any] = {
             "events_url": make_url(ws.events_url).render_as_string(hide_password=True),

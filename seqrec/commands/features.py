@@ -20,7 +20,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def build(project: Path | None, as_json: bool) -> None:
         """Compute the sequence features in SQL and write the offline snapshot."""
-        from seqrec.features.store import build_snapshot
+        from seqrec.features.snapshots import build_snapshot
 
         info = build_snapshot(workspace(project))
         if as_json:
@@ -35,7 +35,7 @@ def register(cli: click.Group) -> None:
     @project_option
     def apply(project: Path | None) -> None:
         """Register the entity, source, feature view and feature service with Feast."""
-        from seqrec.features.store import apply as apply_defs
+        from seqrec.features.repo import apply as apply_defs
 
         for line in apply_defs(workspace(project)):
             click.echo(f"applied {line}")
@@ -46,7 +46,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def materialize(project: Path | None, incremental: bool, as_json: bool) -> None:
         """Load each user's newest sequence into the online store."""
-        from seqrec.features.store import materialize as run
+        from seqrec.features.materialize import materialize as run
 
         report = run(workspace(project), incremental=incremental, progress=not as_json)
         if as_json:
@@ -64,7 +64,7 @@ def register(cli: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True)
     def status(project: Path | None, as_json: bool) -> None:
         """Snapshot, registry and online-store state."""
-        from seqrec.features.store import status as get_status
+        from seqrec.features.status import status as get_status
 
         st = get_status(workspace(project))
         if as_json:

@@ -40,11 +40,10 @@ def register(cli: click.Group) -> None:
     ) -> None:
         """Import item text; new items get a vocabulary index (idempotent, one transaction)."""
         from seqrec.data.item_text import import_item_file
-        from seqrec.data.schema import make_engine
 
         ws = workspace(project)
         report = import_item_file(
-            make_engine(ws.events_url),
+            ws.engine,
             file,
             fmt,  # type: ignore[arg-type]
             on_error=on_error,  # type: ignore[arg-type]
@@ -100,13 +99,12 @@ def register(cli: click.Group) -> None:
             create_schema,
             item_embeddings,
             item_meta,
-            make_engine,
         )
         from seqrec.data.schema import items as items_table
         from seqrec.errors import SeqrecError
 
         ws = workspace(project)
-        engine = make_engine(ws.events_url)
+        engine = ws.engine
         create_schema(engine)
         with engine.connect() as conn:
             meta = conn.execute(select(item_meta).where(item_meta.c.item_id == item_id)).first()

@@ -15,7 +15,7 @@ from seqrec.errors import SeqrecError
 def init_workspace(directory: Path, profile: str = "embedded", force: bool = False) -> Path:
     """Create a workspace: seqrec.toml with defaults plus the Feast repo."""
     from seqrec.config import load_workspace
-    from seqrec.features.store import write_repo
+    from seqrec.features.repo import write_repo
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CONFIG_NAME

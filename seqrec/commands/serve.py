@@ -169,7 +169,7 @@ def build_bento(ws: Workspace, ref: str, version: str | None = None) -> dict[str
     from bentoml._internal.bento.build_config import BentoEnvSchema
 
     from seqrec import model_store
-    from seqrec.features.store import write_repo
+    from seqrec.features.repo import write_repo
     from seqrec.plugins import DEFAULT_PLUGINS
 
     tag, task = check_model(ws, ref)

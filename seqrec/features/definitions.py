@@ -52,13 +52,10 @@ def build_definitions(ws: Workspace) -> Definitions:
     )
     source: Any
     if ws.is_postgres_redis:
-        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
-            PostgreSQLSource,
-        )
-
+        from seqrec.compat.feast_private import postgres_source
         from seqrec.features.pg import TABLE
 
-        source = PostgreSQLSource(
+        source = postgres_source(
             name="user_sequence_source",
             table=f"{ws.config.events.pg_schema}.{TABLE}",
             timestamp_field="event_timestamp",
@@ -123,11 +120,9 @@ def build_item_definitions(ws: Workspace, *, encoder: str, dim: int) -> ItemDefi
     )
     source: Any
     if ws.is_postgres_redis:
-        from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
-            PostgreSQLSource,
-        )
+        from seqrec.compat.feast_private import postgres_source
 
-        source = PostgreSQLSource(
+        source = postgres_source(
             name="item_text_source",
             table=f"{ws.config.events.pg_schema}.{ITEM_TABLE}",
             timestamp_field="event_timestamp",

@@ -21,11 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from seqrec.compat.feast_private import entity_key, feature_hash
 from seqrec.errors import StoreUnavailable
 from seqrec.faults import kill_point
 from seqrec.features import encode
@@ -71,7 +69,7 @@ class RedisOnline:
         self.view = view
         self.features = list(features)
         self._project_bytes = project.encode()
-        self._fields = [_mmh3(f"{view}:{f}") for f in self.features]
+        self._fields = [feature_hash(view, f) for f in self.features]
         self._ts_field = f"_ts:{view}".encode()
         self._read_fields = [*self._fields, self._ts_field]
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -83,11 +81,7 @@ class RedisOnline:
 
     def feast_key(self, user_id: str) -> bytes:
         """The key as Feast serializes it (the reference for :meth:`key`)."""
-        ek = EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=user_id)])
-        return (
-            serialize_entity_key(ek, entity_key_serialization_version=ENTITY_KEY_VERSION)
-            + self._project_bytes
-        )
+        return entity_key(JOIN_KEY, user_id, ENTITY_KEY_VERSION) + self._project_bytes
 
     def key(self, user_id: str) -> bytes:
         """Feast's key for ``user_id``, assembled from the fixed head (same bytes, 4x faster)."""

@@ -218,14 +218,10 @@ def evaluation_section(ws: Workspace, run: dict[str, Any], out: Path) -> str:
 
 def history_lengths(ws: Workspace, user_ids: np.ndarray) -> np.ndarray:
     """Events before each user's test target (their newest event), uncapped."""
-    from seqrec.data.schema import make_engine
     from seqrec.features.sql import event_positions
 
-    engine = make_engine(ws.events_url)
-    try:
-        n = event_positions(engine).groupby("user_id")["n"].max()
-    finally:
-        engine.dispose()
+    engine = ws.engine
+    n = event_positions(engine).groupby("user_id")["n"].max()
     return n.reindex(list(user_ids)).fillna(1).to_numpy(dtype=np.int64) - 1
 
 

@@ -21,7 +21,6 @@ from seqrec.data.schema import (
     create_schema,
     item_embeddings,
     item_meta,
-    make_engine,
     require_item_schema,
 )
 from seqrec.errors import SeqrecError
@@ -94,7 +93,7 @@ def embed_items(
     ``device`` only when something needs encoding); returns how many items were encoded and
     how many were already cached."""
     t0 = time.perf_counter()
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     create_schema(engine)
     require_item_schema(engine)
     with engine.connect() as conn:

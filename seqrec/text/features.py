@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, and_, func, inspect, select, text
 
 from seqrec.config import Workspace
-from seqrec.data.schema import item_embeddings, item_meta, items, make_engine
+from seqrec.data.schema import item_embeddings, item_meta, items
 from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.features.definitions import (
     ITEM_FEATURES,
@@ -65,7 +65,7 @@ class ActiveEncoder:
 def active_encoder(ws: Workspace, engine: Engine | None = None) -> ActiveEncoder | None:
     """The configured encoder if it has embeddings, else the most recently run one; None when
     there are no embeddings at all."""
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     if not inspect(engine).has_table(item_embeddings.name):
         return None  # a workspace without item text: nothing is created here
     with engine.connect() as conn:
@@ -96,7 +96,7 @@ def item_text_rows(
 ) -> tuple[ActiveEncoder | None, pd.DataFrame]:
     """The active encoder and its current embeddings: item_id, item_idx, updated_at,
     embedding (float32 arrays), text_hash; only embeddings of the items' current text."""
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     enc = active_encoder(ws, engine)
     cols = ["item_id", "item_idx", "updated_at", "embedding", "text_hash"]
     if enc is None:
@@ -250,7 +250,7 @@ class _OnlineState:
 
     def read(self) -> dict[str, Any] | None:
         if self.ws.is_postgres_redis:
-            from seqrec.features.store import redis_online
+            from seqrec.features.materialize import redis_online
 
             raw = redis_online(self.ws).client.get(self.key)
             return json.loads(raw) if raw else None
@@ -258,7 +258,7 @@ class _OnlineState:
 
     def write(self, state: dict[str, Any]) -> None:
         if self.ws.is_postgres_redis:
-            from seqrec.features.store import redis_online
+            from seqrec.features.materialize import redis_online
 
             redis_online(self.ws).client.set(self.key, json.dumps(state))
             return
@@ -284,7 +284,7 @@ def materialize_items(
     """
     import time
 
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     t0 = time.perf_counter()
     enc, df = item_text_rows(ws, engine)
     if enc is None:
@@ -333,7 +333,7 @@ def materialize_items(
 def item_status(ws: Workspace) -> dict[str, Any]:
     """For ``seqrec features status``: the active encoder, items with current embeddings, and
     the online watermark of the item view."""
-    engine = make_engine(ws.events_url)
+    engine = ws.engine
     enc = active_encoder(ws, engine)
     if enc is None:
         return {"item_text_encoder": None}
@@ -353,16 +353,12 @@ def item_status(ws: Workspace) -> dict[str, Any]:
 def drop_item_online(ws: Workspace) -> int:
     """Delete the item view's Redis rows and watermark (postgres-redis teardown); returns the
     number of keys deleted. Other projects' keys and user rows are left alone."""
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
+    from seqrec.compat.feast_private import entity_key
+    from seqrec.features.materialize import redis_online
     from seqrec.features.redis_online import ENTITY_KEY_VERSION
-    from seqrec.features.store import redis_online
 
     project = ws.config.features.project.encode()
-    empty = EntityKeyProto(join_keys=["item_id"], entity_values=[ValueProto(string_val="")])
-    head = serialize_entity_key(empty, entity_key_serialization_version=ENTITY_KEY_VERSION)[:-4]
+    head = entity_key("item_id", "", ENTITY_KEY_VERSION)[:-4]
     client = redis_online(ws).client
     keys = [
         k
@@ -386,7 +382,7 @@ class ItemTextReader:
     """Online item text embeddings through Feast (SQLite or Redis); hold one per process."""
 
     def __init__(self, ws: Workspace):
-        from seqrec.features.store import get_store
+        from seqrec.features.repo import get_store
 
         self.ws = ws
         self.store = get_store(ws)
@@ -448,7 +444,7 @@ def item_text_matrix(
     (padding included; default: the whole vocabulary). Items with an index of ``n_items`` or
     more (added after the model's vocabulary) are left out. Without any embeddings the matrix
     is ``[n_items, 0]`` and the mask all False."""
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     if n_items is None:
         with engine.connect() as conn:
             n_items = int(conn.execute(select(func.max(items.c.item_idx))).scalar() or 0) + 1

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, func, inspect, select
 
 from seqrec.config import Workspace
-from seqrec.data.schema import item_meta, items, make_engine
+from seqrec.data.schema import item_meta, items
 
 YEAR_KEYS = ("release_year", "year")
 
@@ -47,7 +47,7 @@ def item_titles(
     """Display titles by item index: ``[n_items]`` strings (default: the whole vocabulary),
     ``""`` for the padding row 0, ``"item <item_id>"`` for an item without text. Items with an
     index of ``n_items`` or more are left out."""
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     has_meta = inspect(engine).has_table(item_meta.name)
     with engine.connect() as conn:
         if n_items is None:
@@ -85,7 +85,7 @@ def event_type_names(
     """Event type names by type index (``""`` for padding 0), ``[n_types]`` of them."""
     from seqrec.model_store import read_vocab
 
-    _, names = read_vocab(engine or make_engine(ws.events_url))
+    _, names = read_vocab(engine or ws.engine)
     if n_types is None:
         return names
     return (names + [""] * n_types)[:n_types]

@@ -20,9 +20,10 @@ import torch
 from sqlalchemy import Engine, func, select
 
 from seqrec.config import Workspace
-from seqrec.data.schema import event_types, items, make_engine
+from seqrec.data.schema import event_types, items
 from seqrec.errors import SeqrecError
-from seqrec.features import store as feature_store
+from seqrec.features.readers import historical
+from seqrec.features.snapshots import ensure_snapshot
 from seqrec.features.sql import event_positions, left_pad
 from seqrec.models import Batch
 
@@ -192,8 +193,8 @@ def build_next_item_data(
     ws: Workspace, engine: Engine | None = None, stride: int | None = None
 ) -> NextItemData:
     """Leave-one-out train/valid/test sets through Feast's point-in-time join."""
-    engine = engine or make_engine(ws.events_url)
-    feature_store.ensure_snapshot(ws, engine)
+    engine = engine or ws.engine
+    ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
     stride = stride or ws.config.train.window_stride or max_len
     entities = leave_one_out_entities(event_positions(engine), max_len, stride)
@@ -201,7 +202,7 @@ def build_next_item_data(
         raise SeqrecError(
             "not enough events to train: every user needs at least 3 events for leave-one-out"
         )
-    joined = feature_store.historical(ws, entities).sort_values("row_id").reset_index(drop=True)
+    joined = historical(ws, entities).sort_values("row_id").reset_index(drop=True)
     if len(joined) != len(entities):
         raise SeqrecError(f"feature join returned {len(joined)} rows for {len(entities)} entities")
     n_items, n_types = vocab_sizes(engine)
@@ -241,12 +242,12 @@ def build_classification_data(
     """Classification sets for ``label_text`` via Feast's point-in-time join."""
     from seqrec.training.labels import entity_frame, event_type_names, parse_label
 
-    engine = engine or make_engine(ws.events_url)
+    engine = engine or ws.engine
     label = parse_label(label_text)
-    feature_store.ensure_snapshot(ws, engine)
+    ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
     entities = entity_frame(engine, label, train_cutoffs)
-    joined = feature_store.historical(ws, entities).sort_values("row_id").reset_index(drop=True)
+    joined = historical(ws, entities).sort_values("row_id").reset_index(drop=True)
     n_items, n_types = vocab_sizes(engine)
     if label.binary:
         names = ["no", "yes"] if label.kind == "purchase-within" else ["stays", "churns"]

@@ -134,12 +134,13 @@ def _cli(*args: Any) -> Result:
 @pytest.fixture(scope="module")
 def gbdt_ws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, dict[str, Any]]]:
     """400 synthetic users, features online, ``seqrec train --model gbdt`` run once."""
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
 
     ws = make_workspace(tmp_path_factory.mktemp("gbdt") / "ws")
     load_synth(ws, users=400, items=60)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     saved = {k: os.environ.get(k) for k in ("SEQREC_PROJECT", "BENTOML_HOME")}
     try:  # the CLI writes these into os.environ
         args = ["train", "--model", "gbdt", "--task", "classify", "--label", LABEL]

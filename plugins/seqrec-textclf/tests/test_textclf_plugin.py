@@ -230,13 +230,14 @@ def text_ws(
 ) -> Iterator[tuple[Workspace, dict[str, Any]]]:
     """60 synthetic users with item text, features online, ``seqrec train --model text-bert
     --init-from <tiny checkpoint>`` run once (1 epoch)."""
-    from seqrec.features import store as fs
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
 
     ws = make_workspace(tmp_path_factory.mktemp("textclf") / "ws")
     load_synth(ws, users=60, items=30)
     _item_text(ws)
-    fs.apply(ws)
-    fs.materialize(ws)
+    apply(ws)
+    materialize(ws)
     saved = {k: os.environ.get(k) for k in ("SEQREC_PROJECT", "BENTOML_HOME")}
     try:  # the CLI writes these into os.environ
         args = ["train", "--model", "text-bert", "--task", "classify", "--label", LABEL]
