@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sqlalchemy import Engine, select
 
+from seqrec.compat.bentoml_private import default_models_dir, store_kwargs
 from seqrec.data.schema import event_types, items
 from seqrec.errors import SeqrecError
 from seqrec.faults import kill_point
@@ -40,11 +41,9 @@ def _store(store: Path | None) -> dict[str, Any]:
     """
     if store is None:
         return {}
-    from bentoml._internal.models import ModelStore
-
     path = Path(store) / "models"
     path.mkdir(parents=True, exist_ok=True)
-    return {"_model_store": ModelStore(path)}
+    return store_kwargs(path)
 
 
 def store_name(model_name: str) -> str:
@@ -112,8 +111,6 @@ def save(
     # BentoML copies a new model into its store file by file: a process killed midway would
     # leave half a model there (which breaks listing the store). Build it in a staging store
     # on the same filesystem instead, then move it in with one rename.
-    from bentoml._internal.models import ModelStore
-
     models_dir = _models_dir(store)
     staging = _staging_dir(models_dir)
     try:
@@ -121,7 +118,7 @@ def save(
             store_name(model.spec_name),
             labels=labels,
             metadata=_bento_metadata(info, metrics),
-            _model_store=ModelStore(staging),
+            **store_kwargs(staging),
         ) as bm:
             path = Path(bm.path)
             save_weights(model.cpu(), path)
@@ -146,12 +143,7 @@ def save(
 
 def _models_dir(store: Path | None) -> Path:
     """The ``models`` directory of the BentoML store at ``store`` (None: BENTOML_HOME's)."""
-    if store is None:
-        from bentoml._internal.configuration.containers import BentoMLContainer
-
-        path = Path(BentoMLContainer.model_store_dir.get())
-    else:
-        path = Path(store) / "models"
+    path = default_models_dir() if store is None else Path(store) / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

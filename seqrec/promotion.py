@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
-from seqrec.errors import SeqrecError
 from seqrec.faults import kill_point
+from seqrec.labels import one_selector
 from seqrec.runs import model_labels, now, record_label_change, tables, training_runs
 
 log = logging.getLogger("seqrec.promotion")
@@ -32,18 +32,8 @@ PRODUCTION = "stage=production"
 _MISSING = object()
 
 
-def parse_selector(selector: str) -> tuple[str, str]:
-    """``key=value`` -> (key, value); a clear error for anything else."""
-    key, sep, value = selector.partition("=")
-    if not sep or not key.strip() or not value.strip() or "," in selector:
-        raise SeqrecError(
-            f"bad production label '{selector}'", hint="use one key=value, e.g. stage=production"
-        )
-    return key.strip(), value.strip()
-
-
 def _normal(selector: str) -> str:
-    key, value = parse_selector(selector)
+    key, value = one_selector(selector)
     return f"{key}={value}"
 
 
@@ -73,7 +63,7 @@ def labelled(ws: Workspace, selector: str) -> str | None:
     """The newest stored model carrying the BentoML label ``selector`` (a model store scan)."""
     from seqrec import model_store
 
-    key, value = parse_selector(selector)
+    key, value = one_selector(selector)
     for row in model_store.list_models(ws.model_store):  # newest first
         if row["labels"].get(key) == value:
             return str(row["tag"])
@@ -124,9 +114,9 @@ def mirror_labels(ws: Workspace, selector: str, tag: str | None) -> None:
     """Make BentoML's labels agree with the pointer: ``tag`` carries ``selector`` and no other
     model does (``stage`` becomes ``archived``, another key is removed). Best effort."""
     from seqrec import model_store
-    from seqrec.commands.serve import set_labels
+    from seqrec.labels import set_labels
 
-    key, value = parse_selector(selector)
+    key, value = one_selector(selector)
     try:
         if tag is not None:
             set_labels(ws, tag, {key: value})

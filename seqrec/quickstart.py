@@ -43,8 +43,8 @@ def run_quickstart(
     """Run every step in a fresh workspace at ``directory``; returns the summary."""
     import os
 
-    from seqrec.commands.project import init_workspace
     from seqrec.config import load_workspace
+    from seqrec.workspace_init import init_workspace
 
     console = console or Console(stderr=False)
     t_all = time.perf_counter()

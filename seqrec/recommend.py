@@ -28,6 +28,7 @@ from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.extra_items import ExtraItems, ExtraItemsSource
 from seqrec.features.readers import online_reader
 from seqrec.features.sql import drop_unknown, left_pad
+from seqrec.labels import is_selector, parse_selector
 from seqrec.models import Batch
 from seqrec.training.trainer import pick_device
 
@@ -137,9 +138,10 @@ def resolve_model_ref(ref: str, store: Path | None, ws: Workspace | None = None)
     model, one indexed query and no store scan (:mod:`seqrec.promotion`)."""
     from seqrec import model_store
 
-    if "=" not in ref:
+    if not is_selector(ref):
         return model_store.locate(ref, store)[0]
-    if ws is not None and "," not in ref and all(p.strip() for p in ref.split("=", 1)):
+    want = parse_selector(ref)
+    if ws is not None and "," not in ref:
         from seqrec.promotion import pointer
 
         tag = pointer(ws, ref)
@@ -150,12 +152,6 @@ def resolve_model_ref(ref: str, store: Path | None, ws: Workspace | None = None)
                 f"no model is {ref}: it was withdrawn",
                 hint="`seqrec label TAG " + ref + "` makes one (`seqrec runs` shows the history)",
             )
-    want: dict[str, str] = {}
-    for part in ref.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise SeqrecError(f"bad label selector '{ref}'", hint="use key=value[,key=value]")
-        want[key.strip()] = value.strip()
     for row in model_store.list_models(store):  # newest first
         if all(row["labels"].get(k) == v for k, v in want.items()):
             return str(row["tag"])
@@ -800,7 +796,7 @@ class ModelReloader:
         ``poll_s``: seconds between polls (0: never poll)."""
         self.holder, self.lock, self.load, self.resolve = holder, lock, load, resolve
         self.ref = ref
-        self.selector = ref if "=" in ref else None
+        self.selector = ref if is_selector(ref) else None
         self.poll_s = poll_s
         self.metrics = metrics or Metrics()
         self.loaded_at = time.time()
@@ -891,7 +887,7 @@ class ModelReloader:
                 self._refuse(want, "admin", exc, remember=False)  # no tag to remember
                 raise SeqrecError(f"cannot reload {want}: {_first_line(exc)}") from None
             changed = self._swap(tag, by="admin", same_task=ref is None)
-            self.selector = want if "=" in want else None
+            self.selector = want if is_selector(want) else None
         self.start()
         return changed
 

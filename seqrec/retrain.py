@@ -50,6 +50,7 @@ from typing import Any
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
+from seqrec.labels import one_selector
 from seqrec.models import PRESET_TRAIN_KEYS
 
 #: the metric a retraining run compares, by task (higher is better)
@@ -87,18 +88,12 @@ class RetrainReport:
         return asdict(self)
 
 
-def _parse_selector(selector: str) -> tuple[str, str]:
-    from seqrec.promotion import parse_selector
-
-    return parse_selector(selector)
-
-
 def find_production(ws: Workspace, selector: str) -> str | None:
     """The model the production pointer ``selector`` (key=value) names, or None (a workspace
     without a pointer yet: the newest stored model carrying that label)."""
     from seqrec.promotion import production_tag
 
-    _parse_selector(selector)
+    one_selector(selector)
     return production_tag(ws, selector)
 
 
@@ -134,7 +129,7 @@ def retrain(
     from seqrec import runs
     from seqrec.locking import job_lock
 
-    _parse_selector(production_label)  # a user mistake fails before anything is recorded
+    one_selector(production_label)  # a user mistake fails before anything is recorded
     with job_lock(ws, "retrain", wait):
         runs.mark_crashed(ws, kinds=("retrain",))  # we hold the lock: none of them runs
         _forget_crashed(ws)
@@ -431,10 +426,10 @@ def _drift(
 
 def _label_candidate(ws: Workspace, tag: str, selector: str, run_id: int, reason: str) -> None:
     """Label a candidate that was not promoted (``retrain=rejected``), recorded."""
-    from seqrec.commands.serve import set_labels
+    from seqrec.labels import set_labels
     from seqrec.runs import record_label_change, tables
 
-    key, value = _parse_selector(selector)
+    key, value = one_selector(selector)
     set_labels(ws, tag, {key: value})
     with tables(ws).begin() as conn:
         record_label_change(conn, selector, None, tag, run_id=run_id, reason=reason)

@@ -8,22 +8,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from seqrec.config import CONFIG_NAME, PROFILES, render_default_config
-from seqrec.errors import SeqrecError
-
-
-def init_workspace(directory: Path, profile: str = "embedded", force: bool = False) -> Path:
-    """Create a workspace: seqrec.toml with defaults plus the Feast repo."""
-    from seqrec.config import load_workspace
-    from seqrec.features.repo import write_repo
-
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CONFIG_NAME
-    if path.exists() and not force:
-        raise SeqrecError(f"{path} already exists", hint="use --force to overwrite it")
-    path.write_text(render_default_config(profile))
-    write_repo(load_workspace(directory))
-    return path
+from seqrec.config import CONFIG_NAME, PROFILES
+from seqrec.workspace_init import init_workspace
 
 
 def register(cli: click.Group) -> None:
