@@ -20,20 +20,20 @@ from seqrec import __version__
 from seqrec.errors import SeqrecError
 
 #: a plugin name: the model name, the entry point name and the package suffix at once
-NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,23}")
 TEMPLATE_SUFFIX = ".tmpl"
 
 
 def check_name(name: str) -> str:
     """``name`` if it can name a plugin (lowercase letters, digits and '_', starting with a
-    letter; at most 40), not already taken by an installed plugin or model; else a
+    letter; at most 24), not already taken by an installed plugin or model; else a
     SeqrecError saying why."""
     if not NAME_RE.fullmatch(name):
         suggestion = re.sub(r"[^a-z0-9_]+", "_", name.lower()).strip("_")
         example = f", e.g. '{suggestion}'" if NAME_RE.fullmatch(suggestion) else ""
         raise SeqrecError(
             f"'{name}' cannot name a plugin",
-            hint=f"use lowercase letters, digits and '_', starting with a letter (at most 40)"
+            hint=f"use lowercase letters, digits and '_', starting with a letter (at most 24)"
             f"{example}",
         )
     taken = {ep.name for ep in entry_points(group="seqrec")}
