@@ -69,6 +69,13 @@ class Metrics:
 
     def serving(self, tag: str, previous: str | None = None) -> None: ...
 
+    def internal_error(self, where: str) -> None:
+        """A bug (not an outage) surfaced at ``where``; the caller logged its traceback."""
+
+
+#: what a reader raises when the store is down or slow (sockets, timeouts): a fallback, not a bug
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+
 
 class StoreHealth:
     """Whether the online store answers; while it does not, retry it every ``retry_s`` only.
@@ -294,10 +301,14 @@ class Recommender:
             return self.reader.read(user_ids)
         except StoreUnavailable:
             raise
-        except Exception as exc:  # any failure to read the store is an outage for serving
+        except OUTAGE_ERRORS as exc:  # connection refused/reset, timeouts: an outage
             raise StoreUnavailable(
                 f"online store read failed: {type(exc).__name__}: {exc}"
             ) from exc
+        except Exception:  # a TypeError or KeyError is a bug: surface it, never a fallback
+            log.exception("online lookup: internal error (not a store outage)")
+            self.metrics.internal_error("online_lookup")
+            raise
 
     def features(self, user_ids: list[str]) -> dict[str, list[Any]] | None:
         """Online features, or None while the store is unavailable (health updated)."""

@@ -219,6 +219,12 @@ class SeqrecService:
             data, tag = await answer
         except SeqrecError as exc:
             raise InvalidArgument(str(exc)) from None
+        except Exception as exc:  # a bug: logged and counted under an error id, answered 500
+            from bentoml.exceptions import InternalServerError
+
+            from seqrec.serving.metrics import internal_error
+
+            raise InternalServerError(internal_error(exc, "request", self.metrics)) from exc
         return Response(data, media_type="application/json", headers={"x-seqrec-model": tag})
 
     def _locked(self, fn: Callable[..., R], *args: Any) -> R:

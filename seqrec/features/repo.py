@@ -135,7 +135,7 @@ def require_applied(store: FeatureStore) -> None:
     """A SeqrecError unless the user sequence view is registered."""
     try:
         store.get_feature_view(VIEW_NAME)
-    except Exception:
+    except FeatureViewNotFoundException:
         raise SeqrecError(
             "the feature definitions are not registered", hint="run `seqrec features apply`"
         ) from None
@@ -155,3 +155,5 @@ def apply(ws: Workspace) -> list[str]:
         f"service {defs.service.name}",
         *apply_items(ws, store),  # the item text view, when there are item embeddings
     ]
+    from feast.errors import FeatureViewNotFoundException
+

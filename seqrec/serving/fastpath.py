@@ -256,11 +256,11 @@ async def _fast(
         )
     except SeqrecError as exc:
         return await _send_json(send, 400, {"error": str(exc)})
-    except Exception:
-        log.exception("request to %s failed", answer)
-        return await _send_json(
-            send, 500, {"error": "An unexpected error has occurred, please check the server log."}
-        )
+    except Exception as exc:  # a bug: logged with its traceback and counted, answered 500
+        from seqrec.serving.metrics import internal_error
+
+        msg = internal_error(exc, "request", getattr(service, "metrics", None))
+        return await _send_json(send, 500, {"error": msg})
     await _send_bytes(send, 200, data, tag)
 
 

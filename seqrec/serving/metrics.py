@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from seqrec.recommend import Metrics
+
+log = logging.getLogger("seqrec.serve")
+
+#: the ``where`` labels of ``seqrec_internal_errors_total`` (present at 0 from the start)
+INTERNAL_ERROR_PLACES = ("online_lookup", "request")
+
+
+def internal_error(exc: BaseException, where: str, metrics: Metrics | None) -> str:
+    """Log ``exc`` with its traceback under a fresh error id, count it, and return the
+    message a 500 answer carries (the id finds the traceback in the server log)."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s in %s", error_id, where, exc_info=exc)
+    if metrics is not None:
+        metrics.internal_error(where)
+    return f"internal error {error_id}: {type(exc).__name__}; see the server log for this id"
 
 
 class PrometheusMetrics(Metrics):
@@ -40,6 +58,13 @@ class PrometheusMetrics(Metrics):
             ["tag"],
             multiprocess_mode="livemax",
         )
+        self.internal = Counter(
+            "seqrec_internal_errors_total",
+            "bugs surfaced (logged with a traceback), by where: never disguised as an outage",
+            ["where"],
+        )
+        for where in INTERNAL_ERROR_PLACES:
+            self.internal.labels(where=where)
         self.store_up_gauge.set(1)
 
     def fallback(self, reason: str, n: int) -> None:
@@ -56,6 +81,9 @@ class PrometheusMetrics(Metrics):
 
     def model_reload(self, ok: bool) -> None:
         self.reloads.labels(result="ok" if ok else "failed").inc()
+
+    def internal_error(self, where: str) -> None:
+        self.internal.labels(where=where).inc()
 
     def serving(self, tag: str, previous: str | None = None) -> None:
         if previous is not None:
