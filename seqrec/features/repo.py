@@ -133,6 +133,8 @@ def get_store(ws: Workspace) -> FeatureStore:
 
 def require_applied(store: FeatureStore) -> None:
     """A SeqrecError unless the user sequence view is registered."""
+    from feast.errors import FeatureViewNotFoundException
+
     try:
         store.get_feature_view(VIEW_NAME)
     except FeatureViewNotFoundException:
@@ -155,5 +157,3 @@ def apply(ws: Workspace) -> list[str]:
         f"service {defs.service.name}",
         *apply_items(ws, store),  # the item text view, when there are item embeddings
     ]
-    from feast.errors import FeatureViewNotFoundException
-
