@@ -110,8 +110,9 @@ def _round_trip(model: Any, batch: Any, name: str) -> None:
 
 def check_tasks(name: str, params: dict[str, Any] | None = None) -> None:
     """Every task the spec declares is implemented: the model builds for it, ``loss`` and
-    ``score`` run, and the scores have that task's width (n_items or n_classes)."""
-    from seqrec.models import TASKS, get_spec
+    ``score`` run, the scores have that task's width (n_items or n_classes), and a row of only
+    padding scores without an error."""
+    from seqrec.models import TASKS, Batch, get_spec
 
     spec = get_spec(name)
     assert spec.tasks and set(spec.tasks) <= set(TASKS), f"{name}: tasks {spec.tasks!r}"
@@ -137,6 +138,17 @@ def check_tasks(name: str, params: dict[str, Any] | None = None) -> None:
             f"{_where(name, task, 'score shape')}: {tuple(scores.shape)}, expected "
             f"{(len(batch.items), width)}"
         )
+        empty = [t.clone() for t in (batch.items, batch.types, batch.times)]
+        for t in empty:
+            t[0] = 0  # the service fills batches up to a warmed-up size with such rows
+        try:
+            with torch.no_grad():
+                model.score(Batch(*empty))
+        except Exception as exc:
+            raise AssertionError(
+                f"{_where(name, task, 'a row of only padding fails')}: {type(exc).__name__}: "
+                f"{exc}; score such rows without failing (their scores are discarded)"
+            ) from None
 
 
 def check_model_contract(name: str, params: dict[str, Any] | None = None) -> None:

@@ -10,6 +10,7 @@ watermark). Names are ``seqrec-<model>``; ``gpt2`` is short for ``seqrec-gpt2:la
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,9 +29,11 @@ from seqrec.compat.bentoml_private import default_models_dir, store_kwargs
 from seqrec.data.schema import event_types, items
 from seqrec.errors import SeqrecError
 from seqrec.faults import kill_point
-from seqrec.models import SeqModel, load_weights, save_weights
+from seqrec.models import CONTEXT_FILE, WEIGHTS_FILE, SeqModel, load_weights, save_weights
 
 PREFIX = "seqrec-"
+
+log = logging.getLogger("seqrec.model_store")
 
 
 def _store(store: Path | None) -> dict[str, Any]:
@@ -197,7 +200,8 @@ class StoredModel:
 
 
 def locate(ref: str, store: Path | None = None) -> tuple[str, Path]:
-    """(full tag, directory) of a stored model; a clear error when absent."""
+    """(full tag, directory) of a stored model; a clear error when absent or when BentoML's
+    record of it (``model.yaml``, ``latest``) cannot be read."""
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -209,37 +213,134 @@ def locate(ref: str, store: Path | None = None) -> tuple[str, Path]:
             f"no stored model '{tag}'",
             hint="train one with `seqrec train --model NAME`; `seqrec models --stored` lists stored ones",
         ) from None
+    except Exception as exc:  # a damaged model.yaml or latest file
+        raise _damaged(_record(tag, store), tag, exc) from None
     return str(bm.tag), Path(bm.path)
 
 
+def _record(tag: str, store: Path | None) -> Path:
+    """The file BentoML reads to find ``tag``: its ``model.yaml``, or the name's ``latest``
+    file when that does not name a stored version."""
+    name, _, ver = tag.partition(":")
+    base = _models_dir(store) / name
+    if ver == "latest":
+        try:
+            ver = (base / "latest").read_text().strip()
+        except (OSError, ValueError):
+            return base / "latest"
+        if not ver or not (base / ver).is_dir():
+            return base / "latest"
+    return base / ver / "model.yaml"
+
+
+#: the JSON files of a stored model beside its weights, and the type each must hold
+_JSON_FILES = {
+    CONTEXT_FILE: dict,
+    "seqrec.json": dict,
+    "vocab.json": list,
+    "event_types.json": list,
+    "popularity.json": list,
+    "metrics.json": dict,
+}
+
+
+def _damaged(path: Path, tag: str, reason: object) -> SeqrecError:
+    """The error for a stored model file that cannot be read: it names the file."""
+    text = str(reason).splitlines()[0] if str(reason) else type(reason).__name__
+    return SeqrecError(
+        f"stored model '{tag}' is damaged: {text}",
+        where=str(path),
+        hint="retrain it, or serve another version (`seqrec models --stored` lists them)",
+    )
+
+
+def _read_json(path: Path, tag: str) -> Any:
+    want = _JSON_FILES[path.name]
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise _damaged(path, tag, "the file is missing") from None
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise _damaged(path, tag, f"not valid JSON ({exc})") from None
+    if not isinstance(value, want):
+        raise _damaged(path, tag, f"holds a {type(value).__name__}, not a {want.__name__}")
+    return value
+
+
+def _check_weights(path: Path, tag: str) -> None:
+    """The safetensors header is whole and covers the file (truncation, garbage)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except FileNotFoundError:
+        raise _damaged(path, tag, "the file is missing") from None
+    except Exception as exc:  # SafetensorError: header cut short, too large, not JSON
+        raise _damaged(path, tag, f"not a readable safetensors file ({exc})") from None
+
+
 def load(ref: str, device: str | torch.device = "cpu", store: Path | None = None) -> StoredModel:
-    """Load a stored model by tag (or short name) onto ``device``."""
+    """Load a stored model by tag (or short name) onto ``device``. A damaged file (cut
+    short, overwritten, not what it should hold) is a :class:`SeqrecError` naming it; weights
+    are only ever read through safetensors."""
     tag, path = locate(ref, store)
+    files = {name: _read_json(path / name, tag) for name in _JSON_FILES}
+    _check_weights(path / WEIGHTS_FILE, tag)
     try:
         model = load_weights(path, device=device)
-        info = json.loads((path / "seqrec.json").read_text())
-        return StoredModel(
-            tag=tag,
-            model=model,
-            vocab=json.loads((path / "vocab.json").read_text()),
-            event_types=json.loads((path / "event_types.json").read_text()),
-            popularity=np.asarray(json.loads((path / "popularity.json").read_text())),
-            info=info,
-            metrics=json.loads((path / "metrics.json").read_text()),
-            path=path,
-        )
     except SeqrecError:
         raise
-    except Exception as exc:
-        raise SeqrecError(f"model '{tag}' at {path} failed to load: {exc}") from None
+    except Exception as exc:  # weights that do not fit the context, a context not valid, or
+        # a bug in the plugin's code: the message names the file, the log keeps the traceback
+        log.error("loading %s failed inside the model's code", tag, exc_info=exc)
+        raise _damaged(
+            path / WEIGHTS_FILE, tag, f"does not fit {CONTEXT_FILE}: {str(exc)[:300]}"
+        ) from exc
+    vocab, types = files["vocab.json"], files["event_types.json"]
+    n_items, n_types = model.ctx.n_items, model.ctx.n_event_types
+    if len(vocab) < n_items or not all(isinstance(v, str) for v in vocab):
+        raise _damaged(path / "vocab.json", tag, f"not {n_items} item ids (has {len(vocab)})")
+    if len(types) < n_types or not all(isinstance(t, str) for t in types):
+        raise _damaged(
+            path / "event_types.json", tag, f"not {n_types} event types (has {len(types)})"
+        )
+    pop = files["popularity.json"]
+    if not all(isinstance(x, int | float) for x in pop):
+        raise _damaged(path / "popularity.json", tag, "holds something other than numbers")
+    return StoredModel(
+        tag=tag,
+        model=model,
+        vocab=vocab,
+        event_types=types,
+        popularity=np.asarray(pop, dtype=np.float64),
+        info=files["seqrec.json"],
+        metrics=files["metrics.json"],
+        path=path,
+    )
+
+
+def _readable(store: Path | None) -> list[Any]:
+    """BentoML's record of every seqrec model in the store. One whose record cannot be read
+    is left out with a warning naming it: one damaged model must not hide the others."""
+    import bentoml
+
+    out = []
+    for path in sorted(_models_dir(store).glob(f"{PREFIX}*/*")):
+        if not path.is_dir():
+            continue  # a name's `latest` file
+        try:
+            out.append(bentoml.models.get(f"{path.parent.name}:{path.name}", **_store(store)))
+        except Exception as exc:
+            tag = f"{path.parent.name}:{path.name}"
+            log.warning("left out of the listing: %s", _damaged(path / "model.yaml", tag, exc))
+    return out
 
 
 def list_models(store: Path | None = None) -> list[dict[str, Any]]:
-    """Stored seqrec models, newest first."""
-    import bentoml
-
+    """Stored seqrec models, newest first (damaged ones left out, with a warning)."""
     rows = []
-    for bm in bentoml.models.list(**_store(store)):
+    for bm in _readable(store):
         if not bm.tag.name.startswith(PREFIX):
             continue
         meta: dict[str, Any] = dict(bm.info.metadata or {})

@@ -162,6 +162,25 @@ class ColumnPositions(Bigram):
         return scores
 
 
+class PackedGRU(Bigram):
+    """Broken for rows of only padding: packs sequences by length, and a length of 0 fails."""
+
+    def __init__(self, ctx: ModelContext):
+        super().__init__(ctx)
+        self.gru = nn.GRU(D, D, batch_first=True)
+
+    def next_item_scores(self, batch: Batch) -> Tensor:
+        lengths = batch.mask.sum(1)
+        right = torch.stack([row.roll(int(n)) for row, n in zip(batch.items, lengths, strict=True)])
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.inp(right), lengths, batch_first=True, enforce_sorted=False
+        )
+        h = self.gru(packed)[1][-1]
+        scores = h @ self.outp.weight.T
+        scores[:, 0] = torch.finfo(scores.dtype).min
+        return scores
+
+
 class NextItemOnly(Bigram):
     """Broken for its declared tasks: registered for classify, without class_logits."""
 
@@ -181,6 +200,7 @@ MODELS: dict[str, tuple[Callable[[ModelContext], SeqModel], tuple[str, ...]]] = 
     "items-along-columns": (ItemsAlongColumns, ("next-item",)),
     "next-item-only": (NextItemOnly, BOTH),
     "column-positions": (ColumnPositions, ("next-item",)),
+    "packed-gru": (PackedGRU, ("next-item",)),
 }
 
 
@@ -237,6 +257,11 @@ def test_declared_task_without_implementation_fails() -> None:
     with pytest.raises(AssertionError, match=r"next-item-only/classify: declared task not"):
         check_tasks("next-item-only")
     check_tasks("good")  # both tasks implemented
+
+
+def test_tasks_fails_when_a_row_of_only_padding_breaks_score() -> None:
+    with pytest.raises(AssertionError, match="a row of only padding fails: RuntimeError"):
+        check_tasks("packed-gru")
 
 
 def test_padding_fails_when_column_zero_ranks() -> None:

@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.metrics import mask_scores, target_ranks
 from seqrec.faults import kill_point
 from seqrec.models import SeqModel
 from seqrec.progress import bar
+from seqrec.training.checkpoint import read_state, read_weights
 from seqrec.training.data import SequenceSet, iter_batches
 
 STATE_FILE = "trainer_state.pt"
@@ -289,15 +290,16 @@ class Checkpointer:
             shutil.rmtree(replaced)
 
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        state = torch.load(self.current / STATE_FILE, weights_only=True)
-        return load_file(str(self.current / LAST_WEIGHTS)), state
+        """(last weights, trainer state); a damaged file is a SeqrecError naming it."""
+        state = read_state(self.current / STATE_FILE)
+        return read_weights(self.current / LAST_WEIGHTS), state
 
     @property
     def best_path(self) -> Path:
         return self.current / BEST_WEIGHTS
 
     def best(self) -> dict[str, torch.Tensor] | None:
-        return load_file(str(self.best_path)) if self.best_path.is_file() else None
+        return read_weights(self.best_path) if self.best_path.is_file() else None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
