@@ -195,6 +195,13 @@ class ServeConfig(_Section):
         le=3600,
         description="while the online store is down, try it again at most this often",
     )
+    store_timeout_ms: int = Field(
+        100,
+        ge=1,
+        le=60_000,
+        description="longest wait for the online store (Redis: to connect, and for each reply); "
+        "past it the request gets the popularity fallback and the store counts as unavailable",
+    )
     reload_poll_s: float = Field(
         10.0,
         ge=0,

@@ -3,8 +3,9 @@
 This is the serving logic, free of any web framework: the BentoML service wraps it (and batches
 concurrent requests into one call of :meth:`Recommender.recommend_many`), the quickstart calls it
 directly. Users with no history online get the training popularity ranking, flagged
-``fallback``; so does everyone while the online store is unreachable (:class:`StoreHealth`
-tracks that state and retries the store at most once per ``retry_s`` until it answers again).
+``fallback``; so does everyone while the online store is unreachable, or slower than
+``[serve] store_timeout_ms`` (:class:`StoreHealth` tracks that state and retries the store at
+most once per ``retry_s`` until it answers again).
 """
 
 from __future__ import annotations
@@ -240,6 +241,9 @@ class Recommender:
         else:
             self.health = StoreHealth(ws.config.serve.store_retry_s, self.metrics)
             self.reader = online_reader(ws, self.feature_service)
+            bound = getattr(self.reader, "set_timeout", None)  # Redis: a slow store is an outage
+            if bound is not None:
+                bound(ws.config.serve.store_timeout_ms / 1000)
             self.lookup_s = 0.0
         self.extra: ExtraItems | None = None
         self._extra_source: ExtraItemsSource | None = None

@@ -34,15 +34,23 @@ JOIN_KEY = "user_id"
 LIST_FEATURES = ("item_seq", "type_seq", "ts_seq")
 
 
-def _client(url: str) -> Any:
+def _client(url: str, connect_s: float = 2.0, read_s: float = 5.0) -> Any:
     import redis
 
     return redis.Redis.from_url(
-        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30
+        url, socket_connect_timeout=connect_s, socket_timeout=read_s, health_check_interval=30
     )
 
 
-def _unavailable(url: str, exc: Exception) -> StoreUnavailable:
+def _unavailable(url: str, exc: Exception, timeout_s: float | None = None) -> StoreUnavailable:
+    import redis
+
+    if timeout_s is not None and isinstance(exc, redis.TimeoutError | TimeoutError):
+        return StoreUnavailable(
+            f"online store too slow: no answer within {timeout_s * 1000:g} ms ({exc})",
+            where=_safe_url(url),
+            hint="check Redis latency; serving waits [serve] store_timeout_ms",
+        )
     return StoreUnavailable(
         f"online store unreachable: {exc}",
         where=_safe_url(url),
@@ -74,6 +82,7 @@ class RedisOnline:
         self._read_fields = [*self._fields, self._ts_field]
         self._errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.client = _client(url)
+        self.timeout_s: float | None = None  # set_timeout's bound (None: the defaults above)
         self._head = self.feast_key("")[: -(4 + len(self._project_bytes))]  # up to id length
         self.state_key = f"seqrec:{project}:online_state"
 
@@ -101,6 +110,12 @@ class RedisOnline:
     def _scan(self) -> Iterable[bytes]:
         pattern = b"*" + self._project_bytes
         return (k for k in self.client.scan_iter(match=pattern, count=10_000) if self.owns(k))
+
+    def set_timeout(self, seconds: float) -> None:
+        """Bound connecting and each reply by ``seconds`` (serving: a store slower than that
+        counts as unavailable); a :class:`StoreUnavailable` says so when it expires."""
+        self.client = _client(self.url, seconds, seconds)
+        self.timeout_s = seconds
 
     def ping(self) -> bool:
         try:
@@ -196,7 +211,7 @@ class RedisOnline:
                     pipe.hmget(self.key(u), self._read_fields)
                 replies = pipe.execute()
         except self._errors as exc:
-            raise _unavailable(self.url, exc) from None
+            raise _unavailable(self.url, exc, self.timeout_s) from None
         out: dict[str, list[Any]] = {JOIN_KEY: ids}
         cols: list[list[Any]] = [[] for _ in self.features]
         for reply in replies:
