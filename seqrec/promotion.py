@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
+from seqrec.errors import StoreUnavailable
 from seqrec.faults import kill_point
 from seqrec.labels import one_selector
 from seqrec.runs import model_labels, now, record_label_change, tables, training_runs
@@ -39,17 +40,29 @@ def _normal(selector: str) -> str:
 
 def pointer(ws: Workspace, selector: str) -> Any:
     """The pointer's tag for ``selector`` (None: explicitly no model), or ``_MISSING`` when it
-    has no row (or no table yet, or the database does not answer). One indexed query."""
+    has no row (or no table yet). One indexed query. A database that does not answer is a
+    :class:`StoreUnavailable`, never ``_MISSING``: falling back to the BentoML labels then
+    would follow a mirror that may be stale (a crash between pointer and mirror)."""
     from seqrec.runs import engine
 
+    eng = engine(ws)
+    query = select(model_labels.c.tag).where(model_labels.c.selector == _normal(selector))
     try:
-        with engine(ws).connect() as conn:
-            row = conn.execute(
-                select(model_labels.c.tag).where(model_labels.c.selector == _normal(selector))
-            ).first()
-    except DBAPIError as exc:  # no table yet (an older workspace) or the database is down
-        log.debug("no promotion pointer for %s: %s", selector, exc)
-        return _MISSING
+        with eng.connect() as conn:
+            try:
+                row = conn.execute(query).first()
+            except DBAPIError as exc:
+                if exc.connection_invalidated:  # lost while asking: the database is down
+                    raise
+                log.debug("no promotion pointer for %s: %s", selector, exc)  # no table yet
+                return _MISSING
+    except DBAPIError as exc:  # cannot connect, or the connection was lost
+        raise StoreUnavailable(
+            f"events database unreachable, cannot read the pointer {selector}: "
+            + (str(exc.orig).splitlines() or ["?"])[0],
+            where=eng.url.render_as_string(),
+            hint="a serving model stays until the database answers again",
+        ) from None
     return _MISSING if row is None else row.tag
 
 
