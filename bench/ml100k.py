@@ -14,6 +14,11 @@ masked (protocol (b)). For every (model, seed, variant) a fresh worker process t
 over). ``--with-peer speed`` times RecBole in the same invocation; ``--with-peer full`` trains
 RecBole to early stopping and evaluates both protocols there too (hours on 2 cores).
 
+``itemknn`` is the example third-party plugin in examples/seqrec-itemknn, not part of ``make
+install``: when the model list names it, the script installs it from its own directory into
+``bench/data/site`` and runs the workers with that directory on ``PYTHONPATH``
+(:mod:`example_plugins`); the shared venv is not touched.
+
     python bench/ml100k.py                                  # defaults x 3 seeds + variant (a)
     python bench/ml100k.py --models gpt2 --seeds 0 --with-peer speed
 """
@@ -35,6 +40,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_plugins
 import report
 
 DATA = report.ROOT / "bench" / "data"
@@ -49,7 +55,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # as a score offset, so the learned repeat bias is off (RecBole has none)
     "no-repeat-bias": {"repeat_bias": False},
 }
-NON_NEURAL = ("popularity", "markov")
+NON_NEURAL = ("popularity", "markov", "itemknn")
 STRIDE = 50  # training window stride (= max_len: no overlap)
 
 #: RecBole 1.2.1 on this kind of machine, same protocol (from the project's design brief).
@@ -456,7 +462,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--models", default="popularity,markov,lstm,bert,gpt2")
+    ap.add_argument("--models", default="popularity,markov,itemknn,lstm,bert,gpt2")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument(
         "--variants",
@@ -513,6 +519,8 @@ def main() -> None:
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
             done[(r["model"], r["seed"], r["variant"])] = r
+    pending = [] if args.report_only else [j for j in jobs if j not in done]
+    env = example_plugins.worker_env(m for m, _, _ in pending)
     runs = []
     for model, seed, variant in tqdm(jobs, desc="ml-100k", unit="run"):
         if (model, seed, variant) in done:
@@ -524,6 +532,7 @@ def main() -> None:
             [sys.executable, __file__, "--worker", model, str(seed), variant],
             capture_output=True,
             text=True,
+            env=env,
         )
         if proc.returncode != 0:
             sys.exit(f"{model} seed {seed} ({variant}) failed:\n{proc.stderr[-3000:]}")

@@ -1,4 +1,4 @@
-"""Next-item on synthetic logs: popularity, markov and gpt2 with their defaults.
+"""Next-item on synthetic logs: popularity, markov, itemknn and gpt2 with their defaults.
 
 Two logs of the quickstart's size (2,000 users, 1,000 items, data seed 7): (a) seqrec's default
 synthetic log (what ``seqrec quickstart`` imports) and (b) the ``markov-clusters`` log (a
@@ -6,7 +6,10 @@ first-order item chain mixed with per-user interest clusters, :mod:`seqrec.data.
 Every model trains through ``seqrec.pipeline.train_model(ws, model, seed=...)`` with no params or
 trainer overrides, i.e. the plugin's defaults, and is evaluated by leave-one-out full ranking with
 seen items excluded (``evaluate_model(..., exclude_seen=True)``). Each (log, model, seed) runs in
-its own worker process, one at a time; popularity and markov are deterministic and run once.
+its own worker process, one at a time; popularity, markov and itemknn are deterministic and
+run once. ``itemknn`` is the example plugin in examples/seqrec-itemknn (not part of ``make
+install``): the script installs it into ``bench/data/site`` and runs the workers with that
+directory on ``PYTHONPATH`` (:mod:`example_plugins`).
 
     python bench/synthetic_nextitem.py                        # both logs, seeds 0,1,2
     python bench/synthetic_nextitem.py --models markov,gpt2 --seeds 0
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import resource
 import subprocess
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import example_plugins
 import report
 
 NAME = "synthetic_nextitem"
@@ -41,8 +44,8 @@ LOGS = {
     "default": "seqrec's default synthetic log (the quickstart's)",
     "markov-clusters": "item chain + per-user interest clusters",
 }
-MODELS = ("popularity", "markov", "gpt2")
-DETERMINISTIC = {"popularity", "markov"}  # seeds change nothing: one run each
+MODELS = ("popularity", "markov", "itemknn", "gpt2")
+DETERMINISTIC = {"popularity", "markov", "itemknn"}  # seeds change nothing: one run each
 DATA_SEED = 7  # the quickstart's
 SIZES = {"users": 2000, "items": 1000}
 QUICK = {"users": 150, "items": 80, "epochs": 2}
@@ -180,7 +183,7 @@ def page(payload: dict[str, Any], img: str) -> str:
         trained += f" Quick smoke run: gpt2 stopped after {QUICK['epochs']} epochs."
     return "\n".join(
         [
-            f"## Synthetic next-item: popularity, markov, gpt2 (`bench/{NAME}.py`)",
+            f"## Synthetic next-item: {', '.join(payload['models'])} (`bench/{NAME}.py`)",
             "",
             report.machine_line(payload["machine"]),
             "",
@@ -190,7 +193,7 @@ def page(payload: dict[str, Any], img: str) -> str:
             f"{data}. {trained} "
             "Leave-one-out, full ranking over all items, items already in the user's history "
             f"excluded. Mean ± sample sd over seeds {payload['seeds']} "
-            "(popularity and markov are deterministic: one run).",
+            "(popularity, markov and itemknn are deterministic: one run).",
             "",
             report.table(
                 [
@@ -272,7 +275,7 @@ def main() -> None:
         for s in seeds
         if not (m in DETERMINISTIC and s != seeds[0])
     ]
-    runs = run_jobs(jobs, dict(os.environ))
+    runs = run_jobs(jobs, example_plugins.worker_env(models))
     payload = {
         "machine": report.machine(),
         "quick": args.quick,
