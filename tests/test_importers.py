@@ -179,7 +179,9 @@ def test_missing_file_and_not_utf8(engine, tmp_path):
         import_file(engine, tmp_path / "nope.csv", "csv")
     bad = tmp_path / "latin1.csv"
     bad.write_bytes(f"user_id,item_id,timestamp\nJos\xe9,i,{TS}\n".encode("latin-1"))
-    with pytest.raises(SeqrecError, match=r"latin1\.csv: not UTF-8"):
+    with pytest.raises(
+        SeqrecError, match=r"latin1\.csv: line 2: not UTF-8 text \(bad byte 0xe9 at column 4"
+    ):
         import_file(engine, bad, "csv")
     with pytest.raises(SeqrecError, match="is a directory"):
         import_file(engine, tmp_path, "csv")

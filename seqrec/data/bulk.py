@@ -103,7 +103,14 @@ def _all(mask: Any) -> bool:
     return bool(pc.all(mask).as_py()) if len(mask) else True
 
 
+def _no_nul(col: pa.Array) -> None:
+    """PostgreSQL text cannot hold NUL: the row reader names the line that has one."""
+    if len(col) and pc.any(pc.match_substring(col, "\x00")).as_py():
+        raise NotFast("a NUL character")
+
+
 def _ids(col: pa.Array, limit: int) -> pa.Array:
+    _no_nul(col)
     if not _all(pc.equal(pc.utf8_trim_whitespace(col), col)):
         raise NotFast("ids with surrounding whitespace")
     n = pc.utf8_length(col)
@@ -129,6 +136,7 @@ def _validate(
         etype = pc.if_else(pc.equal(pc.utf8_length(etype), 0), default_event_type, etype)
         if not _all(pc.less_equal(pc.utf8_length(etype), MAX_TYPE_LEN)):
             raise NotFast("long event types")
+        _no_nul(etype)
     else:
         etype = pa.array([default_event_type] * batch.num_rows, pa.string())
     ts_text = col(names[i_ts])
@@ -196,7 +204,9 @@ class PgBulkLoad:
                     )
                 ).scalar_one()
             )
-            conn.execute(text(f'ALTER TABLE events DROP CONSTRAINT "{self.pkey}"'))
+            # a name from the catalogue: quoted by the dialect, whatever it holds
+            self.pkey = conn.dialect.identifier_preparer.quote_identifier(self.pkey)
+            conn.execute(text(f"ALTER TABLE events DROP CONSTRAINT {self.pkey}"))
             conn.execute(text("ALTER TABLE events DROP CONSTRAINT uq_events_natural"))
             conn.execute(text("DROP INDEX ix_events_user_order"))
             self.target = "events"
@@ -284,7 +294,7 @@ class PgBulkLoad:
         if self.direct:
             added = self.staged
             conn.execute(
-                text(f'ALTER TABLE events ADD CONSTRAINT "{self.pkey}" PRIMARY KEY (event_id)')
+                text(f"ALTER TABLE events ADD CONSTRAINT {self.pkey} PRIMARY KEY (event_id)")
             )
             try:  # usually a file has no duplicate keys
                 with conn.begin_nested():

@@ -27,8 +27,11 @@ Timestamp rules (CSV ``time_unit``):
 :data:`LIKED_FROM` and ``disliked`` below it (so ``next-event-type`` labels become rating
 classes); a row without a value is then a bad row.
 
-Timestamps before 1970-01-01 or more than one day in the future are rejected. Identifiers are
-stripped of surrounding whitespace; empty ones, or ones longer than 256 characters, are rejected.
+Timestamps before 1970-01-01 or more than one day in the future are rejected; fractions of a
+millisecond are rounded exactly (half to even), from the text, not through a float. Identifiers
+and event types are stripped of surrounding whitespace; empty ones, ones longer than 256 (event
+types: 64) characters and ones holding a NUL character are rejected. CSV fields may be up to
+:data:`MAX_FIELD_CHARS` long (a longer one fails the import naming its line).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +61,12 @@ MAX_TYPE_LEN = 64
 MAX_ERRORS_KEPT = 10
 FUTURE_SLACK_MS = 86_400_000  # timestamps may be at most one day in the future
 MS_THRESHOLD = 1e11  # auto time unit: numbers >= this are milliseconds
+#: the longest CSV field read (Python's csv module stops at 128 KiB by default; the PostgreSQL
+#: vectorised reader reads 16 MiB blocks): longer ids are then bad rows, not a broken file
+MAX_FIELD_CHARS = 1 << 24
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_MS_CLAMP = Decimal(10**20)
 
 Format = Literal["csv", "movielens", "recbole"]
 OnError = Literal["fail", "skip"]
@@ -128,6 +138,13 @@ def _now_limit_ms() -> int:
     return int(time.time() * 1000) + FUTURE_SLACK_MS
 
 
+def shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted for an error message, cut short when long."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def _parse_number(text: str) -> float | None:
     try:
         x = float(text)
@@ -140,10 +157,28 @@ def _parse_iso(text: str) -> int | str:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        return f"bad timestamp {text!r} (not a number nor ISO-8601)"
+        return f"bad timestamp {shown(text)} (not a number nor ISO-8601)"
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return round(dt.timestamp() * 1000)
+    us = (dt - _EPOCH) // _US  # exact: no float on the way
+    q, r = divmod(us, 1000)
+    return q + int(r > 500 or (r == 500 and q % 2 == 1))  # half to even
+
+
+def _epoch_ms(text: str, scale: int) -> int | None:
+    """The decimal number ``text`` times ``scale`` (1000 for seconds, 1 for milliseconds) in
+    whole milliseconds, rounded half to even from the exact decimal; None unless finite."""
+    if text.isascii() and text.isdigit() and len(text) <= 18:  # the common case: no Decimal
+        return int(text) * scale
+    try:
+        x = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not x.is_finite():
+        return None
+    x = max(min(x, _MS_CLAMP), -_MS_CLAMP)  # far outside the valid range either way
+    with localcontext(prec=len(text) + 30):  # enough digits: the product is exact
+        return int((x * scale).to_integral_value())  # ROUND_HALF_EVEN, the context's default
 
 
 def parse_timestamp(text: str, unit: TimeUnit = "auto", *, max_ms: int | None = None) -> int | str:
@@ -151,6 +186,7 @@ def parse_timestamp(text: str, unit: TimeUnit = "auto", *, max_ms: int | None = 
     text = text.strip()
     if not text:
         return "empty timestamp"
+    ms: int | str | None
     if unit == "iso":
         ms = _parse_iso(text)
     else:
@@ -160,18 +196,20 @@ def parse_timestamp(text: str, unit: TimeUnit = "auto", *, max_ms: int | None = 
                 ms = _parse_iso(text)
             else:
                 unit_name = "seconds" if unit == "s" else "milliseconds"
-                return f"bad timestamp {text!r} (expected epoch {unit_name})"
+                return f"bad timestamp {shown(text)} (expected epoch {unit_name})"
         elif unit == "ms" or (unit == "auto" and abs(x) >= MS_THRESHOLD):
-            ms = round(x)
+            ms = _epoch_ms(text, 1)
         else:
-            ms = round(x * 1000)
+            ms = _epoch_ms(text, 1000)
+        if ms is None:
+            return f"bad timestamp {shown(text)} (not a finite number)"
     if isinstance(ms, str):
         return ms
     if ms < 0:
-        return f"timestamp {text!r} is before 1970"
+        return f"timestamp {shown(text)} is before 1970"
     limit = _now_limit_ms() if max_ms is None else max_ms
     if ms > limit:
-        return f"timestamp {text!r} is more than a day in the future"
+        return f"timestamp {shown(text)} is more than a day in the future"
     return ms
 
 
@@ -197,6 +235,9 @@ def _make_event(
     event_type = event_type.strip()
     if len(event_type) > MAX_TYPE_LEN:
         return f"event type longer than {MAX_TYPE_LEN} characters"
+    nul = _nul_in(user, item, event_type)
+    if nul:
+        return nul
     ts = parse_timestamp(ts_text, unit, max_ms=max_ms)
     if isinstance(ts, str):
         return ts
@@ -204,8 +245,17 @@ def _make_event(
     if value_text is not None and value_text.strip():
         value = _parse_number(value_text)
         if value is None:
-            return f"bad value {value_text.strip()!r} (not a finite number)"
+            return f"bad value {shown(value_text.strip())} (not a finite number)"
     return RawEvent(user, item, ts, event_type, value)
+
+
+def _nul_in(user: str, item: str, event_type: str) -> str | None:
+    """Why a NUL character rules these out (PostgreSQL text cannot hold one), or None."""
+    for what, text in (("user id", user), ("item id", item), ("event type", event_type)):
+        at = text.find("\x00")
+        if at >= 0:
+            return f"{what} holds a NUL character (at character {at + 1})"
+    return None
 
 
 def _check_event(ev: RawEvent, max_ms: int) -> str | None:
@@ -216,6 +266,9 @@ def _check_event(ev: RawEvent, max_ms: int) -> str | None:
         return f"id longer than {MAX_ID_LEN} characters"
     if not ev.event_type or len(ev.event_type) > MAX_TYPE_LEN:
         return f"event type empty or longer than {MAX_TYPE_LEN} characters"
+    nul = _nul_in(ev.user_id, ev.item_id, ev.event_type)
+    if nul:
+        return nul
     if not 0 <= ev.ts_ms <= max_ms:
         return f"timestamp {ev.ts_ms} ms out of range"
     return None
@@ -223,6 +276,13 @@ def _check_event(ev: RawEvent, max_ms: int) -> str | None:
 
 # --------------------------------------------------------------------------------------------
 # Readers
+
+
+def allow_long_fields() -> None:
+    """Let Python's csv module read fields up to :data:`MAX_FIELD_CHARS` (a process-wide
+    setting; it only ever grows here)."""
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
 
 
 def _open_text(path: Path) -> Any:
@@ -236,8 +296,11 @@ def _open_text(path: Path) -> Any:
         raise SeqrecError(f"cannot read file: {exc.strerror or exc}", where=str(path)) from None
 
 
-def _lines(path: Path, reader: Iterator[Any], where: Iterator[int] | None = None) -> Iterator[Any]:
-    """``reader``'s items, turning decoding and CSV errors into SeqrecError naming ``path``."""
+def _lines(
+    path: Path, reader: Iterator[Any], line: Callable[[], int] | None = None
+) -> Iterator[Any]:
+    """``reader``'s items, turning decoding and CSV errors into SeqrecError naming ``path`` (and
+    the line, which ``line`` tells: a csv reader's ``line_num``)."""
     while True:
         try:
             yield next(reader)
@@ -246,7 +309,8 @@ def _lines(path: Path, reader: Iterator[Any], where: Iterator[int] | None = None
         except UnicodeDecodeError as exc:
             raise SeqrecError(f"not valid UTF-8 text ({exc.reason})", where=str(path)) from None
         except csv.Error as exc:
-            raise SeqrecError(f"malformed CSV: {exc}", where=str(path)) from None
+            at = f"line {line()}: " if line is not None else ""
+            raise SeqrecError(f"{at}malformed CSV: {exc}", where=str(path)) from None
 
 
 def csv_layout(
@@ -299,11 +363,12 @@ def read_csv(
     if time_unit not in ("auto", "s", "ms", "iso"):
         raise SeqrecError(f"unknown time unit {time_unit!r}", hint="use auto, s, ms or iso")
     if len(delimiter) != 1:
-        raise SeqrecError(f"delimiter must be one character, got {delimiter!r}")
+        raise SeqrecError(f"delimiter must be one character, got {shown(delimiter)}")
     max_ms = _now_limit_ms()
+    allow_long_fields()
     with _open_text(path) as fh:
         reader = csv.reader(fh, delimiter=delimiter)
-        rows = _lines(path, reader)
+        rows = _lines(path, reader, lambda: reader.line_num)
         header = next(rows, None)
         if header is None:
             raise SeqrecError("empty file: expected a header row", where=str(path))
@@ -351,7 +416,7 @@ def read_movielens(path: str | Path, *, default_event_type: str = "rating") -> I
                 continue
             user, item, rating, ts = parts
             if _parse_number(rating) is None:
-                yield n, f"bad rating {rating.strip()!r}"
+                yield n, f"bad rating {shown(rating.strip())}"
                 continue
             yield n, _make_event(user, item, ts, default_event_type, rating, "s", max_ms)
 
@@ -599,13 +664,18 @@ def _import_csv_fast(
 ) -> ImportReport:
     """The vectorised CSV -> PostgreSQL path; raises NotFast (nothing written) when the file
     needs the row reader."""
-    from seqrec.data.bulk import PgBulkLoad, csv_frames
+    from seqrec.data.bulk import NotFast, PgBulkLoad, csv_frames
 
     started = time.perf_counter()
+    allow_long_fields()
     with _open_text(path) as fh:
-        header = next(_lines(path, csv.reader(fh, delimiter=delimiter)), None)
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = next(_lines(path, reader, lambda: reader.line_num), None)
+        header_lines = reader.line_num
     if header is None:
         raise SeqrecError("empty file: expected a header row", where=str(path))
+    if header_lines != 1:  # the vectorised reader skips one physical line as the header
+        raise NotFast("a header over several lines")
     header = [h.strip() for h in header]
     layout = csv_layout(header, columns, path)
     create_schema(engine)
@@ -656,11 +726,13 @@ def _import_csv_fast(
 
 
 def file_sha256(path: str | Path) -> str:
-    """The file's SHA-256 (streamed); also checks it is UTF-8 text, else SeqrecError."""
+    """The file's SHA-256 (streamed); also checks it is UTF-8 text, else a SeqrecError naming
+    the line and column of the first bad byte."""
     path = Path(path)
     h = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0
+    line, line_start = 1, 0  # the current line and the offset it starts at
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -668,17 +740,29 @@ def file_sha256(path: str | Path) -> str:
                 try:
                     decoder.decode(chunk)
                 except UnicodeDecodeError as exc:
+                    data = exc.object  # the chunk after a partial character held back
+                    base = offset - (len(data) - len(chunk))
+                    bad = base + exc.start
+                    head = data[: exc.start]
+                    line += head.count(b"\n")
+                    if b"\n" in head:
+                        line_start = base + head.rindex(b"\n") + 1
                     raise SeqrecError(
-                        f"not UTF-8 text (bad byte at offset {offset + exc.start})",
+                        f"line {line}: not UTF-8 text (bad byte 0x{data[exc.start]:02x} at "
+                        f"column {bad - line_start + 1}, byte offset {bad})",
                         where=str(path),
-                        hint="re-encode the file as UTF-8",
+                        hint="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
                     ) from None
+                line += chunk.count(b"\n")
+                if b"\n" in chunk:
+                    line_start = offset + chunk.rindex(b"\n") + 1
                 offset += len(chunk)
             try:
                 decoder.decode(b"", final=True)
             except UnicodeDecodeError:
                 raise SeqrecError(
-                    "not UTF-8 text (truncated character at the end)", where=str(path)
+                    f"line {line}: not UTF-8 text (truncated character at the end)",
+                    where=str(path),
                 ) from None
     except FileNotFoundError:
         raise SeqrecError("no such file", where=str(path)) from None
@@ -742,7 +826,7 @@ def import_file(
         if time_unit not in ("auto", "s", "ms"):
             raise SeqrecError(f"unknown time unit {time_unit!r}", hint="use auto, s, ms or iso")
         if len(delimiter) != 1:
-            raise SeqrecError(f"delimiter must be one character, got {delimiter!r}")
+            raise SeqrecError(f"delimiter must be one character, got {shown(delimiter)}")
         try:
             return _import_csv_fast(
                 engine,

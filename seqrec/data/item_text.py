@@ -16,9 +16,11 @@ Two readers turn a file into ``(line_number, ItemText | reason)`` pairs:
 :func:`import_items` writes the rows in ONE transaction, with the events importer's
 guarantees: re-importing the same file changes nothing; a row whose text changed is updated
 (new ``text_hash`` and ``updated_at``). A bad row (no item id, an id over 256 characters, an
-empty title, bytes that are not UTF-8, the same id twice in one file with different text)
-fails the import naming the file and line, and nothing is written; with ``on_error="skip"`` it is
-left out and counted.
+empty title, a NUL character in the id, title, description or category, bytes that are not
+UTF-8, the same id twice in one file with different text) fails the import naming the file and
+line, and nothing is written; with ``on_error="skip"`` it is left out and counted. A header
+that is not UTF-8 fails the import. CSV fields may be as long as the events importer allows
+(:data:`seqrec.data.importers.MAX_FIELD_CHARS`).
 
 Items may arrive before any event about them: an imported item that is not in the vocabulary
 (``items``) gets the next free index there, exactly as the events importer assigns them, so it is
@@ -40,7 +42,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import OperationalError
 
-from seqrec.data.importers import MAX_ERRORS_KEPT, _log_import, _Vocab
+from seqrec.data.importers import MAX_ERRORS_KEPT, _log_import, _Vocab, allow_long_fields
 from seqrec.data.schema import MAX_ID_LEN, create_schema, item_meta, items, require_item_schema
 from seqrec.errors import SeqrecError
 
@@ -104,8 +106,9 @@ class ItemImportReport:
 
 
 def _decoded_lines(path: Path, bad: dict[int, str]) -> Iterator[str]:
-    """The file's lines as text; a line that is not UTF-8 is recorded in ``bad`` (line ->
-    reason) and yielded with replacement characters so that the reader keeps its place."""
+    """The file's lines as text (ended by ``\\n``, ``\\r\\n`` or a lone ``\\r``, as the events
+    importer counts them); a line that is not UTF-8 is recorded in ``bad`` (line -> reason)
+    and yielded with replacement characters so that the reader keeps its place."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 (closed below, after the checks)
     except FileNotFoundError:
@@ -114,8 +117,9 @@ def _decoded_lines(path: Path, bad: dict[int, str]) -> Iterator[str]:
         raise SeqrecError("is a directory, not a file", where=str(path)) from None
     except OSError as exc:
         raise SeqrecError(f"cannot read file: {exc.strerror or exc}", where=str(path)) from None
+    lines = (part for chunk in fh for part in chunk.splitlines(keepends=True))
     with fh:
-        for n, raw in enumerate(fh, 1):
+        for n, raw in enumerate(lines, 1):
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
@@ -136,6 +140,15 @@ def _make_item(
     title = title.strip()
     if not title:
         return f"empty title for item {item_id!r}"
+    for what, field_text in (
+        ("item id", item_id),
+        ("title", title),
+        ("description", description),
+        ("category", category),
+    ):
+        at = field_text.find("\x00")
+        if at >= 0:  # PostgreSQL text cannot hold one
+            return f"{what} holds a NUL character (at character {at + 1})"
     return ItemText(
         item_id, title, description.strip() or None, category.strip() or None, attributes
     )
@@ -146,11 +159,15 @@ def read_items_csv(path: str | Path, *, delimiter: str = ",") -> Iterator[ItemRo
     path = Path(path)
     bad: dict[int, str] = {}
     lines = _decoded_lines(path, bad)
+    allow_long_fields()
     reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None:
             raise SeqrecError("empty file: expected a header row", where=str(path))
+        broken = [f"line {k}: {bad[k]}" for k in range(1, reader.line_num + 1) if k in bad]
+        if broken:
+            raise SeqrecError(f"header {broken[0]}", where=str(path))
         header = [h.strip() for h in header]
         for need in ("item_id", "title"):
             if need not in header:
@@ -187,7 +204,9 @@ def read_items_csv(path: str | Path, *, delimiter: str = ",") -> Iterator[ItemRo
                 ),
             )
     except csv.Error as exc:
-        raise SeqrecError(f"malformed CSV: {exc}", where=str(path)) from None
+        raise SeqrecError(
+            f"line {reader.line_num}: malformed CSV: {exc}", where=str(path)
+        ) from None
 
 
 def _recbole_value(typ: str, raw: str) -> Any:
@@ -211,7 +230,7 @@ def read_items_recbole(path: str | Path) -> Iterator[ItemRow]:
     if first is None:
         raise SeqrecError("empty file: expected a typed header row", where=str(path))
     if 1 in bad:
-        raise SeqrecError(f"header: {bad[1]}", where=str(path))
+        raise SeqrecError(f"header line 1: {bad[1]}", where=str(path))
     header = first.rstrip("\r\n").split("\t")
     names, types = [], []
     for h in header:
