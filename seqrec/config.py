@@ -322,7 +322,7 @@ def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
         return None
     table, key = [str(p) for p in loc[:-1]], str(loc[-1])
     current: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # TOML's lines, not str.splitlines
         s = line.strip()
         m = re.match(r"^\[+([^\]]+)\]+", s)
         if m:
@@ -355,7 +355,9 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SeqrecError(f"not valid TOML: {exc}", where=source) from None
+        at = re.search(r"at line (\d+)", str(exc))  # else "at end of document": the last line
+        last = at.group(1) if at else text.count("\n") + (not text.endswith("\n"))
+        raise SeqrecError(f"not valid TOML: {exc}", where=f"{source}:{last}") from None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -366,9 +368,11 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
         where = f"{source}:{line}" if line else source
         if err["type"] == "extra_forbidden":
             raise SeqrecError(f"unknown key '{key}'", where=where, hint=_suggest(loc)) from None
-        value = err.get("input")
+        value = repr(err.get("input"))
+        if len(value) > 80:  # a long string or a whole table: its start is enough
+            value = f"{value[:80]}... ({len(value):,} characters)"
         raise SeqrecError(
-            f"bad value for '{key}': {err['msg']} (got {value!r})", where=where
+            f"bad value for '{key}': {err['msg']} (got {value})", where=where
         ) from None
 
 
@@ -387,7 +391,26 @@ def load_workspace(project: str | Path | None = None) -> Workspace:
             f"no {CONFIG_NAME} in {root}",
             hint=f"create a workspace with `seqrec init {root}` or pass --project DIR",
         )
-    return Workspace(root, parse_config(path.read_text(), source=str(path)))
+    return Workspace(root, parse_config(_read_config(path), source=str(path)))
+
+
+def _read_config(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 (TOML's encoding) or cannot be read is a
+    SeqrecError naming it (and the line and column of the first bad byte)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SeqrecError(f"cannot read file: {exc.strerror or exc}", where=str(path)) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SeqrecError(
+            f"not UTF-8 text (bad byte 0x{data[exc.start]:02x} at column {column})",
+            where=f"{path}:{line}",
+            hint="TOML files are UTF-8: save seqrec.toml as UTF-8",
+        ) from None
 
 
 def render_default_config(profile: str = "embedded") -> str:

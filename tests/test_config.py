@@ -161,11 +161,11 @@ def test_wrong_section_type(tmp_path: Path) -> None:
     assert "'features'" in exc.value.message
 
 
-def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:
     path = write_config(tmp_path / "w", "[features]\nmax_len = = 3\n")
     with pytest.raises(SeqrecError, match="not valid TOML") as exc:
         load_workspace(tmp_path / "w")
-    assert exc.value.where == str(path)
+    assert exc.value.where == f"{path}:2"
     assert str(path) in str(exc.value)
 
 

@@ -27,6 +27,8 @@ from seqrec.data.schema import event_types, events
 from seqrec.errors import SeqrecError
 
 _UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+#: the longest horizon a label may have (10 years; cutoffs stay well inside 64-bit integers)
+MAX_HORIZON_S = 3650 * 86400
 
 
 @dataclass(frozen=True)
@@ -44,21 +46,28 @@ class LabelDef:
 
 
 def parse_label(raw: str) -> LabelDef:
-    """Parse ``purchase-within:7d``, ``churn:30d``, ``next-event-type[:7d]``."""
+    """Parse ``purchase-within:7d``, ``churn:30d``, ``next-event-type[:7d]``: a horizon is a
+    positive whole number of hours, days or weeks (ASCII digits), at most 10 years."""
     kind, _, span = raw.strip().partition(":")
+    label = repr(raw) if len(raw) <= 60 else f"{raw[:60]!r}... ({len(raw):,} characters)"
     if kind not in ("purchase-within", "churn", "next-event-type"):
         raise SeqrecError(
-            f"unknown label '{raw}'",
+            f"unknown label {label}",
             hint="use purchase-within:7d, churn:30d or next-event-type",
         )
     if not span:
         if kind != "next-event-type":
-            raise SeqrecError(f"label '{raw}' needs a horizon, e.g. {kind}:7d")
+            raise SeqrecError(f"label {label} needs a horizon, e.g. {kind}:7d")
         span = "7d"
-    m = re.fullmatch(r"(\d+)([hdw])", span)
+    m = re.fullmatch(r"([0-9]{1,12})([hdw])", span)
     if not m or int(m.group(1)) == 0:
-        raise SeqrecError(f"bad horizon '{span}' in label '{raw}'", hint="e.g. 12h, 7d, 2w")
-    return LabelDef(kind, int(m.group(1)) * _UNITS[m.group(2)], raw)
+        raise SeqrecError(f"bad horizon in label {label}", hint="e.g. 12h, 7d, 2w")
+    horizon_s = int(m.group(1)) * _UNITS[m.group(2)]
+    if horizon_s > MAX_HORIZON_S:
+        raise SeqrecError(
+            f"horizon of label {label} is longer than 10 years", hint="e.g. 12h, 7d, 2w"
+        )
+    return LabelDef(kind, horizon_s, raw)
 
 
 def _type_idx(engine: Engine, name: str) -> int:
