@@ -71,10 +71,12 @@ def drop_pg_redis_workspace(ws: Workspace) -> None:
     from sqlalchemy import text
 
     from seqrec.data.engines import dispose_engines
+    from seqrec.data.schema import quoted_identifier
     from seqrec.features.materialize import redis_online
 
     with ws.engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{ws.config.events.pg_schema}" CASCADE'))
+        schema = quoted_identifier(ws.engine, ws.config.events.pg_schema)
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
     dispose_engines(ws.root)
     redis_online(ws).drop()
     from seqrec.text.features import drop_item_online

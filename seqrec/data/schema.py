@@ -136,6 +136,21 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def quoted_identifier(engine: Engine, name: str) -> str:
+    """``name`` as an SQL identifier for ``engine``'s dialect, quoted by its identifier
+    preparer; anything but a plain lower-case identifier (``[a-z_][a-z0-9_]{0,62}``, the
+    pattern config names are checked against) is refused, so no name becomes SQL text
+    unchecked."""
+    from seqrec.config import IDENTIFIER
+
+    if not re.fullmatch(IDENTIFIER.strip("^$"), name):
+        raise SeqrecError(
+            f"{name[:80]!r} is not a plain SQL identifier",
+            hint="use lower-case letters, digits and underscores (at most 63, not first a digit)",
+        )
+    return str(engine.dialect.identifier_preparer.quote_identifier(name))
+
+
 def pg_schema_name(engine: Engine) -> str | None:
     """The schema a PostgreSQL engine's ``search_path`` option names, if any."""
     opts = engine.url.query.get("options")
@@ -153,9 +168,10 @@ def ensure_pg_schema(engine: Engine) -> None:
     name = pg_schema_name(engine)
     if name is None:
         return
+    schema = quoted_identifier(engine, name)
     try:
         with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{name}"'))  # validated identifier
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
     except OperationalError as exc:
         raise StoreUnavailable(
             f"events database unreachable: {exc.orig}", where=engine.url.render_as_string()
