@@ -144,10 +144,26 @@ def _wheel(src: Path, out: Path) -> Path:
     return made.pop()
 
 
+def _without_password(url: str) -> str:
+    """``url`` with its password left out (``redis://:pw@h/0`` -> ``redis://h/0``)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=user + parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def bundled_config(ws: Workspace, tag: str) -> str:
     """seqrec.toml for the Bento: the workspace's profile, features and serve sections (the
-    model, the default, comes from BentoML's own store: see BENTO_MARKER)."""
+    model, the default, comes from BentoML's own store: see BENTO_MARKER). URLs go in without
+    their passwords: the deployment gives them in SEQREC_PG_URL / SEQREC_REDIS_URL."""
     cfg = ws.config.model_dump()
+    cfg["features"]["redis_url"] = _without_password(cfg["features"]["redis_url"])
     lines = [f'profile = "{cfg["profile"]}"']
     sections: dict[str, dict[str, Any]] = {
         "events": {},
@@ -156,7 +172,8 @@ def bundled_config(ws: Workspace, tag: str) -> str:
         "serve": dict(cfg["serve"]),
     }
     if ws.config.profile == "postgres-redis":
-        sections["events"] = {"url": ws.config.events.url, "pg_schema": ws.config.events.pg_schema}
+        events = {k: v for k, v in cfg["events"].items() if k != "batch_size"}
+        sections["events"] = {**events, "url": _without_password(ws.config.events.url)}
     for name, values in sections.items():
         lines.append(f"\n[{name}]")
         for key, value in values.items():

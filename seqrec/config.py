@@ -13,6 +13,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -49,6 +50,21 @@ class EventsConfig(_Section):
         description="PostgreSQL schema for seqrec's tables and the Feast registry "
         "(postgres-redis profile)",
     )
+    pg_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        Field(
+            "prefer",
+            description="TLS to PostgreSQL (libpq sslmode), for seqrec's connections and Feast's "
+            "offline store and registry: disable, allow, prefer (TLS when the server offers "
+            "it), require (TLS, certificate unchecked), verify-ca (certificate signed by "
+            "pg_sslrootcert), verify-full (and its name matches the host); a `sslmode` in the "
+            "URL wins",
+        )
+    )
+    pg_sslrootcert: str = Field(
+        "",
+        description="CA certificate file (PEM) that verify-ca / verify-full check the server's "
+        "certificate against; empty = libpq's default (~/.postgresql/root.crt)",
+    )
 
 
 class FeaturesConfig(_Section):
@@ -70,7 +86,8 @@ class FeaturesConfig(_Section):
     redis_url: str = Field(
         DEFAULT_REDIS_URL,
         pattern=r"^rediss?://",
-        description="Redis online store (postgres-redis profile; env SEQREC_REDIS_URL)",
+        description="Redis online store (postgres-redis profile; env SEQREC_REDIS_URL, which "
+        "is where a password belongs: redis://:PASSWORD@host:6379/0); rediss:// = TLS",
     )
 
 
@@ -286,9 +303,12 @@ class Workspace:
             rel = url[len(prefix) :]
             if rel and rel != ":memory:":
                 return prefix + str(self.path(rel))
-        if url.startswith("postgresql") and "search_path" not in url:
-            sep = "&" if "?" in url else "?"
-            url += f"{sep}options=-csearch_path%3D{self.config.events.pg_schema}"
+        if url.startswith("postgresql"):
+            url = _with_query(url, "options", f"-csearch_path%3D{self.config.events.pg_schema}")
+            url = _with_query(url, "sslmode", self.config.events.pg_sslmode)
+            if self.config.events.pg_sslrootcert:
+                cert = self.path(self.config.events.pg_sslrootcert)
+                url = _with_query(url, "sslrootcert", quote(str(cert), safe="/"))
         return url
 
     @property
@@ -314,6 +334,17 @@ class Workspace:
     @property
     def snapshot_dir(self) -> Path:
         return self.path(self.config.features.snapshot_dir)
+
+
+def _with_query(url: str, key: str, value: str) -> str:
+    """``url`` with ``key=value`` added to its query unless the URL sets it already (the URL
+    wins; for ``options``: unless the URL names a search_path)."""
+    query = url.split("?", 1)[1] if "?" in url else ""
+    if key == "options":
+        present = "search_path" in query
+    else:
+        present = key in {part.split("=", 1)[0] for part in query.split("&")}
+    return url if present else f"{url}{'&' if '?' in url else '?'}{key}={value}"
 
 
 def _locate(text: str, loc: tuple[Any, ...]) -> int | None:

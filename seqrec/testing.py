@@ -173,9 +173,10 @@ def free_port() -> int:
 
 class RedisServer:
     """A private ``redis-server`` on a free port, without persistence (never the machine's
-    shared one): ``stop()`` and ``start()`` again on the same port simulate an outage."""
+    shared one): ``stop()`` and ``start()`` again on the same port simulate an outage.
+    ``password``: started with ``--requirepass`` (the URL carries it)."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None):
         import shutil
 
         exe = shutil.which("redis-server")
@@ -183,11 +184,13 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.exe = exe
         self.port = port or free_port()
+        self.password = password
         self.proc: Any = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 20.0) -> RedisServer:
         import subprocess
@@ -209,11 +212,12 @@ class RedisServer:
                 "no",
                 "--dir",
                 tempfile.gettempdir(),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -66,7 +66,7 @@ def test_feature_store_yaml_is_the_production_stack(pg_ws: Workspace) -> None:
         "serve_features_while_materializing: true",
         "type: postgres",
         f"db_schema: {pg_ws.config.events.pg_schema}",
-        "sslmode: disable",
+        "sslmode: prefer",
         "type: redis",
         "pull_latest_features: true",
         f"project: {pg_ws.config.features.project}",

@@ -59,11 +59,10 @@ def _unavailable(url: str, exc: Exception, timeout_s: float | None = None) -> St
 
 
 def _safe_url(url: str) -> str:
-    """The URL without a password."""
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """The URL with its password masked."""
+    from seqrec.redact import redact_url
+
+    return redact_url(url)
 
 
 class RedisOnline:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
 from seqrec.features.definitions import VIEW_NAME, build_definitions
+from seqrec.redact import redact_text
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -56,23 +57,65 @@ def template_dir() -> Traversable:
         return beside
 
 
+#: the environment variables feature_store.yaml reads its passwords from (Feast expands
+#: ``${VAR}`` when it loads the file); seqrec sets them from the URLs at run time
+PG_PASSWORD_ENV = "SEQREC_PG_PASSWORD"
+PG_PASSWORD_QUOTED_ENV = "SEQREC_PG_PASSWORD_QUOTED"  # percent-encoded, inside the registry URL
+REDIS_PASSWORD_ENV = "SEQREC_REDIS_PASSWORD"
+
+
+def secret_env(ws: Workspace) -> dict[str, str]:
+    """The variables feature_store.yaml's ``${...}`` references need, from the workspace's
+    URLs (their environment overrides included): nothing for a URL without a password."""
+    from urllib.parse import quote
+
+    from seqrec.redact import url_password
+
+    out: dict[str, str] = {}
+    if not ws.is_postgres_redis:
+        return out
+    pg = url_password(ws.events_url)
+    if pg:
+        out[PG_PASSWORD_ENV] = pg
+        out[PG_PASSWORD_QUOTED_ENV] = quote(pg, safe="")
+    redis = url_password(ws.redis_url)
+    if redis:
+        out[REDIS_PASSWORD_ENV] = redis
+    return out
+
+
 def _redis_connection_string(url: str) -> str:
-    """Feast's ``host:port,db=N[,password=..][,ssl=true]`` form of a ``redis://`` URL."""
-    from urllib.parse import unquote, urlsplit
+    """Feast's ``host:port,db=N[,password=${VAR}][,ssl=true]`` form of a ``redis://`` or
+    ``rediss://`` (TLS) URL; the password stays in the environment."""
+    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     db = (parts.path or "/0").lstrip("/") or "0"
     out = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379},db={db}"
+    if parts.username and parts.username != "default":
+        out += f",username={parts.username}"
     if parts.password:
-        out += f",password={unquote(parts.password)}"
+        out += f",password=${{{REDIS_PASSWORD_ENV}}}"
     if parts.scheme == "rediss":
         out += ",ssl=true"
     return out
 
 
+def _registry_url(events_url: str) -> str:
+    """The events URL for Feast's SQL registry, its password a ``${VAR}`` reference."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(events_url)
+    if not url.password:
+        return events_url
+    masked = url.set(password="PASSWORD").render_as_string(hide_password=False)
+    return masked.replace(":PASSWORD@", f":${{{PG_PASSWORD_QUOTED_ENV}}}@", 1)
+
+
 def render_feature_store_yaml(ws: Workspace) -> str:
-    """The workspace's feature_store.yaml: its profile's template with the project, paths and
-    URLs of seqrec.toml (and their environment overrides) filled in."""
+    """The workspace's feature_store.yaml: its profile's template with the project, paths,
+    URLs and TLS settings of seqrec.toml (and their environment overrides) filled in.
+    Passwords are never written: they are ``${VAR}`` references (:func:`secret_env`)."""
     import yaml
 
     template = TEMPLATES[ws.config.profile]
@@ -83,15 +126,20 @@ def render_feature_store_yaml(ws: Workspace) -> str:
         from sqlalchemy.engine import make_url
 
         url = make_url(ws.events_url)
-        config["registry"]["path"] = ws.events_url
-        config["offline_store"].update(
+        config["registry"]["path"] = _registry_url(ws.events_url)
+        offline = config["offline_store"]
+        offline.update(
             host=url.host or "127.0.0.1",
             port=url.port or 5432,
             database=url.database or "postgres",
             db_schema=ws.config.events.pg_schema,
             user=url.username or "postgres",
-            password=url.password or "",
+            password=f"${{{PG_PASSWORD_ENV}}}" if url.password else "",
+            sslmode=str(url.query.get("sslmode", ws.config.events.pg_sslmode)),
         )
+        rootcert = url.query.get("sslrootcert")
+        if rootcert:
+            offline["sslrootcert_path"] = str(rootcert)
         config["online_store"]["connection_string"] = _redis_connection_string(ws.redis_url)
     else:
         config["registry"] = str(ws.path(f.registry_path))
@@ -125,10 +173,13 @@ def get_store(ws: Workspace) -> FeatureStore:
     from feast import FeatureStore
 
     repo = write_repo(ws)  # regenerated: environment overrides (URLs) take effect
+    secrets = secret_env(ws)
+    os.environ.update(secrets)  # what its ${VAR} references read
     try:
         return FeatureStore(repo_path=str(repo))
     except Exception as exc:
-        raise SeqrecError(f"cannot open the Feast repo: {exc}", where=str(repo)) from None
+        message = redact_text(str(exc), tuple(secrets.values()))
+        raise SeqrecError(f"cannot open the Feast repo: {message}", where=str(repo)) from None
 
 
 def require_applied(store: FeatureStore) -> None:
