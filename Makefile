@@ -36,6 +36,12 @@ browser:
 test: lint browser
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# the property tests alone (hypothesis, generated bad input; they run under `make test` too);
+# SEQREC_PROPERTY_EXAMPLES=500 runs more examples per test
+.PHONY: property
+property: install
+	$(BIN)/pytest -q -p no:cacheprovider -m property tests/property
+
 # the fault-injection suite alone; writes bench/results/reliability.json and docs/reliability.md
 reliability: install
 	SEQREC_RELIABILITY_REPORT=1 $(BIN)/pytest -q -p no:cacheprovider -m reliability tests/reliability
