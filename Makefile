@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 PLUGINS := $(wildcard plugins/seqrec-*)
 
-.PHONY: install demo test lint format typecheck clean bench browser reliability
+.PHONY: install demo test lint format typecheck clean bench browser docs docs-serve reliability
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,12 +46,21 @@ property: install
 reliability: install
 	SEQREC_RELIABILITY_REPORT=1 $(BIN)/pytest -q -p no:cacheprovider -m reliability tests/reliability
 
+# the docs site (mkdocs-material, dev extra): `make docs` builds site/, `make docs-serve` serves
+# it with live reload; tests/test_docs.py runs the same strict build under `make test`
+DOCS_ENV := NO_MKDOCS_2_WARNING=1
+docs: install
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(DOCS_ENV) $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) demo site .pytest_cache .ruff_cache .mypy_cache
 
 bench: install
 	$(PIP) install -q -c constraints.txt -e ".[bench]"
