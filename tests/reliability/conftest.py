@@ -36,7 +36,9 @@ BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
 @dataclass
 class Row:
     scenario: str  # e.g. "SIGKILL during materialization"
-    category: str  # "process killed", "store unreachable", "slow store", "corrupt file", "bad input"
+    category: (
+        str  # "process killed", "store unreachable", "slow store", "corrupt file", "bad input"
+    )
     cases: int  # how many distinct cases the test ran (kill points, payloads, files...)
     result: str  # what happened, in a few words
     data_lost: str  # "none" or what was lost
