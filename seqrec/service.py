@@ -210,21 +210,20 @@ class SeqrecService:
         return getattr(rec, method)(*args), rec.tag
 
     async def _via_bentoml(self, answer: Awaitable[tuple[bytes, str]]) -> Response:
-        """An answer for BentoML's endpoint: a seqrec error is a 400 naming the problem."""
-        from bentoml.exceptions import InvalidArgument
-
+        """An answer for BentoML's endpoint, the same as the fast path's: a seqrec error is a
+        400 naming the problem, a bug a 500 with its error id. Answered here, not raised:
+        BentoML would wrap a 400 body in a list and replace a 500's message (and its id)."""
         from seqrec.errors import SeqrecError
 
         try:
             data, tag = await answer
         except SeqrecError as exc:
-            raise InvalidArgument(str(exc)) from None
+            return Response(to_json({"error": str(exc)}), 400, media_type="application/json")
         except Exception as exc:  # a bug: logged and counted under an error id, answered 500
-            from bentoml.exceptions import InternalServerError
-
             from seqrec.serving.metrics import internal_error
 
-            raise InternalServerError(internal_error(exc, "request", self.metrics)) from exc
+            msg = internal_error(exc, "request", self.metrics)
+            return Response(to_json({"error": msg}), 500, media_type="application/json")
         return Response(data, media_type="application/json", headers={"x-seqrec-model": tag})
 
     def _locked(self, fn: Callable[..., R], *args: Any) -> R:
