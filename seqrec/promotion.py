@@ -5,7 +5,8 @@ truth. :func:`promote` moves it in one transaction together with its ``label_cha
 (and the run's decision), so there is never a moment with zero or two production models; only
 after the commit are the BentoML labels mirrored (the new model gets ``key=value``, any other
 carrying it gets ``stage=archived``), best effort: labels left stale by a crash in between are
-repaired by the next promotion, and readers follow the pointer anyway.
+repaired by the next retrain (:func:`repair_labels`) or promotion, and readers follow the
+pointer anyway.
 
 Workspaces from before the pointer have no row: :func:`production_tag` then falls back to the
 newest stored model carrying the BentoML label, as seqrec always did.
@@ -138,6 +139,25 @@ def mirror_labels(ws: Workspace, selector: str, tag: str | None) -> None:
                 set_labels(ws, row["tag"], {key: "archived" if key == "stage" else ""})
     except Exception as exc:  # the pointer is the truth; the next promotion repairs labels
         log.warning("BentoML labels not mirrored for %s -> %s: %s", selector, tag, exc)
+
+
+def repair_labels(ws: Workspace, selector: str = PRODUCTION) -> bool:
+    """Mirror the pointer's labels again where they disagree with it (a process killed between
+    a promotion's commit and its mirroring leaves them stale); returns whether it had to."""
+    from seqrec import model_store
+
+    tag = pointer(ws, selector)
+    if tag is _MISSING:
+        return False
+    key, value = one_selector(selector)
+    carrying = [
+        r["tag"] for r in model_store.list_models(ws.model_store) if r["labels"].get(key) == value
+    ]
+    if carrying == ([] if tag is None else [tag]):
+        return False
+    log.warning("BentoML labels for %s disagreed with the pointer (%s): repaired", selector, tag)
+    mirror_labels(ws, selector, tag)
+    return True
 
 
 def promote(

@@ -128,11 +128,13 @@ def retrain(
     ``math.inf``: until it is free). The run is recorded in the run history either way."""
     from seqrec import runs
     from seqrec.locking import job_lock
+    from seqrec.promotion import repair_labels
 
     one_selector(production_label)  # a user mistake fails before anything is recorded
     with job_lock(ws, "retrain", wait):
         runs.mark_crashed(ws, kinds=("retrain",))  # we hold the lock: none of them runs
         _forget_crashed(ws)
+        repair_labels(ws, production_label)  # a run killed mid-promotion left them stale
         run_id = runs.start_run(ws, "retrain", task=task, label=label, model=model_name)
         try:
             report = _retrain(
