@@ -177,7 +177,23 @@ class ServeConfig(_Section):
         1000, ge=1, le=100_000, description="most events per /recommend_from_events request"
     )
     max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="largest request body accepted (413 beyond)"
+        1_048_576,
+        ge=1024,
+        description="largest request body accepted: beyond it 413 with a JSON error (on by "
+        "default: 1 MiB)",
+    )
+    rate_limit_per_s: float = Field(
+        0.0,
+        ge=0,
+        description="requests a second each client address may make (token bucket, per server "
+        "process): beyond it 429 with Retry-After; 0 = no limit (the default: set it, or limit "
+        "at the proxy, when the service faces untrusted clients); /livez and /readyz are exempt",
+    )
+    rate_limit_burst: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="requests a client may make at once before rate_limit_per_s applies",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="where the model runs: auto = cuda (half precision), else cpu"

@@ -355,6 +355,8 @@ SeqrecService.add_asgi_middleware(  # type: ignore[attr-defined]
     max_body=LIMITS.max_body_bytes,
     fast_path=LIMITS.fast_path,
     admin_token_env=LIMITS.admin_token_env,
+    rate_per_s=LIMITS.rate_limit_per_s,
+    rate_burst=LIMITS.rate_limit_burst,
 )
 
 __all__ = ["SeqrecService"]

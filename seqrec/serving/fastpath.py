@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from pydantic_core import to_json
 
 from seqrec.compat.bentoml_private import cors_enabled
+from seqrec.serving.ratelimit import RateLimiter, retry_after
 from seqrec.serving.schemas import (
     ApiRequest,
     EventsRequest,
@@ -74,7 +75,8 @@ async def _send_bytes(
 
 class Guard:
     """Pure ASGI middleware: 401 without the bearer token (when ``SEQREC_API_TOKEN`` is set;
-    /livez and /readyz stay open), ``GET /status``, ``POST /admin/reload`` (its own token, from
+    /livez and /readyz stay open), 429 past the per-client rate limit (``rate_per_s`` > 0; the
+    same two exempt), ``GET /status``, ``POST /admin/reload`` (its own token, from
     the variable ``admin_token_env`` names), 415 for a POST body that is not JSON, 413 past
     ``max_body`` bytes, and (``fast_path``) the POST endpoints of :data:`FAST_ROUTES`.
 
@@ -87,8 +89,11 @@ class Guard:
         max_body: int,
         fast_path: bool = True,
         admin_token_env: str = "SEQREC_ADMIN_TOKEN",
+        rate_per_s: float = 0.0,
+        rate_burst: int = 20,
     ) -> None:
         self.app, self.max_body = app, max_body
+        self.limiter = RateLimiter(rate_per_s, rate_burst) if rate_per_s > 0 else None
         self.fast_path = fast_path and not cors_enabled()
         token = os.environ.get("SEQREC_API_TOKEN", "")
         self.expected = f"Bearer {token}".encode() if token else None
@@ -108,6 +113,15 @@ class Guard:
             and not hmac.compare_digest(_authorization(scope), self.expected)
         ):
             return await _unauthorized(send)
+        if self.limiter is not None and path not in OPEN_PATHS:
+            wait = self.limiter.take(_client(scope))
+            if wait > 0:
+                return await _send_json(
+                    send,
+                    429,
+                    {"error": "too many requests from this client: retry later"},
+                    **{"retry-after": retry_after(wait)},
+                )
         if path == "/status" and method == "GET":
             status = _SERVICE.status() if _SERVICE is not None else {"ready": False}
             return await _send_json(send, 200, status)
@@ -199,6 +213,12 @@ class Guard:
 
 
 _GONE = object()
+
+
+def _client(scope: dict[str, Any]) -> str:
+    """The client's address (the peer's: behind a proxy, the proxy's)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
 
 
 def _authorization(scope: dict[str, Any]) -> bytes:
