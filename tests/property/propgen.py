@@ -105,8 +105,9 @@ def type_cells(chars: Any = CHARS, bad: bool = False) -> Any:
     )
 
 
-def value_cells(bad: bool = False) -> Any:
-    """Value cells: finite numbers, blank (no value). Bad: anything else."""
+def value_cells(bad: bool = False, blank: bool = True) -> Any:
+    """Value cells: finite numbers, blank (no value; unless not ``blank``). Bad: anything
+    else."""
     if bad:
         return st.sampled_from(["abc", "inf", "-inf", "nan", "1e400", "1,5", "--1", "0x10"]).map(
             lambda s: Cell(s, BAD)
@@ -114,7 +115,7 @@ def value_cells(bad: bool = False) -> Any:
     return st.one_of(
         _pad(st.floats(allow_nan=False, allow_infinity=False).map(lambda x: Cell(repr(x), x))),
         _pad(st.integers(-(10**6), 10**6).map(lambda n: Cell(str(n), float(n)))),
-        st.sampled_from(["", " "]).map(lambda s: Cell(s, None)),
+        *([st.sampled_from(["", " "]).map(lambda s: Cell(s, None))] if blank else []),
     )
 
 

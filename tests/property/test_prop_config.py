@@ -154,7 +154,7 @@ def documents(draw: Any, wrong: bool) -> Doc:
         body["hyperparams.gpt2"] = [("", "n_layer = 2"), ("", 'note = "any key goes here"')]
     wrong_key: tuple[str, bool] | None = None
     if wrong:
-        kind = draw(st.sampled_from(["top", "section", "key", "value", "value"]))
+        kind = draw(st.sampled_from(["top", "section", "key"] + ["value"] * 3))
         other = st.sampled_from(list(OTHER_TYPES.values()))
         if kind == "top":
             key = draw(BARE_KEY.filter(lambda k: k not in SCHEMA["properties"]))

@@ -352,7 +352,7 @@ PLAIN = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\t
 def _rating_cells(bad: bool = False) -> Any:
     if bad:
         return st.one_of(value_cells(bad=True), st.just(Cell("", BAD)))
-    return value_cells().filter(lambda c: c.want is not None)
+    return value_cells(blank=False)
 
 
 @st.composite
