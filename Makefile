@@ -33,8 +33,9 @@ SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 browser:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get install -y chromium chromium-driver || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver))
 
+# the fault-injection suite (tests/reliability) is long: it runs alone with `make reliability`
 test: lint browser
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -m "not reliability"
 
 # the property tests alone (hypothesis, generated bad input; they run under `make test` too);
 # SEQREC_PROPERTY_EXAMPLES=500 runs more examples per test
