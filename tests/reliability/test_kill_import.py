@@ -25,7 +25,7 @@ from seqrec.testing import make_workspace, unique_name
 EXTRA = "[events]\nbatch_size = 1000\n"
 #: (kill point, timestamps) per profile
 CASES = {
-    "embedded": [("import.batch:3", "ms"), ("import.commit", "ms")],
+    "embedded": [("import.batch:3", "ms")],
     "postgres-redis": [("import.commit", "ms"), ("import.batch:3", "iso")],
 }
 
