@@ -7,6 +7,9 @@ Each test asks for the ``outcome`` fixture and calls it once with its scenario's
         outcome("SIGKILL during import", "process killed", cases=3,
                 result="resumed; 0 duplicated, 0 lost", data_lost="none")
 
+A row whose scenario starts with "broken variant" is a check run against a deliberately
+broken build: its verdict says the check caught it.
+
 At the end of a session the rows of passed tests are written to
 ``bench/results/reliability.json`` and the table in ``docs/reliability.md`` (between its
 ``<!-- reliability:begin -->`` / ``<!-- reliability:end -->`` markers) when
@@ -98,7 +101,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        verdict = "survived, nothing lost" if r.passed and r.data_lost == "none" else "FAILED"
+        if not r.passed:
+            verdict = "FAILED"
+        elif r.scenario.startswith("broken variant"):  # the check run against a broken build
+            verdict = "the check caught the broken build"
+        else:
+            verdict = "survived, nothing lost" if r.data_lost == "none" else "FAILED"
         lines.append(
             f"| {r.category} | {r.scenario} | {r.cases} | {r.result} | {r.data_lost} | {verdict} |"
         )
