@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqrec.hookspecs import hookimpl
-from seqrec.models import Choice, Float, ModelSpec, Preset
-from seqrec_bert.model import DEFAULTS, BertNextItem
+from seqrec.models import Choice, Float, ModelContext, ModelSpec, Preset, SeqModel
+from seqrec_bert.defaults import DEFAULTS
 
 #: trainer settings of the defaults: the best known configuration on MovieLens-100K
 TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 80, "patience": 10}
@@ -33,12 +33,20 @@ SEARCH_SPACE = {
 }
 
 
+def build(ctx: ModelContext) -> SeqModel:
+    """The model, imported when first built: transformers loads only for commands that
+    train or load a bert model, not for every command that lists the plugins."""
+    from seqrec_bert.model import BertNextItem
+
+    return BertNextItem(ctx)
+
+
 @hookimpl
 def register_models(register: Callable[[ModelSpec], None]) -> None:
     register(
         ModelSpec(
             name="bert",
-            build=BertNextItem,
+            build=build,
             tasks=("next-item", "classify"),
             description="BERT4Rec: bidirectional cloze training, scores a MASK appended after the newest event; newest-position classifier",
             defaults=DEFAULTS,

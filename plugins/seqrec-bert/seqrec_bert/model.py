@@ -19,7 +19,6 @@ embeddings (not the MASK row) and the output bias are fused with the item text
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,23 +35,6 @@ from seqrec.models import (
 )
 from seqrec.text.fusion import TextFusion
 from seqrec_bert.cloze import append_newest, cloze_positions
-
-DEFAULTS: dict[str, Any] = {
-    "d_model": 64,
-    "n_layers": 2,
-    "n_heads": 2,
-    "dropout": 0.2,
-    "mask_prob": 0.4,
-    "last_mask_prob": 0.2,
-    "use_event_types": True,
-    "use_time_gaps": True,
-    "head_transform": True,
-    "label_smoothing": 0.0,
-    "item_text": False,  # fuse item text embeddings into the item representations
-    # item_text: in training, this share of items is represented by its text alone at each
-    # step (for cold-start items; off by default: on ml-100k 0.25 cost 15% NDCG@10)
-    "text_id_dropout": 0.0,
-}
 
 
 class BertNextItem(SeqModel):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from seqrec.hookspecs import hookimpl
-from seqrec.models import Choice, Float, Int, ModelSpec, Preset
-from seqrec_gpt2.model import DEFAULTS, GPT2NextItem
+from seqrec.models import Choice, Float, Int, ModelContext, ModelSpec, Preset, SeqModel
+from seqrec_gpt2.defaults import DEFAULTS
 
 #: trainer settings of the defaults: the best known configuration on MovieLens-100K
 #: (bench/ml100k.py trains exactly these; docs/benchmarks.md has the figures)
@@ -35,12 +35,20 @@ SEARCH_SPACE = {
 }
 
 
+def build(ctx: ModelContext) -> SeqModel:
+    """The model, imported when first built: transformers loads only for commands that
+    train or load a gpt2 model, not for every command that lists the plugins."""
+    from seqrec_gpt2.model import GPT2NextItem
+
+    return GPT2NextItem(ctx)
+
+
 @hookimpl
 def register_models(register: Callable[[ModelSpec], None]) -> None:
     register(
         ModelSpec(
             name="gpt2",
-            build=GPT2NextItem,
+            build=build,
             tasks=("next-item", "classify"),
             description="GPT-2 decoder: causal next-item at every position (tied embeddings); last-position classifier",
             defaults=DEFAULTS,
