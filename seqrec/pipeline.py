@@ -227,8 +227,10 @@ def train_model(
     settings = resolved.settings
     if task == "classify":
         settings.metric = "roc_auc"
+    from seqrec.data.schema import require_schema
     from seqrec.monitoring.intake import max_event_id
 
+    require_schema(engine)  # an empty workspace: "import events first", not a SQL error
     events_max_id = max_event_id(engine)  # what "events since this model" counts from
     data = data or build_data(ws, task, label, engine)
     model = build_model(spec, data, task, resolved.params, settings.seed, ws)

@@ -182,3 +182,16 @@ def test_evaluate_json_real_process_stdout_is_clean(trained_ws: Workspace) -> No
     res = json.loads(proc.stdout)
     assert res["tag"].startswith("seqrec-gpt2:")
     assert set(res) >= {"ndcg@10", "recall@10", "mrr@10", "users"}
+
+
+@pytest.mark.parametrize("command", [("train", "--model", "lstm"), ("retrain",)])
+def test_training_a_workspace_with_no_events_says_import_events_first(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    ws = tmp_path / "empty"
+    assert invoke("init", ws).exit_code == 0
+    result = invoke(*command, "--project", ws)
+    assert result.exit_code != 0
+    assert "no table(s) events" in result.output
+    assert "seqrec events import" in result.output
+    assert "Traceback" not in result.output and "OperationalError" not in result.output
