@@ -36,7 +36,9 @@ PROFILE_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
 
 
 class EventsConfig(_Section):

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from seqrec.config import Workspace
+from seqrec.config import TrainConfig, Workspace
 from seqrec.errors import SeqrecError
 from seqrec.models import DEFAULT_PRESET, PRESET_TRAIN_KEYS, ModelSpec, Preset
 from seqrec.training.trainer import TrainSettings
@@ -177,4 +177,24 @@ def resolve(
             base[k] = v
             if k in PRESET_TRAIN_KEYS:
                 origin[k] = where
+    _check_train_values(base, origin)
     return Resolved(name, source, merged_params, TrainSettings(**base), origin)
+
+
+def _check_train_values(settings: dict[str, Any], origin: dict[str, str]) -> None:
+    """Every trainer setting within seqrec.toml's bounds, whichever layer set it (a plugin's
+    train_defaults, a workspace preset, an option): ``lr=inf`` from a hand-edited preset
+    fails here, naming the key and the layer, instead of training on NaN."""
+    from pydantic import ValidationError
+
+    checked = {k: v for k, v in settings.items() if k in TrainConfig.model_fields}
+    try:
+        TrainConfig.model_validate(checked)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        raise SeqrecError(
+            f"trainer setting {key}={settings.get(key)!r} "
+            f"({origin.get(key, 'trainer default')}): {error['msg']}",
+            hint="see `seqrec models --presets` and docs/configuration.md for the bounds",
+        ) from None

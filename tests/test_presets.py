@@ -85,6 +85,22 @@ def test_workspace_preset_with_unknown_keys_is_refused(ws: Workspace) -> None:
         save_workspace_preset(ws, get_spec("lstm"), "x", {"nosuch": 1}, {})
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("weight_decay", float("inf")), ("grad_clip", float("nan")), ("lr", -1.0), ("epochs", 0)],
+)
+def test_out_of_range_trainer_setting_in_a_workspace_preset_is_refused_naming_key_and_layer(
+    ws: Workspace, key: str, value: float
+) -> None:
+    path = ws.path("presets") / "lstm.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"hand": {"params": {}, "train": {key: value}}}))
+    with pytest.raises(SeqrecError) as err:
+        resolve(ws, get_spec("lstm"), preset="hand")
+    assert f"trainer setting {key}=" in str(err.value)
+    assert "preset hand" in str(err.value)
+
+
 def test_broken_workspace_preset_file_names_file_and_line(ws: Workspace) -> None:
     path = ws.path("presets") / "gpt2.json"
     path.parent.mkdir(parents=True)
