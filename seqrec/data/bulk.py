@@ -21,6 +21,7 @@ Imports serialise on a ``SHARE ROW EXCLUSIVE`` lock of ``events`` (readers are n
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -234,9 +235,22 @@ class PgBulkLoad:
         self._end_copy(*exc)
 
     def _end_copy(self, *exc: Any) -> None:
-        if self._copy is not None:
-            self._copy = None
-            self._copy_cm.__exit__(*(exc or (None, None, None)))
+        if self._copy is None:
+            return
+        self._copy = None
+        if not exc or exc[0] is None:
+            self._copy_cm.__exit__(None, None, None)
+            return
+        # A load that failed (often: the connection dropped) ends its COPY too. psycopg then
+        # logs "error ignored terminating Copy" to stderr below seqrec's own error message,
+        # about the same failure: keep its logger quiet for that one call.
+        psycopg_log = logging.getLogger("psycopg")
+        level = psycopg_log.level
+        psycopg_log.setLevel(logging.ERROR)
+        try:
+            self._copy_cm.__exit__(*exc)
+        finally:
+            psycopg_log.setLevel(level)
 
     def _vocab(self, values: np.ndarray, vocab: dict[str, int], table: str) -> np.ndarray:
         codes, uniques = pd.factorize(values, sort=False)  # order of first appearance

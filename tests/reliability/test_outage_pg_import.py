@@ -114,7 +114,10 @@ def outage_problems(
 
 
 def test_postgres_unreachable_during_import_keeps_nothing_and_a_rerun_imports_everything_once(
-    proxied: tuple[Workspace, TcpProxy], files: dict[str, Any], outcome: Callable[..., None]
+    proxied: tuple[Workspace, TcpProxy],
+    files: dict[str, Any],
+    outcome: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ws, pg = proxied
     direct = _direct(ws)
@@ -135,6 +138,9 @@ def test_postgres_unreachable_during_import_keeps_nothing_and_a_rerun_imports_ev
             if case == "cut":
                 assert not pg.is_open, "the proxy never cut: the file went through whole"
             problems += [f"{case}: {p}" for p in outage_problems(err, direct, base, n_imports)]
+            noise = [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")]
+            problems += [f"{case}: psycopg logged {m.splitlines()[0]!r}" for m in noise]
+            caplog.clear()
             pg.start()  # the database is back
         assert problems == []
         rep = import_file(ws.engine, files["big"], batch_size=1_000)  # same process
