@@ -3,10 +3,13 @@
 A ``SeqrecError`` carries a message that says what was wrong, where, and what to do. The CLI
 prints it without a traceback and exits non-zero (``exit_code``, when the error sets one, else
 the command's code for user errors: 1, or 2 for ``seqrec retrain`` and ``seqrec runs``);
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. A best-effort step that goes on after a
+failure logs it with :func:`log_caught`, which keeps a bug's traceback too.
 """
 
 from __future__ import annotations
+
+import logging
 
 #: exit code of a command line misused or a configuration that is wrong (as click's own)
 EX_USAGE = 2
@@ -51,3 +54,21 @@ class StoreUnavailable(SeqrecError):
     """
 
     exit_code = 1
+
+
+def log_caught(
+    logger: logging.Logger,
+    exc: BaseException,
+    expected: tuple[type[BaseException], ...],
+    message: str,
+    *args: object,
+) -> bool:
+    """Log ``exc``, caught by a best-effort step that goes on without it: one warning line
+    (``message: exc``) when it is one of the ``expected`` failures (an outage, a damaged file,
+    a user mistake); anything else is a bug, logged as an error with its traceback so that it
+    cannot pass for one of those. Returns whether it was expected."""
+    if isinstance(exc, expected):
+        logger.warning(message + ": %s", *args, exc)
+        return True
+    logger.error(message + ": internal error (a bug)", *args, exc_info=exc)
+    return False

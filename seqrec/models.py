@@ -525,7 +525,7 @@ def model_registry(pm: Any = None) -> dict[str, ModelSpec]:
             continue
         except Exception as exc:
             what = "" if isinstance(exc, SeqrecError) else f"{type(exc).__name__}: "
-            pm.fail(plugin, f"register_models raised {what}{exc}", "broke")
+            pm.fail(plugin, f"register_models raised {what}{exc}", "broke", exc)
             continue
         if returned is not None:
             pm.fail(

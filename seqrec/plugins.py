@@ -11,6 +11,7 @@ Default plugins inside core always load.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any
 import pluggy
 
 from seqrec import __version__, hookspecs
+
+log = logging.getLogger("seqrec.plugins")
 
 GROUP = "seqrec"
 DEFAULT_PLUGINS = ("seqrec.default_plugins.popularity", "seqrec.default_plugins.markov")
@@ -80,7 +83,7 @@ class PluginManager(pluggy.PluginManager):
                 self.register(plugin, name=ep.name)
                 self._check_known_hooks(plugin)
             except Exception as exc:  # isolate: a broken plugin must not kill the host
-                self.fail(ep.name, f"{type(exc).__name__}: {exc}", "failed to load")
+                self.fail(ep.name, f"{type(exc).__name__}: {exc}", "failed to load", exc)
 
     def _check_known_hooks(self, plugin: object) -> None:
         """Reject a plugin implementing a hook seqrec does not define (``check_pending`` would
@@ -105,13 +108,16 @@ class PluginManager(pluggy.PluginManager):
             return f"plugin '{name}' ({where}entry point '{ep}')"
         return f"plugin '{name}'"
 
-    def fail(self, name: str, reason: str, what: str) -> None:
+    def fail(self, name: str, reason: str, what: str, exc: BaseException | None = None) -> None:
         """Mark plugin ``name`` broken: unregister it, record ``reason`` (what ``seqrec
-        plugins`` shows) and warn once, naming where it comes from."""
+        plugins`` shows) and warn once, naming where it comes from. ``exc``, what it raised,
+        is logged with its traceback at debug level (the warning stays one line)."""
         if self.get_plugin(name) is not None:
             self.unregister(name=name)
         if name in self.failures:
             return
+        if exc is not None:
+            log.debug("seqrec %s %s", self.origin(name), what, exc_info=exc)
         self.failures[name] = reason
         warnings.warn(
             f"seqrec {self.origin(name)} {what}: {reason}; the other plugins keep working",
@@ -128,7 +134,8 @@ class PluginManager(pluggy.PluginManager):
             try:
                 results.append((impl.plugin_name, impl.function(**kwargs)))
             except Exception as exc:
-                self.fail(impl.plugin_name, f"{hook} raised {type(exc).__name__}: {exc}", "broke")
+                reason = f"{hook} raised {type(exc).__name__}: {exc}"
+                self.fail(impl.plugin_name, reason, "broke", exc)
         return results
 
     def describe(self) -> list[PluginInfo]:

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
-from seqrec.errors import StoreUnavailable
+from seqrec.errors import SeqrecError, StoreUnavailable, log_caught
 from seqrec.faults import kill_point
 from seqrec.labels import one_selector
 from seqrec.runs import model_labels, now, record_label_change, tables, training_runs
@@ -138,7 +138,10 @@ def mirror_labels(ws: Workspace, selector: str, tag: str | None) -> None:
             if row["tag"] != tag and row["labels"].get(key) == value:
                 set_labels(ws, row["tag"], {key: "archived" if key == "stage" else ""})
     except Exception as exc:  # the pointer is the truth; the next promotion repairs labels
-        log.warning("BentoML labels not mirrored for %s -> %s: %s", selector, tag, exc)
+        from bentoml.exceptions import BentoMLException
+
+        expected = (SeqrecError, OSError, BentoMLException)  # model gone, damaged, unwritable
+        log_caught(log, exc, expected, "BentoML labels not mirrored for %s -> %s", selector, tag)
 
 
 def repair_labels(ws: Workspace, selector: str = PRODUCTION) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError, StoreUnavailable
@@ -76,6 +77,14 @@ class Metrics:
 
 #: what a reader raises when the store is down or slow (sockets, timeouts): a fallback, not a bug
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+
+#: what refreshing the items newer than a model fails with while a store is down or a table
+#: is missing (the last block stays); anything else is a bug, logged and counted
+EXTRA_ITEMS_FAILURES: tuple[type[BaseException], ...] = (SeqrecError, OSError, DBAPIError)
+
+#: what resolving or loading a model fails with when seqrec works as it should: no such model,
+#: a damaged one, a store down (the model is refused); anything else is a bug, logged and counted
+MODEL_LOAD_FAILURES: tuple[type[BaseException], ...] = (SeqrecError, OSError)
 
 
 class StoreHealth:
@@ -269,10 +278,17 @@ class Recommender:
             with _torch_threads(1):
                 block = self._extra_source.load()
         except Exception as exc:
-            msg = _first_line(exc)
+            bug = not isinstance(exc, EXTRA_ITEMS_FAILURES)
+            msg = _describe(exc, bug)
+            if bug:
+                self.metrics.internal_error("extra_items")
             if msg != self._extra_error:
-                log.warning(
-                    "extra items: refresh failed, keeping %d: %s", len(self.extra or ()), msg
+                log.log(
+                    logging.ERROR if bug else logging.WARNING,
+                    "extra items: refresh failed, keeping %d: %s",
+                    len(self.extra or ()),
+                    msg,
+                    exc_info=exc if bug else None,
                 )
             self._extra_error = msg
             return False
@@ -403,6 +419,9 @@ class Recommender:
                 self.tag,
                 model_origin(self.model.spec_name),
                 exc,
+                # not a tracing failure (RuntimeError, or scores that differ): a bug in the
+                # model's code or seqrec's, shown with its traceback
+                exc_info=None if isinstance(exc, RuntimeError | ValueError) else exc,
             )
             return None
         return traced
@@ -429,8 +448,12 @@ class Recommender:
             items, types, times = (t.cpu().numpy() for t in self._example(3, self.max_len, 7))
             now = np.full(3, int(time.time()), dtype=np.int64)
             scores = self._scores(items, types, times, now)
-        except Exception as exc:
-            raise SeqrecError(f"model {self.tag} failed to score a warm-up batch: {exc}") from None
+        except Exception as exc:  # a model that loaded and cannot score: a bug, in its code or ours
+            log.error("model %s failed to score a warm-up batch", self.tag, exc_info=exc)
+            self.metrics.internal_error("model_load")
+            raise SeqrecError(
+                f"model {self.tag} failed to score a warm-up batch: {type(exc).__name__}: {exc}"
+            ) from None
         bad = torch.isnan(scores).any() or torch.isposinf(scores).any()
         if bad or not torch.isfinite(scores).any(dim=1).all():
             raise SeqrecError(
@@ -848,8 +871,9 @@ class ModelReloader:
         while not self._stop.wait(self.poll_s):
             try:
                 self.poll()
-            except Exception:  # the watcher must outlive any surprise
+            except Exception:  # the watcher must outlive any surprise (a bug: counted)
                 log.exception("model reload: poll failed")
+                self.metrics.internal_error("model_load")
 
     def poll(self) -> bool:
         """Re-resolve the selector; swap in the model it names when that is new and not
@@ -876,9 +900,16 @@ class ModelReloader:
         try:
             tag = self.resolve(selector)
         except Exception as exc:
-            msg = f"cannot resolve {selector}: {_first_line(exc)}"
+            bug = self._counted_if_bug(exc)
+            msg = f"cannot resolve {selector}: {_describe(exc, bug)}"
             if msg != self._resolve_error:
-                log.warning("model reload: %s; still serving %s", msg, self.serving_tag)
+                log.log(
+                    logging.ERROR if bug else logging.WARNING,
+                    "model reload: %s; still serving %s",
+                    msg,
+                    self.serving_tag,
+                    exc_info=exc if bug else None,
+                )
                 self._resolve_error = self.last_error = msg
             return None
         if self._resolve_error is not None:
@@ -899,8 +930,8 @@ class ModelReloader:
             try:
                 tag = self.resolve(want)
             except Exception as exc:
-                self._refuse(want, "admin", exc, remember=False)  # no tag to remember
-                raise SeqrecError(f"cannot reload {want}: {_first_line(exc)}") from None
+                reason = self._refuse(want, "admin", exc, remember=False)  # no tag to remember
+                raise SeqrecError(f"cannot reload {want}: {reason}") from None
             changed = self._swap(tag, by="admin", same_task=ref is None)
             self.selector = want if is_selector(want) else None
         self.start()
@@ -924,8 +955,8 @@ class ModelReloader:
                     )
                 new.check()
         except Exception as exc:
-            self._refuse(tag, by, exc)
-            raise SeqrecError(f"model {tag} refused: {_first_line(exc)}") from None
+            reason = self._refuse(tag, by, exc)
+            raise SeqrecError(f"model {tag} refused: {reason}") from None
         with self.lock:
             self.holder.recommender = new
         self.loaded_at = time.time()
@@ -943,15 +974,33 @@ class ModelReloader:
         _release(gone)
         return True
 
-    def _refuse(self, tag: str, by: str, exc: BaseException, remember: bool = True) -> None:
+    def _refuse(self, tag: str, by: str, exc: BaseException, remember: bool = True) -> str:
+        """Record and log the refusal of ``tag`` (a bug with its traceback); returns why."""
         if remember:
             self.refused.pop(tag, None)
             self.refused[tag] = None
-        self.last_error = f"{tag}: {_first_line(exc)}"
+        bug = self._counted_if_bug(exc)
+        reason = _describe(exc, bug)
+        self.last_error = f"{tag}: {reason}"
         self.last_attempt = {"tag": tag, "by": by, "at": time.time(), "ok": False}
         self.failures += 1
         self.metrics.model_reload(False)
-        log.error("model reload: refused %s; still serving %s", self.last_error, self.serving_tag)
+        log.error(
+            "model reload: refused %s; still serving %s",
+            self.last_error,
+            self.serving_tag,
+            exc_info=exc if bug else None,
+        )
+        return reason
+
+    def _counted_if_bug(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a bug rather than a model that cannot be served (no such model,
+        a damaged one, a store down): counted as an internal error; the caller logs its
+        traceback."""
+        if isinstance(exc, MODEL_LOAD_FAILURES):
+            return False
+        self.metrics.internal_error("model_load")
+        return True
 
     def status(self) -> dict[str, Any]:
         return {
@@ -970,6 +1019,11 @@ class ModelReloader:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+
+
+def _describe(exc: BaseException, bug: bool) -> str:
+    """The first line of ``exc``; a bug's says so and names its type (``KeyError: 'x'``)."""
+    return f"internal error: {type(exc).__name__}: {_first_line(exc)}" if bug else _first_line(exc)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from seqrec.config import Workspace
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, log_caught
 from seqrec.labels import one_selector
 from seqrec.models import PRESET_TRAIN_KEYS
 
@@ -405,24 +405,25 @@ def _drift(
     a failure is logged and recorded as the drift JSON's ``error``, never raised."""
     import logging
 
+    from sqlalchemy.exc import DBAPIError
+
     from seqrec import runs
+    from seqrec.monitoring.drift import DEFAULT_THRESHOLD, DRIFT_FAILURES, drift_for_model
 
     log = logging.getLogger(__name__)
     flagged: bool | None = None
     try:
-        from seqrec.monitoring.drift import DEFAULT_THRESHOLD, drift_for_model
-
         limit = DEFAULT_THRESHOLD if threshold is None else threshold
         result = drift_for_model(ws, data, tag, limit)
         out = result.to_dict()
         flagged = None if result.error and not result.features else result.flagged
     except Exception as exc:
-        log.warning("drift not computed: %s", exc)
+        log_caught(log, exc, DRIFT_FAILURES, "drift not computed")
         out = {"threshold": threshold, "features": [], "error": f"{type(exc).__name__}: {exc}"}
     try:
         runs.update_run(ws, run_id, drift=out, drift_flagged=flagged)
-    except Exception as exc:
-        log.warning("drift not recorded: %s", exc)
+    except Exception as exc:  # the database down: the run's own record says so later
+        log_caught(log, exc, (SeqrecError, DBAPIError), "drift not recorded")
     return out
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
 from seqrec.data.schema import ensure_pg_schema
@@ -138,7 +139,7 @@ def tables(ws: Workspace) -> Engine:
         ensure_pg_schema(eng)
         try:
             metadata.create_all(eng)
-        except Exception as exc:
+        except DBAPIError as exc:  # the database down, or refusing to create tables
             raise SeqrecError(
                 f"cannot create the run-history tables: {exc}".splitlines()[0],
                 where=eng.url.render_as_string(),

@@ -66,7 +66,7 @@ def cors_enabled() -> bool:
     setting: it has no CORS middleware either)."""
     try:
         return bool(private("BentoMLContainer").http.cors.enabled.get())
-    except Exception:
+    except (SeqrecError, AttributeError, KeyError):  # no container, or no such setting
         return False
 
 

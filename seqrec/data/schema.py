@@ -30,7 +30,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from seqrec.errors import SeqrecError, StoreUnavailable
 
@@ -188,7 +188,7 @@ def _require_tables(engine: Engine, names: tuple[str, ...], hint: str) -> None:
     """Fail with a clear message when the database is down or one of ``names`` is missing."""
     try:
         present = set(inspect(engine).get_table_names())
-    except Exception as exc:
+    except DBAPIError as exc:  # cannot connect, or the connection was refused or lost
         raise StoreUnavailable(f"events database unreachable ({engine.url!r}): {exc}") from None
     missing = [t for t in names if t not in present]
     if missing:

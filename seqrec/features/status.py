@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
 from seqrec.data.schema import events
@@ -14,6 +15,9 @@ from seqrec.features.definitions import VIEW_NAME
 from seqrec.features.materialize import read_online_state, redis_online
 from seqrec.features.repo import get_store
 from seqrec.features.snapshots import events_state, read_snapshot_info
+
+#: the events database down or refusing a query, or its URL unusable: shown, not raised
+DB_FAILURES: tuple[type[Exception], ...] = (DBAPIError, SeqrecError)
 
 
 def status(ws: Workspace) -> dict[str, Any]:
@@ -33,7 +37,7 @@ def status(ws: Workspace) -> dict[str, Any]:
         out["snapshot_stale"] = (
             info is None or info.max_event_id != max_id or info.events != n_events
         )
-    except Exception as exc:
+    except DB_FAILURES as exc:
         out["events"] = f"unreachable: {exc}"
     out["applied"] = _applied(ws)
     state = read_online_state(ws)
@@ -42,7 +46,7 @@ def status(ws: Workspace) -> dict[str, Any]:
     if state and isinstance(out.get("events"), int):
         try:
             out["events_not_online"] = _events_after(ws, int(state["max_event_id"]))
-        except Exception:
+        except DBAPIError:
             out["events_not_online"] = None
     out["online_store"] = str(ws.path(ws.config.features.online_path))
     out["online_reachable"] = ws.path(ws.config.features.online_path).is_file()
@@ -62,19 +66,25 @@ def _item_status(ws: Workspace) -> dict[str, Any]:
         from seqrec.text.features import item_status
 
         return item_status(ws)
-    except Exception as exc:
+    except (DBAPIError, SeqrecError, OSError, ValueError) as exc:  # a store down, a file damaged
         return {"item_text": f"error: {exc}"}
 
 
 def _applied(ws: Workspace) -> bool | str:
     """Whether the feature view is registered (an error message when the repo is broken)."""
+    from feast.errors import FeatureViewNotFoundException
+    from google.protobuf.message import DecodeError
+
     try:
         get_store(ws).get_feature_view(VIEW_NAME)
         return True
     except SeqrecError as exc:
         return f"error: {exc}"
-    except Exception:
+    except FeatureViewNotFoundException:
         return False
+    except (DBAPIError, OSError, DecodeError) as exc:  # registry unreadable: no answer, not no
+        first = (str(exc).splitlines() or [""])[0]
+        return f"error: Feast registry unreadable: {type(exc).__name__}: {first}"
 
 
 def _status_pg(ws: Workspace) -> dict[str, Any]:
@@ -91,7 +101,7 @@ def _status_pg(ws: Workspace) -> dict[str, Any]:
         out["feature_rows"] = pg.table_rows(engine)
         out["features_max_event_id"] = state["event_id"] if state else None
         out["features_stale"] = state is None or int(state["event_id"]) != max_id
-    except Exception as exc:
+    except DB_FAILURES as exc:
         out["events"] = f"unreachable: {exc}"
     out["applied"] = _applied(ws)
     online_rows = redis_online(ws)

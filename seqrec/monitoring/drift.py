@@ -29,6 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from seqrec.errors import SeqrecError, log_caught
+
+#: what computing drift fails with when its input is missing or unusable (a model gone or
+#: damaged, a window too small); anything else is a bug, logged with its traceback
+DRIFT_FAILURES: tuple[type[BaseException], ...] = (SeqrecError, OSError, ValueError)
+
 #: the usual "significant shift" PSI
 DEFAULT_THRESHOLD = 0.2
 #: floor of a bin's share, so empty bins give a large but finite PSI
@@ -264,5 +270,5 @@ def drift_for_model(
             )
         return compute_drift(data, scores=scores, threshold=threshold, event_type_names=type_names)
     except Exception as exc:  # monitoring must not fail the run
-        logging.getLogger(__name__).warning("drift not computed: %s", exc)
+        log_caught(logging.getLogger(__name__), exc, DRIFT_FAILURES, "drift not computed")
         return DriftResult(threshold=threshold, error=f"{type(exc).__name__}: {exc}")

@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, log_caught
 from seqrec.monitoring import plots
 from seqrec.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
+
+#: what a report section fails with when its input is missing or damaged (a model gone, a file
+#: not JSON, the database down); anything else is a bug, logged with its traceback
+SECTION_FAILURES: tuple[type[BaseException], ...] = (SeqrecError, OSError, ValueError, DBAPIError)
 
 #: history-length buckets (events before the target) of NDCG@10, inclusive; None = open
 BUCKETS: list[tuple[int, int | None]] = [(1, 4), (5, 9), (10, 19), (20, 49), (50, None)]
@@ -93,7 +98,7 @@ def build_report(ws: Workspace, run_id: int | None = None, out_dir: Path | None 
         try:
             content = make()
         except Exception as exc:  # a broken piece is a note, the rest of the report stands
-            log.warning("report section %r failed: %s", title, exc)
+            log_caught(log, exc, SECTION_FAILURES, "report section %r failed", title)
             content = note(f"not available: {type(exc).__name__}: {exc}")
         body.append(f"<section><h2>{esc(title)}</h2>\n{content}</section>")
     path = out / "index.html"

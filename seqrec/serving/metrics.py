@@ -10,7 +10,7 @@ from seqrec.recommend import Metrics
 log = logging.getLogger("seqrec.serve")
 
 #: the ``where`` labels of ``seqrec_internal_errors_total`` (present at 0 from the start)
-INTERNAL_ERROR_PLACES = ("online_lookup", "request")
+INTERNAL_ERROR_PLACES = ("online_lookup", "request", "extra_items", "model_load")
 
 
 def internal_error(exc: BaseException, where: str, metrics: Metrics | None) -> str:

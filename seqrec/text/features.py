@@ -289,9 +289,11 @@ def materialize_items(
     enc, df = item_text_rows(ws, engine)
     if enc is None:
         return None
+    from feast.errors import FeatureViewNotFoundException
+
     try:
         store.get_feature_view(ITEM_VIEW_NAME)
-    except Exception:
+    except FeatureViewNotFoundException:
         raise SeqrecError(
             "item text embeddings exist but their feature view is not registered",
             hint="run `seqrec features apply`",
@@ -382,13 +384,15 @@ class ItemTextReader:
     """Online item text embeddings through Feast (SQLite or Redis); hold one per process."""
 
     def __init__(self, ws: Workspace):
+        from feast.errors import FeatureViewNotFoundException
+
         from seqrec.features.repo import get_store
 
         self.ws = ws
         self.store = get_store(ws)
         try:
             view = self.store.get_feature_view(ITEM_VIEW_NAME)
-        except Exception:
+        except FeatureViewNotFoundException:
             raise SeqrecError(
                 "no item text feature view",
                 hint="run `seqrec items embed`, `seqrec features apply` and "
