@@ -166,8 +166,33 @@ def quiet_library_warnings() -> None:
     warnings.showwarning = showwarning
 
 
+#: environment variable naming the log level of the command line (DEBUG shows the tracebacks
+#: behind one-line warnings, e.g. of a broken plugin); unset: Python's default (warnings only)
+LOG_LEVEL_ENV = "SEQREC_LOG_LEVEL"
+
+
+def configure_logging() -> None:
+    """Log to stderr at ``$SEQREC_LOG_LEVEL`` when it is set (a name such as DEBUG or INFO)."""
+    import logging
+
+    name = os.environ.get(LOG_LEVEL_ENV, "").strip().upper()
+    if not name:
+        return
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        click.secho(
+            f"warning: {LOG_LEVEL_ENV}={name!r} is not a log level "
+            "(DEBUG, INFO, WARNING, ERROR); ignored",
+            fg="yellow",
+            err=True,
+        )
+        return
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
 def main() -> None:
     quiet_library_warnings()
+    configure_logging()
     build_cli()(prog_name="seqrec")
 
 

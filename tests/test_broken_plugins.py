@@ -192,6 +192,22 @@ def invoke(*args: Any) -> Result:
 # -- the installed distributions, through the real command line ---------------------------------
 
 
+def test_seqrec_log_level_debug_shows_the_traceback_behind_a_broken_plugins_warning(
+    site: Path,
+) -> None:
+    env = {**seqrec_env(site), "SEQREC_LOG_LEVEL": "debug"}
+    done = subprocess.run(
+        [str(VENV_BIN / "seqrec"), "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" in done.stderr
+    assert "seqrec_dependency_not_installed" in done.stderr  # the noimport plugin's cause
+
+
 @pytest.mark.slow
 def test_seqrec_plugins_lists_the_good_and_names_the_broken(site: Path) -> None:
     done = subprocess.run(
