@@ -161,13 +161,16 @@ def _parse_iso(text: str) -> int | str:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     us = (dt - _EPOCH) // _US  # exact: no float on the way
+    if us < 0:
+        return -1  # before 1970 however little: not rounded up to the epoch
     q, r = divmod(us, 1000)
     return q + int(r > 500 or (r == 500 and q % 2 == 1))  # half to even
 
 
 def _epoch_ms(text: str, scale: int) -> int | None:
     """The decimal number ``text`` times ``scale`` (1000 for seconds, 1 for milliseconds) in
-    whole milliseconds, rounded half to even from the exact decimal; None unless finite."""
+    whole milliseconds, rounded half to even from the exact decimal; None unless finite. A
+    negative number gives a negative result (-0.5 ms is before 1970, not rounded to it)."""
     if text.isascii() and text.isdigit() and len(text) <= 18:  # the common case: no Decimal
         return int(text) * scale
     try:
@@ -176,6 +179,8 @@ def _epoch_ms(text: str, scale: int) -> int | None:
         return None
     if not x.is_finite():
         return None
+    if x < 0:
+        return -1
     x = max(min(x, _MS_CLAMP), -_MS_CLAMP)  # far outside the valid range either way
     with localcontext(prec=len(text) + 30):  # enough digits: the product is exact
         return int((x * scale).to_integral_value())  # ROUND_HALF_EVEN, the context's default

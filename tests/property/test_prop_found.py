@@ -46,6 +46,16 @@ def test_fractional_times_round_half_to_even_exactly(text: str, unit: str, ms: i
     assert parse_timestamp(text, unit) == ms  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("text", "unit"),
+    [("-0.5", "ms"), ("-0.0004", "s"), ("-1e-400", "ms"), ("1969-12-31T23:59:59.9995Z", "iso")],
+)
+def test_a_time_just_before_1970_is_refused_not_rounded_to_the_epoch(text: str, unit: str) -> None:
+    """Rounding came first: half a millisecond before 1970 was stored as the epoch."""
+    assert "before 1970" in str(parse_timestamp(text, unit))  # type: ignore[arg-type]
+    assert parse_timestamp("-0", unit if unit != "iso" else "ms") == 0
+
+
 def test_a_huge_number_of_seconds_is_a_bad_timestamp_not_an_overflow() -> None:
     assert "future" in str(parse_timestamp("1e306", "s"))  # was OverflowError
 
