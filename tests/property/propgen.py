@@ -7,6 +7,7 @@ rejected. Tests build files from such cells and compare the database with the ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from sqlalchemy import Engine, func, select
 
 from seqrec.data.schema import event_types, events, imports, item_meta, items
@@ -47,7 +49,97 @@ def examples(n: int) -> Any:
         deadline=None,
         derandomize=True,
         database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        # the ``outcome`` fixture is function-scoped on purpose: it counts every example
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
+    )
+
+
+#: the bad-input classes of the reliability table: key -> (class, what must come of it)
+CLASSES: dict[str, tuple[str, str]] = {
+    "structure": (
+        "delimited event files: delimiters, quoting, line ends, headers, blank, short and long "
+        "rows (CSV, MovieLens, RecBole)",
+        "imported exactly (read back from the events table), or refused naming the file and "
+        "the first bad line with nothing stored",
+    ),
+    "encoding": (
+        "encodings and byte-order marks (UTF-8 with BOM, UTF-16, Latin-1)",
+        "read as UTF-8 with or without BOM; anything else refused naming the file, nothing stored",
+    ),
+    "huge": (
+        "huge fields (200,000 characters) in ids and ignored columns",
+        "read whole: an id over 256 characters is a bad row naming its line, a long ignored "
+        "field is imported",
+    ),
+    "types": (
+        "wrong types: values and timestamps that are not finite numbers or times",
+        "a bad row naming its line (skipped with --on-error skip), never stored",
+    ),
+    "time": (
+        "timestamps: time zones and ISO-8601 (offsets, Z, naive = UTC, dates), epoch seconds "
+        "and milliseconds, fractions",
+        "stored as the exact UTC epoch milliseconds (half to even)",
+    ),
+    "nul": (
+        "NUL characters in any column",
+        "a bad row naming its line (ids and event types: where the NUL is); harmless in an "
+        "ignored column",
+    ),
+    "bytes": (
+        "arbitrary bytes as event, item and config files",
+        "imported, or a SeqrecError naming the file with nothing stored",
+    ),
+    "config": (
+        "seqrec.toml documents: valid ones, one wrong entry, broken TOML",
+        "loaded with their values, or refused naming the key and its line",
+    ),
+    "labels": (
+        "label definitions and model label selectors",
+        "parsed exactly, or refused with a short SeqrecError",
+    ),
+    "api": (
+        "API request bodies: random JSON, arbitrary bytes, bodies from the request schema",
+        "a valid request or a 400 whose body serialises; never a 500",
+    ),
+    "injection": (
+        "SQL injection in config names, ids, event types, file names, label selectors, the "
+        "feature service name and requests",
+        "refused as not a plain identifier, or stored literally; the events intact",
+    ),
+    "items": (
+        "item text files: titles, descriptions, categories, attributes, repeated ids",
+        "imported exactly (read back from item_meta), or refused naming the file and line "
+        "with nothing stored",
+    ),
+}
+
+
+def note(what: str) -> None:
+    """``hypothesis.event`` inside a property test; nothing when a check runs outside one (a
+    broken variant's explicit case)."""
+    with contextlib.suppress(InvalidArgument):
+        event(what)
+
+
+def tally(outcome: Any, *keys: str, cases: int = 1) -> None:
+    """Count ``cases`` examples run for each bad-input class in ``keys``."""
+    for key in keys:
+        scenario, result = CLASSES[key]
+        outcome.add(scenario, "bad input", result=result, cases=cases)
+
+
+def broken_variant(outcome: Any, what: str, caught: str, cases: int = 1) -> None:
+    """The row of a check run against a deliberately broken build that it caught."""
+    outcome(
+        f"broken variant: {what}",
+        "bad input",
+        cases=cases,
+        result=f"the check catches it ({caught})"[:200],
+        data_lost="none",
     )
 
 

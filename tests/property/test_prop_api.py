@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
-from propgen import INJECTIONS, examples, snapshot
-from pydantic import BaseModel, ValidationError
+from outcomes import Recorder
+from propgen import INJECTIONS, broken_variant, examples, snapshot, tally
+from pydantic import BaseModel, ValidationError, field_validator
 from pydantic_core import to_json
 
 from seqrec.config import Workspace
@@ -83,11 +84,12 @@ def validate(model: type[BaseModel], raw: bytes) -> BaseModel | None:
 @examples(50)
 @given(data=st.data(), model=st.sampled_from(REQUESTS))
 def test_random_json_bodies_are_requests_or_validation_errors(
-    data: st.DataObject, model: type[BaseModel]
+    data: st.DataObject, model: type[BaseModel], outcome: Recorder
 ) -> None:
     body = data.draw(st.one_of(JSON, shaped_bodies(model)))
     got = validate(model, json.dumps(body).encode())
     event("valid" if got is not None else "400")
+    tally(outcome, "api")
 
 
 @examples(50)
@@ -111,8 +113,34 @@ def test_random_json_bodies_are_requests_or_validation_errors(
     ),
     model=st.sampled_from(REQUESTS),
 )
-def test_any_bytes_are_requests_or_validation_errors(raw: bytes, model: type[BaseModel]) -> None:
+def test_any_bytes_are_requests_or_validation_errors(
+    raw: bytes, model: type[BaseModel], outcome: Recorder
+) -> None:
     validate(model, raw)
+    tally(outcome, "api")
+
+
+def test_the_request_check_catches_a_validator_that_lets_an_attribute_error_out(
+    outcome: Recorder,
+) -> None:
+    """A request model whose validator assumes a string: any other JSON type escapes as an
+    AttributeError (a 500 in the service), not a 400."""
+
+    class StripsUserId(api.RecommendRequest):
+        @field_validator("user_id", mode="before")
+        @classmethod
+        def _strip(cls, value: Any) -> Any:
+            return value.strip()
+
+    raw = b'{"user_id": 5}'
+    assert validate(api.RecommendRequest, raw) is None  # a 400
+    with pytest.raises(AttributeError) as err:
+        validate(StripsUserId, raw)
+    broken_variant(
+        outcome,
+        "a request model whose validator lets an AttributeError out (a 500)",
+        f"AttributeError: {err.value}",
+    )
 
 
 def _from_schema(spec: dict[str, Any], defs: dict[str, Any]) -> Any:
@@ -158,12 +186,13 @@ def _from_schema(spec: dict[str, Any], defs: dict[str, Any]) -> Any:
 @examples(50)
 @given(data=st.data(), model=st.sampled_from(REQUESTS))
 def test_bodies_from_the_request_schema_validate_with_their_values(
-    data: st.DataObject, model: type[BaseModel]
+    data: st.DataObject, model: type[BaseModel], outcome: Recorder
 ) -> None:
     schema = model.model_json_schema()
     body = data.draw(_from_schema(schema, schema.get("$defs", {})))
     got = model.model_validate_json(json.dumps(body).encode())
     assert got.model_dump(exclude_unset=True) == body
+    tally(outcome, "api")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +233,7 @@ ENDPOINTS = {
 @examples(30)
 @given(data=st.data(), path=st.sampled_from(sorted(ENDPOINTS)))
 def test_served_endpoints_answer_generated_bodies_without_a_500(
-    server: Any, data: st.DataObject, path: str
+    server: Any, data: st.DataObject, path: str, outcome: Recorder
 ) -> None:
     import httpx
 
@@ -223,10 +252,13 @@ def test_served_endpoints_answer_generated_bodies_without_a_500(
     if not valid:
         assert r.status_code == 400, r.text
         assert "error" in r.json()
+    tally(outcome, "api")
 
 
 @pytest.mark.integration
-def test_injected_ids_in_requests_are_only_ids(server: Any, trained_ws: Workspace) -> None:
+def test_injected_ids_in_requests_are_only_ids(
+    server: Any, trained_ws: Workspace, outcome: Recorder
+) -> None:
     """User and item ids that look like SQL reach no SQL as text: the answers are ordinary
     (popularity for an unknown user) and the events database is unchanged."""
     from seqrec.data.schema import make_engine
@@ -247,3 +279,4 @@ def test_injected_ids_in_requests_are_only_ids(server: Any, trained_ws: Workspac
         assert r.json()["unknown_items"] == 1
     assert snapshot(engine) == before
     engine.dispose()
+    tally(outcome, "injection", cases=3 * len(INJECTIONS))

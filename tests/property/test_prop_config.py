@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
-from propgen import examples
+from outcomes import Recorder
+from propgen import broken_variant, examples, note, tally
 
 from seqrec.config import CONFIG_NAME, Config, load_workspace, parse_config
 from seqrec.errors import SeqrecError
@@ -194,25 +195,59 @@ def documents(draw: Any, wrong: bool) -> Doc:
 
 @examples(50)
 @given(doc=documents(wrong=False))
-def test_documents_the_schema_accepts_load_with_their_values(doc: Doc) -> None:
+def test_documents_the_schema_accepts_load_with_their_values(doc: Doc, outcome: Recorder) -> None:
     cfg = parse_config(doc.text, source="seqrec.toml")
     for (section, key), value in doc.values.items():
         got = getattr(getattr(cfg, section), key)
         assert got == value, f"{section}.{key}: {got!r} != {value!r}"
+    tally(outcome, "config")
 
 
-@examples(50)
-@given(doc=documents(wrong=True))
-def test_one_wrong_entry_is_an_error_naming_its_key_and_line(doc: Doc) -> None:
+def check_wrong_entry(doc: Doc) -> None:
+    """``doc``'s one wrong entry is a SeqrecError naming its key and line."""
     assert doc.wrong is not None
     key, line, unknown = doc.wrong
-    event("unknown key" if unknown else "wrong type or out of range")
+    note("unknown key" if unknown else "wrong type or out of range")
     with pytest.raises(SeqrecError) as err:
         parse_config(doc.text, source="seqrec.toml")
     message = str(err.value)
     kind = "unknown key" if unknown else "bad value for"
     assert f"{kind} '{key}'" in message, message
     assert message.startswith(f"seqrec.toml:{line}: "), f"expected line {line}: {message}"
+
+
+@examples(50)
+@given(doc=documents(wrong=True))
+def test_one_wrong_entry_is_an_error_naming_its_key_and_line(doc: Doc, outcome: Recorder) -> None:
+    check_wrong_entry(doc)
+    tally(outcome, "config")
+
+
+def test_the_line_check_catches_lines_counted_by_str_splitlines(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    """The config loader as it was: lines counted by ``str.splitlines``, which also breaks at
+    \\x85 and \\u2028 inside a string value, so the error names a line past the wrong one."""
+    import seqrec.config
+
+    real = seqrec.config._locate
+    doc = Doc(
+        '[models]\nstore = "a\x85b\u2028c"\n\n[serve]\nport = "x"\n',
+        wrong=("serve.port", 5, False),
+    )
+    check_wrong_entry(doc)
+    monkeypatch.setattr(
+        seqrec.config, "_locate", lambda text, loc: real("\n".join(text.splitlines()), loc)
+    )
+    with pytest.raises(AssertionError) as err:
+        check_wrong_entry(doc)
+    report = str(err.value).splitlines()[0]
+    assert report.startswith("expected line 5: seqrec.toml:7: "), report
+    broken_variant(
+        outcome,
+        "a config loader counting lines with str.splitlines",
+        "the error names line 7, the wrong entry is on line 5",
+    )
 
 
 def _corruptions() -> Any:
@@ -222,7 +257,15 @@ def _corruptions() -> Any:
 
 @examples(50)
 @given(doc=documents(wrong=False), corruption=_corruptions())
-def test_broken_toml_is_an_error_naming_the_line(doc: Doc, corruption: Any) -> None:
+def test_broken_toml_is_an_error_naming_the_line(
+    doc: Doc, corruption: Any, outcome: Recorder
+) -> None:
+    check_broken_toml(doc, corruption)
+    tally(outcome, "config")
+
+
+def check_broken_toml(doc: Doc, corruption: Any) -> None:
+    """``doc`` with junk inserted: broken TOML is a SeqrecError naming the line."""
     junk, where, new_line = corruption
     text = doc.text
     at = where % (len(text) + 1)
@@ -234,11 +277,11 @@ def test_broken_toml_is_an_error_naming_the_line(doc: Doc, corruption: Any) -> N
         line = at.group(1) if at else r"\d+"
         with pytest.raises(SeqrecError) as err:
             parse_config(text, source="seqrec.toml")
-        event("broken TOML")
+        note("broken TOML")
         message = str(err.value)
         assert re.match(rf"seqrec\.toml:{line}: not valid TOML", message), message
         return
-    event("still valid TOML")
+    note("still valid TOML")
     try:
         parse_config(text, source="seqrec.toml")
     except SeqrecError as exc:
@@ -254,13 +297,16 @@ def test_broken_toml_is_an_error_naming_the_line(doc: Doc, corruption: Any) -> N
         st.sampled_from([b"[train]\nepochs = 2\n", b"\xef\xbb\xbf[train]\n", b"a = \x00"]),
     )
 )
-def test_any_bytes_as_seqrec_toml_load_or_fail_naming_the_file(data: bytes) -> None:
+def test_any_bytes_as_seqrec_toml_load_or_fail_naming_the_file(
+    data: bytes, outcome: Recorder
+) -> None:
     with tempfile.TemporaryDirectory(prefix="seqrec-prop-") as tmp:
         (Path(tmp) / CONFIG_NAME).write_bytes(data)
         try:
             load_workspace(tmp)
         except SeqrecError as exc:
             assert str(Path(tmp).resolve() / CONFIG_NAME) in str(exc), str(exc)
-            event("refused")
-            return
-        event("loaded")
+            note("refused")
+        else:
+            note("loaded")
+    tally(outcome, "bytes")

@@ -14,12 +14,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume, event, given
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from outcomes import Recorder
 from propgen import (
     BAD,
     CHARS,
@@ -27,20 +29,30 @@ from propgen import (
     INJECTIONS,
     PLAIN_ID,
     Cell,
+    broken_variant,
     clean_cells,
     dedupe,
     examples,
     extra_cells,
     id_cells,
+    note,
     snapshot,
     stored_events,
+    tally,
     time_cells,
     type_cells,
     value_cells,
 )
 from sqlalchemy import Engine, text
 
-from seqrec.data.importers import CsvColumns, RawEvent, import_events, import_file
+from seqrec.data import importers
+from seqrec.data.importers import (
+    CsvColumns,
+    RawEvent,
+    import_events,
+    import_file,
+    parse_timestamp,
+)
 from seqrec.data.schema import create_schema, make_engine
 from seqrec.errors import SeqrecError
 from seqrec.testing import make_workspace
@@ -72,6 +84,8 @@ class Case:
     header_error: bool = False
     #: (last line of the record, the event it must store | BAD | None for a blank line)
     records: list[tuple[int, Any]] = field(default_factory=list)
+    #: bad-input classes (propgen.CLASSES) its cells hold beyond the file's structure
+    tags: set[str] = field(default_factory=set)
 
     def __repr__(self) -> str:  # long runs of one character shortened: failures stay readable
         short = re.sub(
@@ -91,6 +105,30 @@ class Expected:
 def _lines_in(s: str) -> int:
     """Physical lines as a file read with universal newlines counts them."""
     return len(re.findall(r"\r\n|\r|\n", s))
+
+
+#: a cell holding an ISO-8601 date or time
+_ISO = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+def _tag(tags: set[str], role: str, cell: Cell) -> None:
+    """Note the bad-input classes ``cell`` (of column ``role``) belongs to."""
+    if role in ("value", "timestamp") and cell.want == BAD:
+        tags.add("types")
+    if role == "timestamp" and _ISO.search(cell.text):
+        tags.add("time")
+
+
+def classes_of(case: Case) -> list[str]:
+    """The bad-input classes (propgen.CLASSES) ``case`` holds."""
+    found = {"structure", *case.tags}
+    if case.encoding != "utf-8":
+        found.add("encoding")
+    if len(case.text) > 100_000:  # only a huge field makes a generated file this long
+        found.add("huge")
+    if "\x00" in case.text:
+        found.add("nul")
+    return sorted(found)
 
 
 def _event(cells: dict[str, Cell], default_type: str) -> Any:
@@ -194,6 +232,7 @@ def csv_cases(draw: Any) -> Case:
     pad = "" if clean else draw(st.sampled_from(["", " "]))
     head = row_text([f"{pad}{name}{pad}" for _, name in cols])
     parts, records, line = [head], [], _lines_in(head)
+    tags: set[str] = set()
     for _ in range(draw(st.integers(0, 6))):
         kind = draw(st.sampled_from(["data"] * 5 + ["bad", "blank", "short", "long"]))
         checked = [role for role, _ in cols if role != "extra"]
@@ -214,6 +253,7 @@ def csv_cases(draw: Any) -> Case:
                 strat = time_cells(unit, bad) if role == "timestamp" else ROLES[role](bad=bad)
             cell = draw(strat)
             fields.append(cell.text)
+            _tag(tags, role, cell)
             if role != "extra":
                 cells[role] = cell
         want = _event(cells, "view")
@@ -244,6 +284,7 @@ def csv_cases(draw: Any) -> Case:
         on_error=draw(st.sampled_from(["fail", "skip"])),
         header_error=header_error,
         records=records,
+        tags=tags if not empty else set(),
     )
 
 
@@ -286,7 +327,7 @@ def check(engine: Engine, case: Case, seed: bool, directory: Path) -> None:
         )
     except SeqrecError as exc:
         message = str(exc)
-        event("refused")
+        note("refused")
         assert not want.ok, f"import failed, expected it to succeed: {message}"
         assert str(path) in message, f"the error does not name the file: {message}"
         if want.line is not None:
@@ -294,8 +335,9 @@ def check(engine: Engine, case: Case, seed: bool, directory: Path) -> None:
         assert snapshot(engine) == before, "a failed import changed the database"
         return
     assert want.ok, f"import succeeded, expected an error (line {want.line})"
-    event("imported, rows stored" if want.events else "imported, nothing stored")
-    assert stored_events(engine) == dedupe(before_events, want.events)
+    note("imported, rows stored" if want.events else "imported, nothing stored")
+    got, wanted = stored_events(engine), dedupe(before_events, want.events)
+    assert got == wanted, f"stored {got!r:.300} where the file says {wanted!r:.300}"
     assert report.rows_skipped == want.bad
     with engine.connect() as c:
         sources = c.execute(text("SELECT source FROM imports")).scalars().all()
@@ -304,9 +346,12 @@ def check(engine: Engine, case: Case, seed: bool, directory: Path) -> None:
 
 @examples(50)
 @given(case=csv_cases(), seed=st.booleans())
-def test_generated_csv_imports_exactly_or_fails_cleanly(case: Case, seed: bool) -> None:
+def test_generated_csv_imports_exactly_or_fails_cleanly(
+    case: Case, seed: bool, outcome: Recorder
+) -> None:
     with embedded_engine() as engine:
         check(engine, case, seed, Path(str(engine.url.database)).parent)
+    tally(outcome, *classes_of(case))
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +374,7 @@ def pg_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
 @examples(25)
 @given(case=csv_cases(), seed=st.booleans())
 def test_generated_csv_on_postgres_imports_exactly_or_fails_cleanly(
-    pg_engine: Engine, case: Case, seed: bool
+    pg_engine: Engine, case: Case, seed: bool, outcome: Recorder
 ) -> None:
     """The PostgreSQL path (COPY, vectorised CSV reading with a row-reader fallback) keeps
     the same contract as the embedded one."""
@@ -340,6 +385,7 @@ def test_generated_csv_on_postgres_imports_exactly_or_fails_cleanly(
     create_schema(pg_engine)
     with tempfile.TemporaryDirectory(prefix="seqrec-prop-") as tmp:
         check(pg_engine, case, seed, Path(tmp))
+    tally(outcome, *classes_of(case))
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,6 +404,7 @@ def _rating_cells(bad: bool = False) -> Any:
 @st.composite
 def movielens_cases(draw: Any) -> Case:
     lines, records, n = [], [], 0
+    tags: set[str] = set()
     dat = draw(st.booleans())  # ratings.dat: user::item::rating::timestamp
     for _ in range(draw(st.integers(0, 6))):
         n += 1
@@ -372,6 +419,8 @@ def movielens_cases(draw: Any) -> Case:
         rating = draw(_rating_cells(bad=bad == "value"))
         ts = draw(time_cells("s", bad=bad == "timestamp"))
         cells = {"user": user, "item": item, "timestamp": ts, "value": rating}
+        for role, cell in cells.items():
+            _tag(tags, role, cell)
         fields = [user.text, item.text, rating.text, ts.text]
         want = _event(cells, "rating")
         if kind == "short":
@@ -385,6 +434,7 @@ def movielens_cases(draw: Any) -> Case:
         default_type="rating",
         on_error=draw(st.sampled_from(["fail", "skip"])),
         records=records,
+        tags=tags,
     )
 
 
@@ -403,6 +453,7 @@ def recbole_cases(draw: Any) -> Case:
     }
     head = [header_name.get(r, f"extra{i}:token") for i, r in enumerate(order)]
     lines, records = ["\t".join(head)], []
+    tags: set[str] = set()
     for n in range(2, 2 + draw(st.integers(0, 6))):
         kind = draw(st.sampled_from(["data"] * 5 + ["bad", "blank", "short"]))
         if kind == "blank":
@@ -423,6 +474,7 @@ def recbole_cases(draw: Any) -> Case:
             else:
                 cell = draw(ROLES[role](PLAIN, bad=bad))
             fields.append(cell.text)
+            _tag(tags, role, cell)
             if role != "extra":
                 cells[role] = cell
         want = _event(cells, "rating")
@@ -436,18 +488,82 @@ def recbole_cases(draw: Any) -> Case:
         default_type="rating",
         on_error=draw(st.sampled_from(["fail", "skip"])),
         records=records,
+        tags=tags,
     )
 
 
 @examples(40)
 @given(case=st.one_of(movielens_cases(), recbole_cases()), seed=st.booleans())
-def test_generated_movielens_and_recbole_files(case: Case, seed: bool) -> None:
+def test_generated_movielens_and_recbole_files(case: Case, seed: bool, outcome: Recorder) -> None:
     with embedded_engine() as engine:
         check(engine, case, seed, Path(str(engine.url.database)).parent)
+    tally(outcome, *classes_of(case))
+
+
+# --------------------------------------------------------------------------------------------
+# Single fields: timestamps in every unit, a NUL in any column
+
+
+@examples(200)
+@given(data=st.data(), unit=st.sampled_from(["auto", "s", "ms", "iso"]), bad=st.booleans())
+def test_timestamps_parse_to_exact_utc_milliseconds_or_a_reason(
+    data: st.DataObject, unit: str, bad: bool, outcome: Recorder
+) -> None:
+    cell = data.draw(time_cells(unit, bad))
+    got = parse_timestamp(cell.text, unit)  # type: ignore[arg-type]
+    if bad:
+        assert isinstance(got, str), f"{cell.text!r} ({unit}) read as {got}"
+    else:
+        assert got == cell.want, f"{cell.text!r} ({unit}): {got} != {cell.want}"
+    tally(outcome, "types" if bad else "time")
+
+
+ROW = {"user": "u1", "item": "i1", "event_type": "view", "timestamp": "1700000000", "value": "1"}
+HEADER = ["user_id", "item_id", "event_type", "timestamp", "value", "note"]
+NUL_REASON = {"user": "user id", "item": "item id", "event_type": "event type"}
+
+
+@examples(100)
+@given(role=st.sampled_from([*ROW, "note"]), at=st.integers(0, 12), pad=st.text(CHARS, max_size=3))
+def test_a_nul_in_any_column_is_a_bad_row_unless_the_column_is_ignored(
+    role: str, at: int, pad: str, outcome: Recorder
+) -> None:
+    fields = {**ROW, "note": "x"}
+    cell = fields[role] + pad
+    at %= len(cell) + 1
+    fields[role] = cell[:at] + "\x00" + cell[at:]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([HEADER, list(fields.values())])
+    with tempfile.TemporaryDirectory(prefix="seqrec-prop-") as tmp:
+        path = Path(tmp) / "nul.csv"
+        path.write_text(buf.getvalue(), encoding="utf-8")
+        [(line, got)] = list(importers.read_csv(path))
+    assert line == _lines_in(buf.getvalue()), f"line {line}"
+    if role == "note":  # an ignored column
+        assert isinstance(got, RawEvent), got
+    elif role in NUL_REASON:
+        assert got == f"{NUL_REASON[role]} holds a NUL character (at character {at + 1})", got
+    else:
+        assert isinstance(got, str) and got.startswith(f"bad {role} "), got
+    tally(outcome, "nul")
 
 
 # --------------------------------------------------------------------------------------------
 # Arbitrary bytes: no oracle, only the contract
+
+
+def check_bytes(engine: Engine, data: bytes, fmt: str, importer: Any = import_file) -> None:
+    """Import ``data`` as a ``fmt`` file with ``importer``: it imports, or fails with a
+    SeqrecError naming the file and the database as it was."""
+    import_events(engine, enumerate(SEED, 1), source="seed", sha256="0", fmt="test")
+    path = Path(str(engine.url.database)).parent / FILE_NAME
+    path.write_bytes(data)
+    before = snapshot(engine)
+    try:
+        importer(engine, path, fmt)
+    except SeqrecError as exc:
+        assert str(path) in str(exc), f"the error does not name the file: {exc}"
+        assert snapshot(engine) == before, "a failed import changed the database"
 
 
 @examples(40)
@@ -475,14 +591,136 @@ def test_generated_movielens_and_recbole_files(case: Case, seed: bool) -> None:
     ),
     fmt=st.sampled_from(["csv", "movielens", "recbole"]),
 )
-def test_arbitrary_bytes_import_or_fail_with_the_file_named(data: bytes, fmt: str) -> None:
+def test_arbitrary_bytes_import_or_fail_with_the_file_named(
+    data: bytes, fmt: str, outcome: Recorder
+) -> None:
     with embedded_engine() as engine:
-        import_events(engine, enumerate(SEED, 1), source="seed", sha256="0", fmt="test")
-        path = Path(str(engine.url.database)).parent / FILE_NAME
-        path.write_bytes(data)
-        before = snapshot(engine)
+        check_bytes(engine, data, fmt)
+    tally(outcome, "bytes")
+
+
+# --------------------------------------------------------------------------------------------
+# Broken variants: the same checks against an importer with one safety step taken out
+
+HEAD = "user_id,item_id,timestamp"
+EV = ("u1", "i1", "view", 1_700_000_000_000, None)
+
+
+def caught(case: Case, monkeypatch: pytest.MonkeyPatch, **broken: Any) -> str:
+    """:func:`check` passes ``case`` on the real importer and fails it with the functions of
+    seqrec.data.importers named in ``broken`` swapped in; the first line of its report."""
+    with embedded_engine() as engine:
+        check(engine, case, False, Path(str(engine.url.database)).parent)
+    with monkeypatch.context() as m:
+        for name, fn in broken.items():
+            m.setattr(importers, name, fn)
+        with embedded_engine() as engine, pytest.raises(AssertionError) as err:
+            check(engine, case, False, Path(str(engine.url.database)).parent)
+    return str(err.value).splitlines()[0]
+
+
+def test_the_import_check_catches_columns_read_by_position(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    def by_position(header: list[str], cols: CsvColumns, path: Path) -> Any:
+        n = len(header)  # the default column order, whatever the header says
+        return 0, 1, 2, (3 if n > 3 else None), (4 if n > 4 else None)
+
+    case = Case("item_id,user_id,timestamp\ni1,u1,1700000000\n", records=[(2, EV)])
+    report = caught(case, monkeypatch, csv_layout=by_position)
+    assert report.startswith("stored [('i1', 'u1'"), report
+    broken_variant(outcome, "an importer reading CSV columns by position", "user and item swapped")
+
+
+def test_the_import_check_catches_a_byte_order_mark_read_as_text(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    def bom_kept(path: Path) -> Any:
+        return open(path, encoding="utf-8", newline="")
+
+    case = Case(f"{HEAD}\nu1,i1,1700000000\n", encoding="utf-8-sig", records=[(2, EV)])
+    report = caught(case, monkeypatch, _open_text=bom_kept)
+    assert "missing user column 'user_id' (header: \ufeffuser_id," in report, report
+    broken_variant(
+        outcome, "an importer keeping the UTF-8 byte-order mark", "the header's first name lost"
+    )
+
+
+def test_the_import_check_catches_the_csv_modules_field_limit(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    note = "n" * 200_000
+    case = Case(f"{HEAD},note\nu1,i1,1700000000,{note}\n", records=[(2, EV)])
+    limit = csv.field_size_limit()
+    try:
+        report = caught(
+            case,
+            monkeypatch,
+            allow_long_fields=lambda: csv.field_size_limit(128 * 1024),  # Python's default
+        )
+    finally:
+        csv.field_size_limit(limit)
+    assert "field larger than field limit" in report, report
+    broken_variant(
+        outcome,
+        "an importer with the csv module's 128 KiB field limit",
+        "the whole file refused: field larger than field limit",
+    )
+
+
+def test_the_import_check_catches_values_that_are_not_finite(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    def any_float(text: str) -> float | None:
         try:
-            import_file(engine, path, fmt)  # type: ignore[arg-type]
-        except SeqrecError as exc:
-            assert str(path) in str(exc)
-            assert snapshot(engine) == before
+            return float(text)  # inf and nan pass
+        except ValueError:
+            return None
+
+    text = f"{HEAD},value\nu1,i1,1700000000,1\nu2,i1,1700000000,inf\n"
+    case = Case(text, records=[(2, (*EV[:4], 1.0)), (3, BAD)])
+    report = caught(case, monkeypatch, _parse_number=any_float)
+    assert report == "import succeeded, expected an error (line 3)", report
+    broken_variant(outcome, "an importer taking inf and nan as values", report)
+
+
+def test_the_import_check_catches_time_zone_offsets_ignored(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    def offset_ignored(text: str) -> int:
+        local = datetime.fromisoformat(text).replace(tzinfo=UTC)  # 10:00+02:00 read as 10:00Z
+        return int(local.timestamp() * 1000)
+
+    at = datetime.fromisoformat("2024-01-01T08:00:00+00:00").timestamp() * 1000
+    case = Case(
+        f"{HEAD}\nu1,i1,2024-01-01T10:00:00+02:00\n",
+        unit="iso",
+        records=[(2, ("u1", "i1", "view", int(at), None))],
+    )
+    report = caught(case, monkeypatch, _parse_iso=offset_ignored)
+    assert report.startswith("stored [('u1', 'i1', 'view', 1704103200000"), report
+    broken_variant(outcome, "an importer ignoring ISO-8601 offsets", "stored 2 hours off")
+
+
+def test_the_import_check_catches_nul_characters_let_through(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    case = Case(f"{HEAD}\nu1,i1,1700000000\nu\x002,i1,1700000000\n", records=[(2, EV), (3, BAD)])
+    report = caught(case, monkeypatch, _nul_in=lambda *fields: None)
+    assert report == "import succeeded, expected an error (line 3)", report
+    broken_variant(outcome, "an importer without the NUL check (SQLite stores them)", report)
+
+
+def test_the_bytes_check_catches_an_import_committing_per_row(outcome: Recorder) -> None:
+    def per_row(engine: Engine, path: Path, fmt: str) -> None:
+        for n, ev in importers.read_csv(path):  # each row its own transaction
+            import_events(engine, [(n, ev)], source=str(path), sha256="", fmt=fmt)
+
+    data = f"{HEAD}\nu1,i1,1700000000\nu2,i2,yesterday\n".encode()
+    with embedded_engine() as engine:
+        check_bytes(engine, data, "csv")
+    with embedded_engine() as engine, pytest.raises(AssertionError) as err:
+        check_bytes(engine, data, "csv", importer=per_row)
+    report = str(err.value).splitlines()[0]
+    assert report == "a failed import changed the database", report
+    broken_variant(outcome, "an importer committing every row on its own", report)

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-from propgen import INJECTIONS, snapshot, stored_events
+from outcomes import Recorder
+from propgen import INJECTIONS, broken_variant, snapshot, stored_events, tally
 from sqlalchemy import Engine, func, select, text
 
 from seqrec.config import Workspace, parse_config
@@ -29,19 +30,48 @@ BAD_NAMES = (*INJECTIONS, 'x"; DROP SCHEMA public CASCADE; --', "a b", "", "Seqr
 @pytest.mark.parametrize("name", BAD_NAMES)
 @pytest.mark.parametrize(("section", "key"), [("events", "pg_schema"), ("features", "project")])
 def test_config_refuses_names_that_are_not_plain_identifiers(
-    section: str, key: str, name: str
+    section: str, key: str, name: str, outcome: Recorder
 ) -> None:
     toml = f"[{section}]\n{key} = {json.dumps(name)}\n"
     with pytest.raises(SeqrecError) as err:
         parse_config(toml, source="seqrec.toml")
     assert str(err.value).startswith(f"seqrec.toml:2: bad value for '{section}.{key}'")
+    tally(outcome, "injection")
+
+
+def check_refused(name: str) -> None:
+    """``name`` never becomes an SQL identifier: quoted_identifier refuses it."""
+    with pytest.raises(SeqrecError, match="not a plain SQL identifier"):
+        quoted_identifier(make_engine("sqlite://"), name)
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_quoted_identifier_refuses_anything_but_a_plain_identifier(name: str) -> None:
-    engine = make_engine("sqlite://")
-    with pytest.raises(SeqrecError, match="not a plain SQL identifier"):
-        quoted_identifier(engine, name)
+def test_quoted_identifier_refuses_anything_but_a_plain_identifier(
+    name: str, outcome: Recorder
+) -> None:
+    check_refused(name)
+    tally(outcome, "injection")
+
+
+def test_the_identifier_check_catches_a_quoter_without_the_identifier_pattern(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    """quoted_identifier with its pattern opened up: injected names become SQL identifiers."""
+    import seqrec.config
+
+    check_refused(INJECTIONS[0])
+    monkeypatch.setattr(seqrec.config, "IDENTIFIER", r"^.+$")
+    missed = []
+    for name in INJECTIONS:
+        with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+            check_refused(name)
+        missed.append(name)
+    broken_variant(
+        outcome,
+        "an SQL identifier quoter without the plain-identifier pattern",
+        f"{len(missed)} of {len(INJECTIONS)} injected names not refused",
+        cases=len(missed),
+    )
 
 
 def test_quoted_identifier_quotes_a_plain_one() -> None:
@@ -61,7 +91,9 @@ def _count(engine: Engine) -> int:
         return int(c.execute(select(func.count()).select_from(events)).scalar_one())
 
 
-def test_injected_ids_and_file_names_are_stored_literally(profile_ws: Workspace) -> None:
+def test_injected_ids_and_file_names_are_stored_literally(
+    profile_ws: Workspace, outcome: Recorder
+) -> None:
     engine = make_engine(profile_ws.events_url)
     rows = [[bad, bad, bad[:64], str(1_700_000_000 + i), "1"] for i, bad in enumerate(INJECTIONS)]
     path = profile_ws.root / "x'; DROP TABLE events; --.csv"
@@ -79,9 +111,12 @@ def test_injected_ids_and_file_names_are_stored_literally(profile_ws: Workspace)
     assert import_file(engine, path).rows_added == 0  # re-import: nothing twice
     assert _count(engine) == len(INJECTIONS)
     engine.dispose()
+    tally(outcome, "injection", cases=len(INJECTIONS) + 1)  # the ids, the file name
 
 
-def test_a_refused_import_with_injected_ids_leaves_events_intact(profile_ws: Workspace) -> None:
+def test_a_refused_import_with_injected_ids_leaves_events_intact(
+    profile_ws: Workspace, outcome: Recorder
+) -> None:
     engine = make_engine(profile_ws.events_url)
     good = profile_ws.root / "good.csv"
     good.write_text(_csv([["u", "i", "view", "1700000000", ""]]), encoding="utf-8")
@@ -94,9 +129,12 @@ def test_a_refused_import_with_injected_ids_leaves_events_intact(profile_ws: Wor
         import_file(engine, bad)
     assert snapshot(engine) == before
     engine.dispose()
+    tally(outcome, "injection", cases=len(INJECTIONS))
 
 
-def test_injected_model_label_selectors_are_stored_literally(profile_ws: Workspace) -> None:
+def test_injected_model_label_selectors_are_stored_literally(
+    profile_ws: Workspace, outcome: Recorder
+) -> None:
     from seqrec import promotion
     from seqrec.data.schema import create_schema
     from seqrec.runs import label_history
@@ -117,10 +155,11 @@ def test_injected_model_label_selectors_are_stored_literally(profile_ws: Workspa
     assert [c["reason"] for c in changes] == list(INJECTIONS)
     assert stored_events(engine) == before
     engine.dispose()
+    tally(outcome, "injection", cases=len(INJECTIONS))
 
 
 def test_an_injected_feature_service_name_is_registered_literally(
-    profile_ws: Workspace, tmp_path: Path
+    profile_ws: Workspace, tmp_path: Path, outcome: Recorder
 ) -> None:
     """The name goes into Feast's registry (SQL on PostgreSQL) as a value."""
     from seqrec.features.repo import apply, get_store
@@ -136,3 +175,4 @@ def test_an_injected_feature_service_name_is_registered_literally(
     assert get_store(profile_ws).get_feature_service(name).name == name
     assert snapshot(engine) == before
     engine.dispose()
+    tally(outcome, "injection")

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import assume, event, given
+from hypothesis import assume, given
 from hypothesis import strategies as st
-from propgen import BAD, CHARS, Cell, examples, id_cells, snapshot
+from outcomes import Recorder
+from propgen import BAD, CHARS, Cell, broken_variant, examples, id_cells, note, snapshot, tally
 from sqlalchemy import Engine, select
 
 from seqrec.data.item_text import import_item_file
@@ -217,35 +218,44 @@ def stored_items(engine: Engine) -> dict[str, ItemRow]:
     return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
 
+def check_items(engine: Engine, case: ItemCase) -> None:
+    """Import ``case`` into ``engine`` and check the outcome against :func:`expected`."""
+    ok, line, items, bad = expected(case)
+    path = Path(str(engine.url.database)).parent / FILE_NAME
+    path.write_bytes(case.text.encode(case.encoding))
+    before = snapshot(engine)
+    try:
+        report = import_item_file(
+            engine,
+            path,
+            "csv",
+            delimiter=case.delimiter,
+            on_error=case.on_error,  # type: ignore[arg-type]
+        )
+    except SeqrecError as exc:
+        message = str(exc)
+        note("refused")
+        assert not ok, f"import failed, expected it to succeed: {message}"
+        assert str(path) in message, message
+        if line is not None:
+            assert f"line {line}:" in message, f"expected line {line}: {message}"
+        assert snapshot(engine) == before, "a failed import changed the database"
+        return
+    assert ok, f"import succeeded, expected an error (line {line})"
+    note("imported, items stored" if items else "imported, nothing stored")
+    got = stored_items(engine)
+    assert got == items, f"stored {got!r:.300} where the file says {items!r:.300}"
+    assert report.skipped == bad
+
+
 @examples(40)
 @given(case=item_cases())
-def test_generated_item_csv_imports_exactly_or_fails_cleanly(case: ItemCase) -> None:
-    ok, line, items, bad = expected(case)
+def test_generated_item_csv_imports_exactly_or_fails_cleanly(
+    case: ItemCase, outcome: Recorder
+) -> None:
     with embedded_engine() as engine:
-        path = Path(str(engine.url.database)).parent / FILE_NAME
-        path.write_bytes(case.text.encode(case.encoding))
-        before = snapshot(engine)
-        try:
-            report = import_item_file(
-                engine,
-                path,
-                "csv",
-                delimiter=case.delimiter,
-                on_error=case.on_error,  # type: ignore[arg-type]
-            )
-        except SeqrecError as exc:
-            message = str(exc)
-            event("refused")
-            assert not ok, f"import failed, expected it to succeed: {message}"
-            assert str(path) in message, message
-            if line is not None:
-                assert f"line {line}:" in message, f"expected line {line}: {message}"
-            assert snapshot(engine) == before, "a failed import changed the database"
-            return
-        assert ok, f"import succeeded, expected an error (line {line})"
-        event("imported, items stored" if items else "imported, nothing stored")
-        assert stored_items(engine) == items
-        assert report.skipped == bad
+        check_items(engine, case)
+    tally(outcome, "items")
 
 
 @examples(40)
@@ -275,7 +285,7 @@ def test_generated_item_csv_imports_exactly_or_fails_cleanly(case: ItemCase) -> 
     fmt=st.sampled_from(["csv", "recbole"]),
 )
 def test_arbitrary_bytes_as_item_files_import_or_fail_naming_the_file(
-    data: bytes, fmt: str
+    data: bytes, fmt: str, outcome: Recorder
 ) -> None:
     with embedded_engine() as engine:
         path = Path(str(engine.url.database)).parent / FILE_NAME
@@ -286,3 +296,35 @@ def test_arbitrary_bytes_as_item_files_import_or_fail_naming_the_file(
         except SeqrecError as exc:
             assert str(path) in str(exc)
             assert snapshot(engine) == before
+    tally(outcome, "bytes")
+
+
+def test_the_item_check_catches_nul_characters_stripped_instead_of_refused(
+    monkeypatch: pytest.MonkeyPatch, outcome: Recorder
+) -> None:
+    """An item reader that quietly removes NULs: the stored title is not the file's, and the
+    row the file makes bad is imported."""
+    from seqrec.data import item_text
+
+    real = item_text._make_item
+
+    def nul_stripped(raw_id: str, title: str, description: str, category: str, attrs: Any) -> Any:
+        return real(raw_id, title.replace("\x00", ""), description, category, attrs)
+
+    text = "item_id,title\r\ni1,Fine\r\ni2,Bad\x00title\r\n"
+    case = ItemCase(
+        text,
+        "utf-8",
+        ",",
+        "fail",
+        records=[(2, "i1", ("Fine", None, None, None)), (3, "i2", BAD)],
+        record_texts=text.splitlines(keepends=True),
+    )
+    with embedded_engine() as engine:
+        check_items(engine, case)
+    monkeypatch.setattr(item_text, "_make_item", nul_stripped)
+    with embedded_engine() as engine, pytest.raises(AssertionError) as err:
+        check_items(engine, case)
+    report = str(err.value).splitlines()[0]
+    assert report == "import succeeded, expected an error (line 3)", report
+    broken_variant(outcome, "an item importer stripping NULs instead of refusing the row", report)

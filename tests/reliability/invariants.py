@@ -283,6 +283,26 @@ def store_problems(store: Path) -> list[str]:
     return problems
 
 
+# -- training ----------------------------------------------------------------------------------
+
+
+def weights_problems(got: dict[str, Any], want: dict[str, Any], what: str = "weights") -> list[str]:
+    """Tensors missing from ``got``, unexpected in it, or not exactly equal to ``want``'s."""
+    import torch
+
+    problems = []
+    if got.keys() != want.keys():
+        problems.append(
+            f"{what}: tensors {sorted(got.keys() ^ want.keys())[:SHOWN]} in one but not the other"
+        )
+    differ = sorted(k for k in got.keys() & want.keys() if not torch.equal(got[k], want[k]))
+    if differ:
+        problems.append(
+            f"{what}: {len(differ)} of {len(want)} tensors differ, e.g. {differ[:SHOWN]}"
+        )
+    return problems
+
+
 # -- production and the run history ------------------------------------------------------------
 
 

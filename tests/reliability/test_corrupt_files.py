@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 import torch
-from invariants import offline_problems, store_problems
-from torch import Tensor, nn
+from invariants import offline_problems, store_problems, weights_problems
+from tiny import train_tiny
 
 from seqrec import model_store
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
-from seqrec.models import CONTEXT_FILE, Batch, ModelContext, SeqModel
+from seqrec.models import CONTEXT_FILE, ModelContext
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -171,62 +171,13 @@ def test_the_refusal_check_catches_a_loader_that_swallows_or_leaks_the_damage(
 # -- a training run's checkpoint ---------------------------------------------------------------
 
 
-class TinyBag(SeqModel):
-    """A tiny next-item model: embeddings, one layer, dropout."""
-
-    def __init__(self, ctx: ModelContext):
-        super().__init__(ctx)
-        self.emb = nn.Embedding(ctx.n_items, 8, padding_idx=0)
-        self.mix = nn.Linear(8, 8)
-        self.drop = nn.Dropout(0.3)
-        self.out = nn.Linear(8, ctx.n_items)
-
-    def _hidden(self, items: Tensor) -> Tensor:
-        return self.drop(torch.tanh(self.mix(self.emb(items))))
-
-    def next_item_loss(self, batch: Batch) -> Tensor:
-        assert batch.targets is not None
-        sel = batch.targets > 0
-        return nn.functional.cross_entropy(
-            self.out(self._hidden(batch.items)[sel]), batch.targets[sel]
-        )
-
-    def next_item_scores(self, batch: Batch) -> Tensor:
-        return self.out(self._hidden(batch.items)[:, -1])
-
-
-def _train(run_dir: Path, resume: bool = False) -> dict[str, Tensor]:
-    """Two epochs of a fresh TinyBag in ``run_dir`` (checkpointed); its final weights."""
-    from seqrec.training.trainer import TrainSettings, train
-
-    torch.manual_seed(0)
-    model = TinyBag(ModelContext(n_items=20, n_event_types=2, max_len=6))
-    items = torch.randint(1, 20, (48, 6), generator=torch.Generator().manual_seed(0))
-    tensors = {
-        "items": items,
-        "types": torch.ones_like(items),
-        "times": torch.zeros_like(items),
-        "targets": items % 19 + 1,
-        "labels": (items % 19 + 1)[:, -1],
-    }
-
-    def validate(m: SeqModel, device: torch.device) -> dict[str, float]:
-        with torch.no_grad():
-            probe = Batch(items=items[:8], types=items[:8] * 0 + 1, times=items[:8] * 0)
-            return {"ndcg@10": float(m.score(probe).sum())}
-
-    settings = TrainSettings(epochs=2, batch_size=16, seed=3, device="cpu")
-    train(model, tensors, validate, settings, progress=False, run_dir=run_dir, resume=resume)
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
 def test_damaged_checkpoint_files_are_refused_naming_the_file(
     tmp_path: Path, outcome: Callable[..., None]
 ) -> None:
     from seqrec.training.trainer import BEST_WEIGHTS, CHECKPOINT_DIR, LAST_WEIGHTS, STATE_FILE
 
     run_dir = tmp_path / "run"
-    want = _train(run_dir)
+    want = train_tiny(run_dir)
     ckpt = run_dir / CHECKPOINT_DIR
     files = [ckpt / LAST_WEIGHTS, ckpt / BEST_WEIGHTS, ckpt / STATE_FILE]
     problems = []
@@ -234,13 +185,13 @@ def test_damaged_checkpoint_files_are_refused_naming_the_file(
         for kind, how in DAMAGE.items():
             before = digests(run_dir, skip=file)
             with damaged(file, how):
-                found = refusal_problems(lambda: _train(run_dir, resume=True), file)
+                found = refusal_problems(lambda: train_tiny(run_dir, resume=True), file)
                 if digests(run_dir, skip=file) != before:
                     found.append("other files of the run changed")
             problems += [f"{file.name} {kind}: {p}" for p in found]
     assert problems == []
-    got = _train(run_dir, resume=True)  # restored: resumes to the same weights
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    got = train_tiny(run_dir, resume=True)  # restored: resumes to the same weights
+    assert weights_problems(got, want) == []
     outcome(
         "damaged checkpoint files (last and best weights, trainer state) on --resume",
         "corrupt file",
@@ -249,6 +200,51 @@ def test_damaged_checkpoint_files_are_refused_naming_the_file(
         "weights once restored",
         data_lost="none",
     )
+
+
+def test_the_refusal_check_catches_a_resume_that_reads_or_skips_a_damaged_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: Callable[..., None]
+) -> None:
+    """The same check against two broken resumes: one that reads the trainer state with
+    torch.load directly, one that starts over when the checkpoint does not load."""
+    from seqrec.training import trainer
+
+    class StartsOver(trainer.Checkpointer):
+        @property
+        def exists(self) -> bool:
+            try:
+                self.load()
+            except SeqrecError:
+                return False  # "nothing to resume": the damage goes unnoticed
+            return True
+
+    run_dir = tmp_path / "run"
+    train_tiny(run_dir)
+    state = run_dir / trainer.CHECKPOINT_DIR / trainer.STATE_FILE
+    found = {}
+    with damaged(state, DAMAGE["cut short"]):
+        assert refusal_problems(lambda: train_tiny(run_dir, resume=True), state) == []
+        for name, attr, broken in (
+            ("leaks", "read_state", lambda path: torch.load(path, weights_only=True)),
+            ("swallows", "Checkpointer", StartsOver),
+        ):
+            with monkeypatch.context() as m:
+                m.setattr(trainer, attr, broken)
+                found[name] = refusal_problems(lambda: train_tiny(run_dir, resume=True), state)
+    assert found["swallows"] == [f"the damaged {state.name} was accepted"], found
+    assert len(found["leaks"]) == 1 and found["leaks"][0].startswith(TORCH_RAW), found
+    outcome(
+        "broken variant: a resume that reads the damaged trainer state raw, or starts over",
+        "corrupt file",
+        cases=2,
+        result=f"the refusal check reports both ({found['leaks'][0].split(':')[0]}; damage "
+        "accepted)",
+        data_lost="none",
+    )
+
+
+#: what torch.load itself raises for a damaged file
+TORCH_RAW = tuple(f"a raw {e} escaped" for e in ("OSError", "RuntimeError", "UnpicklingError"))
 
 
 # -- the embedded profile's feature snapshot ---------------------------------------------------
@@ -299,6 +295,37 @@ def test_a_damaged_feature_snapshot_is_refused_naming_it_and_rebuilt_from_the_ev
     )
 
 
+def test_the_refusal_check_catches_a_snapshot_read_without_its_damage_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: Callable[..., None]
+) -> None:
+    """The snapshot reader with its footer check and error wrapping taken out: pyarrow's own
+    error escapes."""
+    import pandas as pd
+
+    from seqrec.features import snapshots
+    from seqrec.features.definitions import SNAPSHOT_FILE
+    from seqrec.features.repo import apply
+    from seqrec.testing import load_synth, make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    load_synth(ws, users=30, items=20)
+    apply(ws)
+    snapshots.build_snapshot(ws)
+    snap = ws.snapshot_dir / SNAPSHOT_FILE
+    with damaged(snap, DAMAGE["cut short"]):
+        assert refusal_problems(lambda: snapshots.latest_rows(ws), snap) == []
+        monkeypatch.setattr(snapshots, "read_snapshot", lambda ws: pd.read_parquet(snap))
+        problems = refusal_problems(lambda: snapshots.latest_rows(ws), snap)
+    assert len(problems) == 1 and problems[0].startswith("a raw ArrowInvalid"), problems
+    outcome(
+        "broken variant: feature snapshot read without its damage check",
+        "corrupt file",
+        cases=1,
+        result=f"the refusal check catches it ({problems[0].split(':')[0]})",
+        data_lost="none",
+    )
+
+
 # -- how weights are read ------------------------------------------------------------------------
 
 UNPICKLERS = {"pickle.load", "pickle.loads", "dill.load", "dill.loads", "joblib.load"}
@@ -330,11 +357,20 @@ def unsafe_loads(source: str, name: str) -> list[str]:
     return found
 
 
+#: a module reading weights in the ways the scan must report
+UNSAFE_SOURCE = """
+import pickle
+import torch
+from torch import load as tl
+w = torch.load(p)
+s = tl(p, weights_only=False)
+o = pickle.loads(b)
+"""
+
+
 def test_weights_are_read_only_through_safetensors_or_weights_only_torch_load(
     outcome: Callable[..., None],
 ) -> None:
-    broken = "import torch\nfrom torch import load as tl\nw = torch.load(p)\ns = tl(p, weights_only=False)\n"
-    assert len(unsafe_loads(broken, "broken.py")) == 2  # the scan can fail
     sources = sorted(
         p
         for d in ("seqrec", "plugins")
@@ -348,5 +384,24 @@ def test_weights_are_read_only_through_safetensors_or_weights_only_torch_load(
         "corrupt file",
         cases=len(sources),
         result=f"{len(sources)} source files scanned: no other way of reading weights",
+        data_lost="none",
+    )
+
+
+def test_the_weights_scan_catches_torch_load_without_weights_only_and_pickle(
+    outcome: Callable[..., None],
+) -> None:
+    found = unsafe_loads(UNSAFE_SOURCE, "broken.py")
+    assert [hit.split(": ", 1)[1] for hit in found] == [
+        "torch.load(p)",
+        "tl(p, weights_only=False)",
+        "pickle.loads(b)",
+    ], found
+    outcome(
+        "broken variant: a source reading weights with torch.load(p), weights_only=False and "
+        "pickle",
+        "corrupt file",
+        cases=len(found),
+        result=f"the weights scan reports all {len(found)} calls",
         data_lost="none",
     )

@@ -10,6 +10,7 @@ test_kill_model_store.py.)
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from invariants import (
     crashed_run_problems,
     new_events,
     production_problems,
+    run,
     seqrec,
     store_problems,
 )
@@ -104,5 +106,85 @@ def test_sigkill_during_promotion_then_rerun_leaves_exactly_one_production_model
         cases=1,
         result="killed between the pointer's commit and the label mirror: the candidate is "
         "production; the next run (production kept) repaired the labels",
+        data_lost="none",
+    )
+
+
+#: a retrain run recorded, then killed as it begins its training step
+RUN_KILLED_IN_TRAIN = """
+import sys
+from seqrec.config import load_workspace
+from seqrec.runs import begin_step, start_run
+
+ws = load_workspace(sys.argv[1])
+run_id = start_run(ws, "retrain")
+print(run_id, flush=True)
+begin_step(ws, run_id, "train")
+"""
+
+
+def test_the_run_check_catches_a_history_that_never_notices_a_dead_process(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, outcome: Callable[..., None]
+) -> None:
+    """A run history whose liveness test always says "running": the killed run stays
+    running forever (and its lock and checkpoints with it)."""
+    from seqrec import runs
+
+    proc = run([sys.executable, "-c", RUN_KILLED_IN_TRAIN, str(ws.root)], kill_at="train")
+    run_id = int(proc.stdout.split()[0])
+    with monkeypatch.context() as m:
+        m.setattr(runs, "process_alive", lambda host, pid: True)
+        problems = crashed_run_problems(ws, run_id, "train")
+    assert problems == [f"run {run_id} is running at step train, not crashed at train"]
+    assert crashed_run_problems(ws, run_id, "train") == []  # the real history sees it
+    outcome(
+        "broken variant: run history that never notices a killed run",
+        "process killed",
+        cases=1,
+        result=f"the run check catches it ({problems[0]})",
+        data_lost="none",
+    )
+
+
+#: ``promote(ws, tag)``, in a process of its own
+PROMOTE = """
+import sys
+from seqrec.config import load_workspace
+from seqrec.promotion import promote
+
+promote(load_workspace(sys.argv[1]), sys.argv[2], reason="test")
+"""
+
+
+def test_the_production_check_catches_a_next_run_that_never_repairs_the_labels(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, outcome: Callable[..., None]
+) -> None:
+    """A promotion killed between the pointer's commit and the label mirror, then a retrain
+    without its label repair: the pointer and the BentoML labels name two models."""
+    from seqrec import promotion
+    from seqrec.features.repo import apply
+    from seqrec.pipeline import train_model
+    from seqrec.retrain import retrain
+    from seqrec.testing import load_synth
+
+    load_synth(ws, users=40, items=20)
+    apply(ws)
+    first = train_model(ws, "popularity", progress=False).tag
+    promotion.promote(ws, first, reason="test setup")
+    second = train_model(ws, "popularity", progress=False).tag
+    run([sys.executable, "-c", PROMOTE, str(ws.root), second], kill_at="promote.mirror")
+    monkeypatch.setattr(promotion, "repair_labels", lambda ws, selector="": False)
+    kept = retrain(ws, model_name="popularity", min_gain=1000, materialize=False, progress=False)
+    assert not kept.promoted
+    problems = production_problems(ws)
+    assert problems == [
+        f"the pointer names {second} but the models labelled stage=production are [{first!r}]"
+    ], problems
+    outcome(
+        "broken variant: next retrain without the label repair, after a promotion killed "
+        "before its label mirror",
+        "process killed",
+        cases=1,
+        result="the production check catches it (the pointer and the labels name two models)",
         data_lost="none",
     )

@@ -9,12 +9,16 @@ of epoch 1.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
-from invariants import crashed_run_problems, seqrec
+from invariants import crashed_run_problems, seqrec, weights_problems
 from safetensors.torch import load_file
+from tiny import STEPS_PER_EPOCH, train_tiny
 
 from seqrec import model_store
 from seqrec.config import Workspace
@@ -66,11 +70,9 @@ def test_sigkill_during_training_then_resume_equals_an_uninterrupted_run(
     assert resumed["resumed_from"] == 1
     for key in ("ndcg@10", "recall@10", "mrr@10", "best_epoch", "epochs_run"):
         assert resumed[key] == clean[key], key
-    got = _weights(resumed["tag"], ws)
-    assert got.keys() == want.keys()
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert weights_problems(_weights(resumed["tag"], ws), want, "the model's weights") == []
     got_last = load_file(str(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS))
-    assert all(torch.equal(got_last[k], last[k]) for k in last)
+    assert weights_problems(got_last, last, "the last checkpoint's weights") == []
     assert crashed_run_problems(ws, killed["id"], "train") == []
     outcome(
         "SIGKILL during training, then --resume",
@@ -78,5 +80,61 @@ def test_sigkill_during_training_then_resume_equals_an_uninterrupted_run(
         cases=1,
         result="killed mid-epoch 2; resumed weights and metrics equal to an uninterrupted "
         "run's (same seed); the killed run shown crashed",
+        data_lost="none",
+    )
+
+
+class Killed(Exception):
+    """A kill, in this process: raised at a kill point."""
+
+
+def test_the_weights_check_catches_a_resume_that_reshuffles_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outcome: Callable[..., None]
+) -> None:
+    """A checkpoint that does not keep the shuffling generator's state: the resumed epoch sees
+    the batches in epoch 1's order, and ends with other weights. (A tiny model in this
+    process, killed by an exception at its first step of epoch 2.)"""
+    from seqrec.training import trainer
+
+    class FreshShuffle(trainer.Checkpointer):
+        def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            weights, state = super().load()
+            fresh = torch.Generator().manual_seed(3)  # the run's seed: epoch 1's order again
+            return weights, {**state, "gen_rng": fresh.get_state()}
+
+    def killed_at(n: int) -> Callable[[str], None]:
+        hits = Counter[str]()
+
+        def kill_point(name: str) -> None:
+            hits[name] += 1
+            if name == "train.batch" and hits[name] == n:
+                raise Killed(name)
+
+        return kill_point
+
+    def last(run_dir: Path) -> dict[str, torch.Tensor]:  # the best weights may be epoch 1's
+        return load_file(str(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS))
+
+    train_tiny(tmp_path / "clean")
+    want = last(tmp_path / "clean")
+    for case in ("real", "broken"):
+        run_dir = tmp_path / case
+        with monkeypatch.context() as m:
+            m.setattr(trainer, "kill_point", killed_at(STEPS_PER_EPOCH + 1))
+            with pytest.raises(Killed):
+                train_tiny(run_dir)
+        with monkeypatch.context() as m:
+            if case == "broken":
+                m.setattr(trainer, "Checkpointer", FreshShuffle)
+            train_tiny(run_dir, resume=True)
+        problems = weights_problems(last(run_dir), want, "the last checkpoint's weights")
+        if case == "real":
+            assert problems == []
+    assert len(problems) == 1 and "tensors differ" in problems[0], problems
+    outcome(
+        "broken variant: resume that does not restore the data order",
+        "process killed",
+        cases=1,
+        result=f"the weights check catches it ({problems[0]})",
         data_lost="none",
     )

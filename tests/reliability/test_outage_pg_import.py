@@ -156,3 +156,42 @@ def test_postgres_unreachable_during_import_keeps_nothing_and_a_rerun_imports_ev
         f"{rep.rows_added:,} events once",
         data_lost="none",
     )
+
+
+def test_the_outage_check_catches_an_import_committing_every_batch(
+    proxied: tuple[Workspace, TcpProxy], files: dict[str, Any], outcome: Callable[..., None]
+) -> None:
+    """An import that commits every 1,000 rows (each batch a file and an import of its own),
+    the connection dropped part-way: the batches before the drop stay."""
+    ws, pg = proxied
+
+    def per_batch(path: Path, batch: int = 1_000) -> None:
+        head, *rows = path.read_text().splitlines(keepends=True)
+        for i in range(0, len(rows), batch):
+            part = path.parent / f"{path.stem}-{i // batch}.csv"
+            part.write_text(head + "".join(rows[i : i + batch]))
+            import_file(ws.engine, part)
+
+    direct = _direct(ws)
+    try:
+        import_file(ws.engine, files["small"])
+        base, n_imports = event_rows(direct), _imports(direct)
+        pg.cut_after = pg.bytes_up + CUT_AFTER
+        err: BaseException | None = None
+        try:
+            per_batch(files["big"])
+        except BaseException as exc:
+            err = exc
+        assert not pg.is_open, "the proxy never cut: the file went through whole"
+        pg.start()
+        problems = outage_problems(err, direct, base, n_imports)
+    finally:
+        direct.dispose()
+    assert len(problems) == 2 and "events of the failed import are visible" in problems[0], problems
+    outcome(
+        "broken variant: events import committing every 1,000 rows, dropped mid-COPY",
+        "store unreachable",
+        cases=1,
+        result=f"the outage check catches it ({problems[0]})",
+        data_lost="none",
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -120,5 +121,47 @@ def test_redis_unreachable_during_materialize_exits_non_zero_then_a_rerun_comple
         cases=2,
         result="exit 1 naming the online store and its URL (password hidden), watermark "
         "not moved; rerun after restore: every online row equals the SQL truth",
+        data_lost="none",
+    )
+
+
+def test_the_failed_run_check_catches_a_shown_password_and_a_watermark_moved_first(
+    setup: tuple[Workspace, TcpProxy],
+    monkeypatch: pytest.MonkeyPatch,
+    outcome: Callable[..., None],
+) -> None:
+    """Two broken materializations: one whose error shows the Redis URL unmasked (Redis
+    refused), one that writes the watermark before the rows (Redis dropped mid-stream)."""
+    from seqrec.features import materialize, pg, redis_online
+
+    def watermark_first(ws: Workspace, engine: Any, info: Any, *args: Any) -> Any:
+        online = materialize.redis_online(ws)
+        online.write_state({"max_event_id": info.max_event_id, "at": "before the rows"})
+        online.write(pg.latest_rows(engine))
+
+    ws, proxy = setup
+    safe_url = redact_url(ws.redis_url)
+    found = {}
+    for case, attr, broken in (
+        ("password shown", (redis_online, "_safe_url"), lambda url: url),
+        ("watermark first", (materialize, "_materialize_redis"), watermark_first),
+    ):
+        with monkeypatch.context() as m:
+            m.setattr(*attr, broken)
+            if case == "password shown":
+                proxy.close()
+            else:
+                proxy.cut_after = proxy.bytes_up + CUT_AFTER
+            result = materialize_cli(ws)
+            proxy.start()
+        found[case] = failed_run_problems(result, ws, safe_url)
+    assert "the Redis password was printed" in found["password shown"], found
+    assert found["watermark first"] == ["the online watermark moved although the run failed"], found
+    outcome(
+        "broken variant: materialization showing the Redis password, or moving the "
+        "watermark before the rows",
+        "store unreachable",
+        cases=2,
+        result="the failed-run check reports both (password printed; watermark moved)",
         data_lost="none",
     )

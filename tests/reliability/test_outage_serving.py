@@ -378,6 +378,17 @@ def test_the_serving_check_catches_a_recommender_without_the_fallback(
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 
+def pointer_outage_problems(status: dict[str, Any], answered_by: str, pointer: str) -> list[str]:
+    """While the database is unreachable: the model the pointer named last serves (in the
+    reloader's status and in answers), and the status says why it cannot follow it."""
+    problems = []
+    if status["model"] != pointer or answered_by != pointer:
+        problems.append(f"serves {status['model']} while the pointer names {pointer}")
+    if "events database unreachable" not in str(status["last_error"]):
+        problems.append(f"/status does not say the database is unreachable: {status}")
+    return problems
+
+
 def test_postgres_unreachable_keeps_the_production_model_says_so_and_follows_promotions_after(
     server: Server,
     pg: TcpProxy,
@@ -417,12 +428,7 @@ def test_postgres_unreachable_keeps_the_production_model_says_so_and_follows_pro
     during = reload_status()
     answer = server.post({"user_id": user, "k": 5})
     assert answer.status_code == 200 and answer.json()["fallback"] is False
-    problems = []
-    if during["model"] != gpt2 or answer.json()["model"] != gpt2:
-        problems.append(f"serves {during['model']} while the pointer names {gpt2}")
-    if "events database unreachable" not in str(during["last_error"]):
-        problems.append(f"/status does not say the database is unreachable: {during}")
-    assert problems == []
+    assert pointer_outage_problems(during, answer.json()["model"], gpt2) == []
 
     pg.start()  # -- back ------------------------------------------------------------------------
     wait_for(lambda: reload_status()["last_error"] is None, "/status clear again")
@@ -436,5 +442,65 @@ def test_postgres_unreachable_keeps_the_production_model_says_so_and_follows_pro
         cases=1,
         result="kept serving the production model (not the stale BentoML labels); /status "
         "names the unreachable database; a promotion after restore is served",
+        data_lost="none",
+    )
+
+
+def test_the_pointer_check_catches_a_reload_that_reads_the_labels_when_the_database_is_down(
+    sws: Workspace,
+    pg: TcpProxy,
+    users: tuple[list[str], set[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    outcome: Callable[..., None],
+) -> None:
+    """The reloader (in this process, on the same workspace) with a pointer lookup that
+    answers "no pointer" when the database does not answer, as seqrec once did: it follows
+    the stale BentoML labels to another model."""
+    from types import SimpleNamespace
+
+    from seqrec import model_store, promotion
+    from seqrec.data.engines import dispose_engines
+    from seqrec.errors import StoreUnavailable
+    from seqrec.labels import set_labels
+    from seqrec.recommend import ModelReloader, Recommender, resolve_model_ref
+
+    real_pointer = promotion.pointer
+
+    def labels_when_down(ws: Workspace, selector: str) -> Any:
+        try:
+            return real_pointer(ws, selector)
+        except StoreUnavailable:
+            return promotion._MISSING  # "no pointer": the labels decide
+
+    gpt2 = model_store.locate("gpt2", sws.model_store)[0]
+    pop = model_store.locate("popularity", sws.model_store)[0]
+    promotion.promote(sws, gpt2, reason="test")
+    set_labels(sws, pop, {"stage": "production"})  # the mirror a crash left stale
+    set_labels(sws, gpt2, {"stage": "archived"})
+    models = {tag: Recommender(sws, tag, device="cpu") for tag in (gpt2, pop)}
+    holder = SimpleNamespace(recommender=models[gpt2])
+    reloader = ModelReloader(
+        holder,
+        threading.Lock(),
+        lambda tag, serving: models[tag],
+        lambda want: resolve_model_ref(want, sws.model_store, sws),
+        "stage=production",
+    )
+    user = sorted(users[1])[0]
+    monkeypatch.setattr(promotion, "pointer", labels_when_down)
+    pg.close()
+    try:
+        reloader.poll()
+        answer = holder.recommender.recommend(user, k=5)
+        problems = pointer_outage_problems(reloader.status(), answer["model"], gpt2)
+    finally:
+        pg.start()
+        dispose_engines(sws.root)
+    assert problems[0] == f"serves {pop} while the pointer names {gpt2}", problems
+    outcome(
+        "broken variant: a reload that reads the BentoML labels while PostgreSQL is down",
+        "store unreachable",
+        cases=1,
+        result="the pointer check catches it (the stale label's model served)",
         data_lost="none",
     )

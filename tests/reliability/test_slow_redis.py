@@ -42,8 +42,9 @@ DELAY_S = 0.2  # each reply of the slow Redis, held this long
 @pytest.fixture(scope="module")
 def slow(
     trained_ws: Workspace, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, TcpProxy, list[str]]]:
-    """(the served model, the proxy in front of its Redis, known users). The workspace keeps
+) -> Iterator[tuple[Server, TcpProxy, list[str], Path]]:
+    """(the served model, the proxy in front of its Redis, known users, the workspace's
+    root). The workspace keeps
     the default store_timeout_ms; it retries the store every 0.2 s (not 1 s), so slow lookups
     keep happening while the test watches."""
     root = tmp_path_factory.mktemp("slow-redis") / "ws"
@@ -61,13 +62,13 @@ def slow(
         env.pop("SEQREC_REDIS_URL", None)
         log = root.parent / "bentoml.log"
         with start_serving([*cmd, "--port", str(free_port())], env, log) as srv:
-            yield srv, proxy, sorted(str(u) for u in rows["user_id"])[:8]
+            yield srv, proxy, sorted(str(u) for u in rows["user_id"])[:8], root
 
 
 def test_a_slow_redis_gets_fallback_answers_within_the_timeout_and_the_service_stays_live(
-    slow: tuple[Server, TcpProxy, list[str]], outcome: Callable[..., None]
+    slow: tuple[Server, TcpProxy, list[str], Path], outcome: Callable[..., None]
 ) -> None:
-    server, proxy, known = slow
+    server, proxy, known, _ = slow
     wait_for(
         lambda: server.post({"user_id": known[0], "k": 5}).json()["fallback"] is False,
         "model answers from the quick store",
@@ -105,5 +106,48 @@ def test_a_slow_redis_gets_fallback_answers_within_the_timeout_and_the_service_s
         result="every answer 200: the popularity fallback once store_timeout_ms (100 ms) "
         "expired, /status 'too slow'; /livez and /status answered meanwhile; model answers "
         "again once Redis was quick",
+        data_lost="none",
+    )
+
+
+def test_the_serving_check_catches_a_recommender_that_waits_for_a_slow_store(
+    slow: tuple[Server, TcpProxy, list[str], Path], outcome: Callable[..., None]
+) -> None:
+    """The same check, on a recommender (in this process, same workspace and proxy) whose
+    store_timeout_ms bound is taken out: it waits for every slow reply."""
+    from seqrec.errors import SeqrecError
+    from seqrec.recommend import Recommender
+
+    class Patient(Recommender):
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.reader.set_timeout(30.0)  # instead of store_timeout_ms
+
+    _, proxy, known, root = slow
+    rec = Patient(load_workspace(root), "gpt2", device="cpu")
+
+    def ask(user: str) -> tuple[int, dict[str, Any] | None]:
+        try:
+            return 200, rec.recommend(user, k=5)
+        except SeqrecError as exc:
+            return 500, {"error": str(exc)}
+
+    load = Load(ask, known, threads=1).start()
+    try:
+        wait_for(lambda: load.since(0) >= 3, "answers from the quick store")
+        proxy.delay_s = DELAY_S
+        slow_from = time.monotonic()
+        wait_for(lambda: load.since(slow_from) >= 5, "answers from the slow store")
+        slow_to = time.monotonic()
+    finally:
+        proxy.delay_s = 0.0
+        answers = load.stop()
+    problems = serving_problems(answers, set(known), (slow_from, slow_to))
+    assert any("were not the fallback" in p for p in problems), problems
+    outcome(
+        "broken variant: a recommender without the store timeout, Redis slow",
+        "slow store",
+        cases=len(answers),
+        result=f"the serving check catches it ({problems[0]})",
         data_lost="none",
     )
