@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 PLUGINS := $(wildcard plugins/seqrec-*)
 
-.PHONY: install demo test lint format typecheck clean bench browser docs docs-serve reliability
+.PHONY: install demo test test-slow test-all lint format typecheck clean bench browser docs docs-serve reliability
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,19 +33,30 @@ SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 browser:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get install -y chromium chromium-driver || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver))
 
-# the fault-injection suite (tests/reliability) is long: it runs alone with `make reliability`
+# `make test` (CI) leaves out the tests marked slow (end-to-end walks through the README and the
+# plugin guide, kills of retrain at each step, serving under load...: about 25 minutes more);
+# `make test-slow` runs those alone, `make test-all` both. The fault-injection suite
+# (tests/reliability) runs alone with `make reliability`.
+PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 test: lint browser
-	$(BIN)/pytest -q -p no:cacheprovider -m "not reliability"
+	$(PYTEST) -m "not reliability and not slow"
+
+test-slow: install browser
+	$(PYTEST) -m "slow and not reliability"
+
+test-all: lint browser
+	$(PYTEST) -m "not reliability"
 
 # the property tests alone (hypothesis, generated bad input; they run under `make test` too);
 # SEQREC_PROPERTY_EXAMPLES=500 runs more examples per test
 .PHONY: property
 property: install
-	$(BIN)/pytest -q -p no:cacheprovider -m property tests/property
+	$(PYTEST) -m property tests/property
 
-# the fault-injection suite alone; writes bench/results/reliability.json and docs/reliability.md
+# the fault-injection suite and the bad-input property tests; writes the table of both to
+# bench/results/reliability.json and docs/reliability.md
 reliability: install
-	SEQREC_RELIABILITY_REPORT=1 $(BIN)/pytest -q -p no:cacheprovider -m reliability tests/reliability
+	SEQREC_RELIABILITY_REPORT=1 $(PYTEST) -m "reliability or property" tests/reliability tests/property
 
 # the docs site (mkdocs-material, dev extra): `make docs` builds site/, `make docs-serve` serves
 # it with live reload; tests/test_docs.py runs the same strict build under `make test`

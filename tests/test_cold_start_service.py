@@ -25,7 +25,7 @@ from test_text_models import text_workspace
 
 from seqrec.config import Workspace
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NEW_ITEMS = (
     "item_id,title,category\n"

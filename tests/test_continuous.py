@@ -42,6 +42,7 @@ def _wait_for_model(url: str, tag: str) -> None:
     pytest.fail(f"the service did not switch to {tag}: {status}")
 
 
+@pytest.mark.slow
 def test_three_retrains_swap_the_served_model_under_load_with_zero_errors(
     tmp_path: Path,
 ) -> None:

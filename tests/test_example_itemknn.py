@@ -113,6 +113,7 @@ def itemknn_tag(site: Path, workspace: Path) -> str:
     return str(out["tag"])
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_itemknn_from_the_command_line(
     site: Path, workspace: Path, itemknn_tag: str
 ) -> None:
@@ -122,6 +123,7 @@ def test_train_and_evaluate_itemknn_from_the_command_line(
     assert 0 < res["ndcg@10"] <= res["recall@10"] <= 1
 
 
+@pytest.mark.slow
 def test_seqrec_serve_recommends_with_itemknn_over_http(
     site: Path, workspace: Path, itemknn_tag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +142,7 @@ def test_seqrec_serve_recommends_with_itemknn_over_http(
     assert f"serving {itemknn_tag}" in (tmp_path / "serve.log").read_text()
 
 
+@pytest.mark.slow
 def test_the_examples_own_tests_pass_against_the_installed_copy(site: Path) -> None:
     tests = EXAMPLE / "tests"
     proc = subprocess.run(

@@ -213,6 +213,7 @@ def store_copy(ws: Workspace, tag: str, nan_weights: bool = False) -> str:
 # -- the real server ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_promotion_swaps_the_model_under_load_with_no_failed_request(
     models: Models, server: Server
 ) -> None:

@@ -59,6 +59,7 @@ def _assert_one_production(ws: Workspace, tag: str) -> None:
     assert labelled(ws) == [tag]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("step", ["materialize", "train", "evaluate", "promote"])
 def test_retrain_killed_at_a_step_keeps_production_and_the_next_run_completes(

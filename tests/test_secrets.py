@@ -168,6 +168,7 @@ def _rows_holding(ws: Workspace, secret: str) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_no_password_at_rest_in_output_or_errors(
     request: pytest.FixtureRequest,

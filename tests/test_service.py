@@ -590,6 +590,7 @@ def test_predict(secured: Server, known_user: str) -> None:
 # -- startup failures and the Bento ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_model_that_fails_to_load_stops_startup(trained_ws: Workspace, tmp_path: Path) -> None:
     """`bentoml serve` itself (not only `seqrec serve`) stops, with the reason in its log."""
     exe = str(Path(sys.executable).parent / "bentoml")

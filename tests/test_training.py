@@ -41,6 +41,7 @@ def _seqrec(*args: str) -> list[str]:
     return [sys.executable, "-m", "seqrec.cli", *args]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(ws: Workspace) -> None:
     load_synth(ws, users=80, items=40)
     apply(ws)
