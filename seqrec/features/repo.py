@@ -173,6 +173,8 @@ def get_store(ws: Workspace) -> FeatureStore:
     from feast import FeatureStore
 
     repo = write_repo(ws)  # regenerated: environment overrides (URLs) take effect
+    if not ws.is_postgres_redis:
+        check_file_registry(ws.path(ws.config.features.registry_path))
     secrets = secret_env(ws)
     os.environ.update(secrets)  # what its ${VAR} references read
     try:
@@ -180,6 +182,26 @@ def get_store(ws: Workspace) -> FeatureStore:
     except Exception as exc:
         message = redact_text(str(exc), tuple(secrets.values()))
         raise SeqrecError(f"cannot open the Feast repo: {message}", where=str(repo)) from None
+
+
+def check_file_registry(path: Path) -> None:
+    """A SeqrecError naming ``path`` when the embedded profile's registry file does not parse
+    (Feast itself fails later with a protobuf traceback). Missing or empty is fine: Feast
+    starts a new one."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+    from google.protobuf.message import DecodeError
+
+    try:
+        RegistryProto().ParseFromString(path.read_bytes())
+    except DecodeError as exc:
+        raise SeqrecError(
+            f"the Feast registry is unreadable ({exc}); it holds the feature definitions only, "
+            "no feature data",
+            where=str(path),
+            hint="move it aside and run `seqrec features apply` to register the definitions again",
+        ) from None
 
 
 def require_applied(store: FeatureStore) -> None:
