@@ -60,7 +60,6 @@ def test_site_uses_no_web_fonts() -> None:
 EXTERNAL = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)=["'](?:https?:)?//""")
 
 
-@pytest.mark.slow
 def test_site_builds_strict_with_only_local_assets(tmp_path: Path) -> None:
     site = tmp_path / "site"
     result = docsgen.build_site(site)

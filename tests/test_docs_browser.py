@@ -82,7 +82,6 @@ H1_TEXT = """() => { const h = document.querySelector('article h1').cloneNode(tr
   h.querySelectorAll('.headerlink').forEach(a => a.remove()); return h.textContent.trim(); }"""
 
 
-@pytest.mark.slow
 def test_quickstart_and_plugin_guide_render_with_nav(site_url: str, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

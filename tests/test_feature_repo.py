@@ -73,7 +73,6 @@ def test_a_default_workspace_renders_its_profile_template_unchanged_but_absolute
     assert rendered == template
 
 
-@pytest.mark.slow
 @pytest.mark.usefixtures("_no_url_env")
 def test_feast_apply_in_a_workspace_made_by_seqrec_init(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
@@ -88,7 +87,6 @@ def test_feast_apply_in_a_workspace_made_by_seqrec_init(tmp_path: Path) -> None:
     assert (ws / "data" / "registry.db").is_file()
 
 
-@pytest.mark.slow
 def test_feast_apply_in_the_source_tree_repo_uses_seqrec_defaults(tmp_path: Path) -> None:
     checkout = tmp_path / "checkout"  # a copy: applying writes ../data beside the repo
     shutil.copytree(REPO, checkout / "feature_repo", ignore=shutil.ignore_patterns("__pycache__"))
@@ -98,7 +96,6 @@ def test_feast_apply_in_the_source_tree_repo_uses_seqrec_defaults(tmp_path: Path
     assert (checkout / "data" / "registry.db").is_file()
 
 
-@pytest.mark.slow
 def test_the_wheel_ships_the_feature_repo_as_package_data(tmp_path: Path) -> None:
     src = tmp_path / "src"  # build from a copy: other builds may use the tree's build/ dir
     src.mkdir()
