@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from seqrec.data.schema import ensure_pg_schema, require_schema
+from seqrec.errors import StoreUnavailable
 from seqrec.faults import kill_point
 from seqrec.features.online_rows import OnlineRows
 from seqrec.features.sql import feature_rows_sql, purchase_idx
@@ -331,11 +333,17 @@ def latest_rows(engine: Engine, since_event_id: int | None = None) -> OnlineRows
     if since_event_id is not None:
         sql += " WHERE user_id IN (SELECT DISTINCT user_id FROM events WHERE event_id > %s)"
         params = (int(since_event_id),)
-    raw = engine.raw_connection()
+    try:
+        raw = engine.raw_connection()
+    except DBAPIError as exc:
+        raise _unreachable(engine, exc.orig or exc) from None
     try:
         cur = raw.cursor()
         cur.execute(sql, params)
         rows = cur.fetchall()
+    except engine.dialect.loaded_dbapi.OperationalError as exc:  # the connection was lost
+        raw.invalidate(exc)  # never back into the pool
+        raise _unreachable(engine, exc) from None
     finally:
         raw.close()
     cols: list[tuple[Any, ...]] = list(zip(*rows, strict=True)) if rows else [()] * 9
@@ -351,6 +359,16 @@ def latest_rows(engine: Engine, since_event_id: int | None = None) -> OnlineRows
             name: np.asarray(cols[k], dtype=np.int64)
             for k, name in ((5, "seq_len"), (6, "n_events"), (7, "n_purchases"), (8, "last_gap_s"))
         },
+    )
+
+
+def _unreachable(engine: Engine, exc: BaseException) -> StoreUnavailable:
+    """The error of a read of the offline rows the database dropped out of (password hidden)."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return StoreUnavailable(
+        f"events database unreachable while reading the offline features: {first}",
+        where=engine.url.render_as_string(),
+        hint="is PostgreSQL running? nothing was written online; rerun once it is back",
     )
 
 
