@@ -72,3 +72,9 @@ def log_caught(
         return True
     logger.error(message + ": internal error (a bug)", *args, exc_info=exc)
     return False
+
+
+def driver_reason(exc: BaseException) -> str:
+    """The database driver's own words for a SQLAlchemy ``DBAPIError`` (its ``orig``), on one
+    line: no "(Background on this error at: ...)" link, no tab-indented continuation."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())

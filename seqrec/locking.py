@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from seqrec.config import Workspace
-from seqrec.errors import EX_TEMPFAIL, SeqrecError, StoreUnavailable
+from seqrec.errors import EX_TEMPFAIL, SeqrecError, StoreUnavailable, driver_reason
 
 
 def _busy(ws: Workspace, name: str, waited: float | None) -> SeqrecError:
@@ -112,7 +112,8 @@ def _pg_lock(ws: Workspace, name: str, wait: float) -> Iterator[None]:
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except DBAPIError as exc:
             raise StoreUnavailable(
-                f"events database unreachable: {exc.orig}", where=engine.url.render_as_string()
+                f"events database unreachable: {driver_reason(exc)}",
+                where=engine.url.render_as_string(),
             ) from None
         try:
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()

@@ -195,3 +195,19 @@ def test_training_a_workspace_with_no_events_says_import_events_first(
     assert "no table(s) events" in result.output
     assert "seqrec events import" in result.output
     assert "Traceback" not in result.output and "OperationalError" not in result.output
+
+
+def test_an_unreachable_events_database_is_one_error_line_without_sqlalchemy_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seqrec.testing import free_port
+
+    ws = tmp_path / "pg"
+    assert invoke("init", ws, "--profile", "postgres-redis").exit_code == 0
+    monkeypatch.setenv("SEQREC_PG_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x")
+    result = invoke("train", "--model", "lstm", "--project", ws)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "events database unreachable" in lines[0] and "Connection refused" in lines[0]
+    assert "sqlalche.me" not in result.output and "Traceback" not in result.output

@@ -44,7 +44,7 @@ from sqlalchemy.exc import OperationalError
 
 from seqrec.data.importers import MAX_ERRORS_KEPT, _log_import, _Vocab, allow_long_fields
 from seqrec.data.schema import MAX_ID_LEN, create_schema, item_meta, items, require_item_schema
-from seqrec.errors import SeqrecError
+from seqrec.errors import SeqrecError, driver_reason
 
 ItemFormat = Literal["csv", "recbole"]
 OnError = Literal["fail", "skip"]
@@ -374,7 +374,7 @@ def import_items(
             _log_import(conn, source, sha256, f"items-{fmt}", read, added + updated, skipped)
     except OperationalError as exc:
         raise SeqrecError(
-            f"events database error, nothing imported: {exc.orig}", where=source
+            f"events database error, nothing imported: {driver_reason(exc)}", where=source
         ) from None
     return ItemImportReport(
         source=source,

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from seqrec.errors import SeqrecError, StoreUnavailable
+from seqrec.errors import SeqrecError, StoreUnavailable, driver_reason
 
 MAX_ID_LEN = 256
 #: ids compare byte-wise on PostgreSQL (collation "C"): the same order as SQLite and Python, and
@@ -174,7 +174,8 @@ def ensure_pg_schema(engine: Engine) -> None:
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema}"))
     except OperationalError as exc:
         raise StoreUnavailable(
-            f"events database unreachable: {exc.orig}", where=engine.url.render_as_string()
+            f"events database unreachable: {driver_reason(exc)}",
+            where=engine.url.render_as_string(),
         ) from None
 
 
@@ -189,7 +190,9 @@ def _require_tables(engine: Engine, names: tuple[str, ...], hint: str) -> None:
     try:
         present = set(inspect(engine).get_table_names())
     except DBAPIError as exc:  # cannot connect, or the connection was refused or lost
-        raise StoreUnavailable(f"events database unreachable ({engine.url!r}): {exc}") from None
+        raise StoreUnavailable(
+            f"events database unreachable ({engine.url!r}): {driver_reason(exc)}"
+        ) from None
     missing = [t for t in names if t not in present]
     if missing:
         raise SeqrecError(f"events database has no table(s) {', '.join(missing)}", hint=hint)
