@@ -8,48 +8,17 @@ the test skips locally and fails in CI (CI=true).
 
 from __future__ import annotations
 
-import functools
-import http.server
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import ARGS, CHROMIUM, require_browser, serve_directory
 
 from seqrec import docsgen
-from seqrec.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: docs page -> its URL path in the built site
 PAGES = {"quickstart.md": "quickstart/", "plugins.md": "plugins/"}
-
-
-def _require_browser() -> None:
-    problem = None
-    if not os.access(CHROMIUM, os.X_OK):
-        problem = f"{CHROMIUM} not installed (make browser: apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"browser test cannot run in CI: {problem}")
-    pytest.skip(problem)
 
 
 def _title(page: str) -> str:
@@ -61,20 +30,12 @@ def _title(page: str) -> str:
 @pytest.fixture
 def site_url(tmp_path: Path) -> Iterator[str]:
     """The docs site, built strict into tmp_path and served on a free port of 127.0.0.1."""
-    _require_browser()
+    require_browser()
     site = tmp_path / "site"
     result = docsgen.build_site(site)
     assert result.returncode == 0, result.stderr[-4000:]
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(site) as url:
+        yield url
 
 
 # the h1 without the permalink anchor ("¶") that the toc extension appends

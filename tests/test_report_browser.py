@@ -7,44 +7,13 @@ the test skips locally and fails in CI (CI=true).
 
 from __future__ import annotations
 
-import functools
-import http.server
-import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser import ARGS, CHROMIUM, require_browser, serve_directory
 
 from seqrec.config import Workspace
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _require_browser() -> None:
-    problem = None
-    if not os.access(CHROMIUM, os.X_OK):
-        problem = f"{CHROMIUM} not installed (make browser: apt-get install chromium)"
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright package is not installed (pip install -e '.[dev]')"
-    if problem is None:
-        return
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"browser test cannot run in CI: {problem}")
-    pytest.skip(problem)
 
 
 @pytest.fixture
@@ -53,7 +22,7 @@ def served(trained_ws: Workspace, tmp_path: Path) -> Iterator[tuple[str, dict[st
     from seqrec import model_store, runs
     from seqrec.monitoring.report import build_report
 
-    _require_browser()
+    require_browser()
     tag = next(
         r["tag"] for r in model_store.list_models(trained_ws.model_store) if "gpt2" in r["tag"]
     )
@@ -62,19 +31,8 @@ def served(trained_ws: Workspace, tmp_path: Path) -> Iterator[tuple[str, dict[st
         trained_ws, rid, "succeeded", candidate_tag=tag, decision="promoted", reason="a <b> & c"
     )
     index = build_report(trained_ws, rid, tmp_path / "report")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index.parent))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield (
-            f"http://127.0.0.1:{server.server_address[1]}/index.html",
-            runs.get_run(trained_ws, rid),
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_directory(index.parent) as url:
+        yield f"{url}{index.name}", runs.get_run(trained_ws, rid)
 
 
 def test_report_renders_in_chromium(served: tuple[str, dict[str, object]]) -> None:
