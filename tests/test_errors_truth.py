@@ -284,8 +284,9 @@ def test_features_status_says_not_applied_only_when_the_view_is_not_registered(
     assert st["applied"] is False and st["events"] == 0
 
     (tmp_path / "ws" / "data").mkdir(exist_ok=True)
-    (tmp_path / "ws" / "data" / "registry.db").write_bytes(b"\x08\x96\x01not a registry\xff")
-    assert fstatus.status(ws)["applied"].startswith("error: Feast registry unreadable: DecodeError")
+    registry = tmp_path / "ws" / "data" / "registry.db"
+    registry.write_bytes(b"\x08\x96\x01not a registry\xff")
+    assert fstatus.status(ws)["applied"].startswith(f"error: {registry}: the Feast registry is")
 
     def broken(ws: Any) -> Any:
         raise TypeError("get_store() missing 1 required positional argument")
@@ -319,8 +320,6 @@ def test_features_status_says_unreachable_only_for_a_database_failure(
 
 
 def test_a_damaged_registry_is_not_reported_as_a_missing_item_text_view(tmp_path: Path) -> None:
-    from google.protobuf.message import DecodeError
-
     from seqrec.data.schema import create_schema
     from seqrec.features.repo import apply
     from seqrec.testing import make_workspace
@@ -333,8 +332,9 @@ def test_a_damaged_registry_is_not_reported_as_a_missing_item_text_view(tmp_path
         ItemTextReader(ws)  # registered, but no item text view: the user's next step
     registry = next((tmp_path / "ws").rglob("registry.db"))
     registry.write_bytes(b"\x08\x96\x01not a registry\xff")
-    with pytest.raises(DecodeError):
+    with pytest.raises(SeqrecError, match="the Feast registry is unreadable") as err:
         ItemTextReader(ws)
+    assert str(registry) in str(err.value) and "item text" not in str(err.value)
 
 
 # -- serving: the items newer than the model, tracing, the warm-up check, hot reload
