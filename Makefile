@@ -34,7 +34,7 @@ browser:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get install -y chromium chromium-driver || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium chromium-driver))
 
 # `make test` (CI) leaves out the tests marked slow (end-to-end walks through the README and the
-# plugin guide, kills of retrain at each step, serving under load...: about 25 minutes more);
+# plugin guide, kills of retrain at each step, serving under load...: 13 minutes more on 2 cores);
 # `make test-slow` runs those alone, `make test-all` both. The fault-injection suite
 # (tests/reliability) runs alone with `make reliability`.
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
