@@ -117,6 +117,10 @@ class TcpProxy:
                 dst.sendall(data)
         except OSError:
             pass
+        self._end_pair(src, dst)
+
+    def _end_pair(self, src: socket.socket, dst: socket.socket) -> None:
+        """``src`` ended (or failed): end the pair once, from whichever side noticed first."""
         with self._lock:
             mine = src in self._conns
             self._conns -= {src, dst}

@@ -15,7 +15,6 @@ the SQL truth, and the watermark must be at the last event.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
@@ -114,14 +113,7 @@ class ReplyCutProxy(TcpProxy):
                     return
         except OSError:
             pass
-        with self._lock:
-            mine = src in self._conns
-            self._conns -= {src, dst}
-        if mine:  # one side ended: end the other
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
+        self._end_pair(src, dst)
 
 
 @pytest.fixture
