@@ -222,7 +222,10 @@ def train_model(
         spec,
         preset=preset,
         params=params,
-        overrides={**(overrides or {}), "epochs": epochs, "seed": seed},
+        overrides={
+            **(overrides or {}),
+            **{k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None},
+        },
     )
     settings = resolved.settings
     if task == "classify":

@@ -175,3 +175,21 @@ def test_head_count_that_does_not_divide_the_width_is_a_clear_error() -> None:
         ctx = ModelContext(n_items=10, n_event_types=3, max_len=8, params={key: 3})
         with pytest.raises(SeqrecError, match="multiple of"):
             get_spec(model).make(ctx)
+
+
+def test_trainer_settings_given_as_overrides_reach_the_trainer(ws: Workspace) -> None:
+    """``train_model(overrides={"epochs": ...})`` is not dropped by the unset ``epochs=``."""
+    from seqrec.features.repo import apply
+    from seqrec.pipeline import train_model
+    from seqrec.testing import load_synth
+
+    load_synth(ws, users=40, items=20)
+    apply(ws)
+    out = train_model(
+        ws, "lstm", overrides={"epochs": 1, "patience": 1, "seed": 3}, progress=False
+    )
+    from seqrec import model_store
+
+    info = model_store.load(out.tag, store=ws.model_store).info
+    assert info["settings"]["epochs"] == 1 and info["settings"]["seed"] == 3
+    assert out.epochs_run == 1
