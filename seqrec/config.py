@@ -157,6 +157,12 @@ class TrainConfig(_Section):
     )
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
     eval_batch_size: int = Field(512, ge=1, description="sequences per evaluation batch")
+    eval_chunk_items: int = Field(
+        65_536,
+        ge=1,
+        description="items scored at once when evaluation ranks the catalogue (models that "
+        "expose item factors): memory is eval_batch_size x this, whatever the catalogue size",
+    )
     window_stride: int = Field(
         0,
         ge=0,
@@ -213,6 +219,29 @@ class ServeConfig(_Section):
     )
     micro_batch: int = Field(
         64, ge=1, le=4096, description="most concurrent requests scored in one model call"
+    )
+    topk_chunk_items: int = Field(
+        65_536,
+        ge=1,
+        description="a catalogue larger than this is ranked in chunks of this many items "
+        "(models that expose item factors), never a full batch x catalogue score matrix; "
+        "smaller ones are scored at once (traced)",
+    )
+    ann: bool = Field(
+        False,
+        description="approximate top-k with a FAISS index over the item embeddings, built at "
+        "model load (needs `pip install seqrec[ann]`); candidates are re-scored exactly, so "
+        "exclusions and the repeat bias hold; false = exact top-k",
+    )
+    ann_index: Literal["hnsw", "ivf"] = Field(
+        "hnsw", description="the FAISS index of ann: hnsw (HNSW, inner product) or ivf (IVF-Flat)"
+    )
+    ann_search: int = Field(
+        128,
+        ge=1,
+        le=65_536,
+        description="ann search breadth: HNSW efSearch or IVF nprobe (higher: better recall, "
+        "slower)",
     )
     fast_path: bool = Field(
         True,

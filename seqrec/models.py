@@ -23,8 +23,12 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
+from seqrec.losses import NegativeSampler, sampled_logq_loss
 
 TASKS = ("next-item", "classify")
+#: the platform's next-item losses (``params["loss"]``): full softmax; sampled softmax over
+#: uniform negatives; sampled softmax over popularity-mixed negatives with logQ correction
+LOSSES = ("full", "sampled", "sampled_logq")
 
 #: hyperparameters every model accepts; the loss policy belongs to the platform. The repeat bias
 #: is on by default: it starts at 0 and learns from the data whether users come back to items
@@ -81,6 +85,34 @@ class Batch:
     def mask(self) -> Tensor:
         """[B, L] bool, True at real (non-padding) positions."""
         return self.items > 0
+
+
+@dataclass
+class ItemFactors:
+    """Next-item scores as factors, for ranking a catalogue in chunks
+    (:func:`seqrec.evaluation.topk.chunked_topk`) or with an approximate index.
+
+    ``scores = hidden @ items.T + bias``, plus ``repeat`` [B, H] added at the ``history`` item
+    indices [B, H] (a learned offset per seen item; both None without a repeat bias).
+    ``hidden`` [B, d], ``items`` [V, d] (row = item index, row 0 padding), ``bias`` [V].
+    """
+
+    hidden: Tensor
+    items: Tensor
+    bias: Tensor | None = None
+    history: Tensor | None = None
+    repeat: Tensor | None = None
+
+    def scores(self) -> Tensor:
+        """[B, V] the full scores these factors stand for; column 0 (padding) at the dtype's
+        minimum."""
+        s = self.hidden @ self.items.T
+        if self.bias is not None:
+            s = s + self.bias
+        s[:, 0] = torch.finfo(s.dtype).min
+        if self.history is not None and self.repeat is not None:  # padding history adds 0
+            s = s.scatter_add(1, self.history, self.repeat.to(s.dtype))
+        return s
 
 
 @dataclass(frozen=True)
@@ -148,6 +180,8 @@ class SeqModel(nn.Module):
         #: learned score offset for items already in the input sequence, per recency bucket
         #: (``params["repeat_bias"]``, next-item only); see :meth:`repeat_scores`
         self.repeat_bias: nn.Parameter | None = None
+        #: where ``loss = "sampled_logq"`` draws negatives from (fitted by ``fit_statistics``)
+        self.negative_sampler: NegativeSampler | None = None
         if ctx.task == "next-item" and ctx.params.get("repeat_bias", False):
             self.repeat_bias = nn.Parameter(torch.zeros(REPEAT_BUCKETS))
 
@@ -175,6 +209,12 @@ class SeqModel(nn.Module):
     def next_item_scores(self, batch: Batch) -> Tensor:
         """[B, n_items] scores for the next item after position -1 (column 0 is padding)."""
         raise NotImplementedError(f"{type(self).__name__} does not rank items")
+
+    def next_item_factors(self, batch: Batch) -> ItemFactors | None:
+        """Optional: the next-item scores after position -1 as :class:`ItemFactors`, so that
+        evaluation and serving rank a large catalogue in chunks (never [B, V] at once) and
+        serving may use an approximate index. None (the default): only full scores."""
+        return None
 
     def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Text-aware models: (``next_item_scores(batch)``, the user state [B, d] those scores
@@ -251,7 +291,9 @@ class SeqModel(nn.Module):
         The loss policy is the platform's, not the plugin's: full softmax by default; with
         ``ctx.params["loss"] == "sampled"``, a sampled softmax over
         ``ctx.params["num_negatives"]`` uniform negatives shared by the batch (accidental hits
-        masked) for catalogues too big for a full softmax. ``ctx.params["label_smoothing"]``
+        masked) for catalogues too big for a full softmax; with ``"sampled_logq"``, negatives
+        drawn by training popularity (mixed with uniform) and the logQ correction
+        (:mod:`seqrec.losses`). ``ctx.params["label_smoothing"]``
         smooths the full softmax. ``history``/``distance`` [N, H]: the items each row has seen
         and how many events ago, for the learned repeat bias (ignored when it is off).
         """
@@ -260,7 +302,23 @@ class SeqModel(nn.Module):
         if history is not None and distance is not None:
             rep = self.repeat_scores(history, distance)
         repeat = None if rep is None or history is None else (history, rep)
-        if self.ctx.params.get("loss", "full") == "sampled":
+        loss = self.ctx.params.get("loss", "full")
+        if loss == "sampled_logq":
+            sampler = self.negative_sampler
+            if sampler is None:  # not fitted (a model trained outside the trainer): this batch
+                sampler = NegativeSampler.from_targets(targets, embeddings.shape[0])
+            elif sampler.probs.device != hidden.device:
+                sampler = self.negative_sampler = sampler.to(hidden.device)
+            return sampled_logq_loss(
+                hidden,
+                targets,
+                embeddings,
+                bias,
+                int(self.ctx.params.get("num_negatives", 256)),
+                sampler,
+                repeat,
+            )
+        if loss == "sampled":
             return sampled_softmax_loss(
                 hidden,
                 targets,
@@ -278,7 +336,13 @@ class SeqModel(nn.Module):
         return F.cross_entropy(logits.float(), targets - 1, label_smoothing=smoothing)
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:
-        """Optional: non-gradient models (popularity) fit here from the training tensors."""
+        """Optional: non-gradient models (popularity) fit here from the training tensors.
+
+        The trainer calls it once before the first epoch. Here: with ``loss = "sampled_logq"``,
+        the negative sampler is fitted to the training targets; a gradient model that
+        overrides this calls ``super().fit_statistics(items, targets)``."""
+        if self.ctx.params.get("loss") == "sampled_logq":
+            self.negative_sampler = NegativeSampler.from_targets(targets, self.ctx.n_items)
 
     def prepare(self, ws: Any) -> None:
         """Optional: read what the model needs from the workspace ``ws`` besides the training
@@ -498,6 +562,11 @@ class ModelSpec:
                 hint=f"known: {', '.join(sorted({*self.defaults, *COMMON_PARAMS}))}",
             )
         ctx = replace(ctx, params={**COMMON_PARAMS, **self.defaults, **ctx.params})
+        if ctx.params.get("loss") not in LOSSES:
+            raise SeqrecError(
+                f"model '{self.name}': unknown loss {ctx.params.get('loss')!r}",
+                hint=f"choose one of {', '.join(LOSSES)} (--param loss=sampled_logq)",
+            )
         model = self.build(ctx)
         model.spec_name = self.name
         return model

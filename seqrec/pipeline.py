@@ -17,6 +17,8 @@ import torch
 from seqrec.config import Workspace
 from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
+from seqrec.evaluation.ranking import rank_next_items
+from seqrec.evaluation.topk import DEFAULT_CHUNK_ITEMS, pad_indices
 from seqrec.features.sql import drop_unknown, event_positions
 from seqrec.models import ItemText, ModelContext, ModelSpec, SeqModel, get_spec
 from seqrec.text.fusion import wants_item_text
@@ -105,17 +107,22 @@ def data_stats(data: Data, engine: Any) -> dict[str, Any]:
     }
 
 
-def validator(data: Data, settings: TrainSettings) -> Any:
-    """The per-epoch validation function of the trainer for ``data``."""
+def validator(data: Data, settings: TrainSettings, chunk_items: int = DEFAULT_CHUNK_ITEMS) -> Any:
+    """The per-epoch validation function of the trainer for ``data``; next-item examples are
+    ranked ``chunk_items`` items at a time (:mod:`seqrec.evaluation.ranking`)."""
 
     def validate(model: SeqModel, device: torch.device) -> dict[str, float]:
-        out = predict(model, data.valid, device=device, batch_size=settings.eval_batch_size)
+        batch_size = settings.eval_batch_size
         if isinstance(data, ClassificationData):
+            out = predict(model, data.valid, device=device, batch_size=batch_size)
             m = classification_metrics(data.valid.labels, out["probs"])
             return {
                 k: float(v) for k, v in m.items() if k in ("accuracy", "f1", "roc_auc", "pr_auc")
             }
-        return ranking_metrics(out["ranks"], (10, 20))
+        out = rank_next_items(
+            model, data.valid, device=device, batch_size=batch_size, chunk_items=chunk_items
+        )
+        return ranking_metrics(out.get("ranks", np.zeros(0, dtype=np.int64)), (10, 20))
 
     return validate
 
@@ -244,7 +251,7 @@ def train_model(
     result = train(
         model,
         tensors,
-        validator(data, settings),
+        validator(data, settings, ws.config.train.eval_chunk_items),
         settings,
         progress=progress,
         run_dir=run_dir,
@@ -329,8 +336,9 @@ def _init_from(model: SeqModel, directory: Path, load_weights: Any) -> None:
         )
 
 
-def seen_items_mask(ws: Workspace, data: SequenceSet, n_items: int, split_offset: int) -> Any:
-    """A function giving, for example indices, [b, n_items] bool of items the user saw before.
+def seen_items(ws: Workspace, data: SequenceSet, n_items: int, split_offset: int) -> Any:
+    """A function giving, for example indices, [b, E] indices of the items each user saw
+    before (0 = none; an index list, not a [b, n_items] mask: the catalogue may be large).
 
     ``split_offset`` is how many events before the user's last one the target is (0 = test).
     """
@@ -340,18 +348,18 @@ def seen_items_mask(ws: Workspace, data: SequenceSet, n_items: int, split_offset
         u: g["item_idx"].to_numpy() for u, g in pos.groupby("user_id", sort=False)
     }
 
-    def mask(idx: np.ndarray) -> torch.Tensor:
-        out = torch.zeros((len(idx), n_items), dtype=torch.bool)
-        for row, i in enumerate(idx):
-            seen = history.get(data.user_ids[i])
-            if seen is None:
+    def seen(idx: np.ndarray) -> torch.Tensor:
+        rows: list[list[int]] = []
+        for i in idx:
+            items = history.get(data.user_ids[i])
+            if items is None:
+                rows.append([])
                 continue
-            upto = len(seen) - 1 - split_offset
-            seen = seen[:upto]
-            out[row, torch.from_numpy(seen[seen < n_items])] = True
-        return out
+            items = items[: len(items) - 1 - split_offset]
+            rows.append(np.unique(items[items < n_items]).tolist())
+        return pad_indices(rows)
 
-    return mask
+    return seen
 
 
 #: at most this many resampled indices are held at once by :func:`bootstrap_ci` (64 MiB)
@@ -435,17 +443,16 @@ def evaluate_model(
         if _newer_than(data, stored.model.ctx):  # items new since training cannot be scored
             examples = _clip_vocab(examples, stored.model.ctx)
         exclude = (
-            seen_items_mask(ws, examples, n_model, 0 if split == "test" else 1)
-            if exclude_seen
-            else None
+            seen_items(ws, examples, n_model, 0 if split == "test" else 1) if exclude_seen else None
         )
-        res = predict(
+        res = rank_next_items(
             stored.model,
             examples,
             device=device,
             batch_size=ws.config.train.eval_batch_size,
             exclude=exclude,
             topk=max(ks),
+            chunk_items=ws.config.train.eval_chunk_items,
             progress=progress,
         )
         # no example left (every target newer than the model): nothing ranked, all misses

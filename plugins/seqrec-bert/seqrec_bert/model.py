@@ -28,6 +28,7 @@ from seqrec.errors import SeqrecError
 from seqrec.models import (
     GAP_BUCKETS,
     Batch,
+    ItemFactors,
     ModelContext,
     SeqModel,
     newest_distance,
@@ -173,15 +174,18 @@ class BertNextItem(SeqModel):
         """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""
         return self.next_item_scores_and_state(batch)[0]
 
-    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def next_item_factors(self, batch: Batch) -> ItemFactors:
+        """The hidden state at a MASK appended after the newest event, against the output items."""
         col = torch.full_like(batch.items[:, 0], self.mask_id)
         items, types, times = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
         h = self._out(self.encode(items, types, times)[:, -1])  # [B, d]
         emb, bias = self.output_items()
-        scores = h @ emb.T + bias  # [B, n_items]
-        scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items, 1))
-        scores[:, 0] = torch.finfo(scores.dtype).min
-        return scores, h
+        repeat = self.repeat_scores(batch.items, newest_distance(batch.items, 1))
+        return ItemFactors(h, emb, bias, batch.items, repeat)
+
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        f = self.next_item_factors(batch)
+        return f.scores(), f.hidden  # [B, n_items], [B, d]
 
     def class_logits(self, batch: Batch) -> Tensor:
         """[B, n_classes] from the newest event's hidden state (no MASK appended)."""

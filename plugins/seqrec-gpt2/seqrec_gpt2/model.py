@@ -22,6 +22,7 @@ from seqrec.errors import SeqrecError
 from seqrec.models import (
     GAP_BUCKETS,
     Batch,
+    ItemFactors,
     ModelContext,
     SeqModel,
     newest_distance,
@@ -123,11 +124,6 @@ class GPT2NextItem(SeqModel):
     def _newest(self, batch: Batch) -> Tensor:
         return self.hidden(batch)[:, -1] if self.training else self.newest_hidden(batch)
 
-    def _logits(self, h: Tensor) -> Tensor:
-        logits = h @ self.item_table().T  # [N, V]
-        logits[:, 0] = torch.finfo(logits.dtype).min  # never recommend padding
-        return logits
-
     def next_item_loss(self, batch: Batch) -> Tensor:
         assert batch.targets is not None
         sel = batch.targets > 0  # [B, L] positions that have a next item
@@ -140,10 +136,14 @@ class GPT2NextItem(SeqModel):
     def next_item_scores(self, batch: Batch) -> Tensor:
         return self.next_item_scores_and_state(batch)[0]
 
-    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def next_item_factors(self, batch: Batch) -> ItemFactors:
         h = self._newest(batch)
-        logits = self._logits(h)
-        return self.add_repeat_bias(logits, batch.items, newest_distance(batch.items)), h
+        repeat = self.repeat_scores(batch.items, newest_distance(batch.items))
+        return ItemFactors(h, self.item_table(), None, batch.items, repeat)
+
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        f = self.next_item_factors(batch)
+        return f.scores(), f.hidden
 
     def class_logits(self, batch: Batch) -> Tensor:
         # GPT2ForSequenceClassification-style: the newest (last real, as inputs are

@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seqrec.models import (
     GAP_BUCKETS,
     Batch,
+    ItemFactors,
     ModelContext,
     SeqModel,
     newest_distance,
@@ -118,12 +119,14 @@ class LSTMNextItem(SeqModel):
     def next_item_scores(self, batch: Batch) -> Tensor:
         return self.next_item_scores_and_state(batch)[0]
 
-    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+    def next_item_factors(self, batch: Batch) -> ItemFactors:
         h = self.hidden(batch)[:, -1]  # [B, d]
-        scores = h @ self.item_table().T  # [B, n_items]
-        scores = self.add_repeat_bias(scores, batch.items, newest_distance(batch.items))
-        scores[:, 0] = torch.finfo(scores.dtype).min
-        return scores, h
+        repeat = self.repeat_scores(batch.items, newest_distance(batch.items))
+        return ItemFactors(h, self.item_table(), None, batch.items, repeat)
+
+    def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        f = self.next_item_factors(batch)
+        return f.scores(), f.hidden  # [B, n_items], [B, d]
 
     def class_logits(self, batch: Batch) -> Tensor:
         assert self.classifier is not None, "built for next-item, not classification"

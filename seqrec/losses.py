@@ -1,0 +1,100 @@
+"""Sampled softmax with logQ correction: a next-item loss whose memory does not grow with the
+catalogue.
+
+Negatives are drawn from a mix of the training popularity and the uniform distribution
+(:class:`NegativeSampler`), ``num_negatives`` of them shared by the batch. Popular items are the
+hard negatives a uniform sample rarely holds, but sampling them often would push their scores
+down too far; subtracting ``log(K q_j)`` (``K`` draws, ``q_j`` the chance to draw item ``j``)
+from each sampled logit corrects that: ``exp(o_pos) + sum_j exp(o_j - log(K q_j))`` is an
+unbiased estimate of the full softmax's normaliser, so the loss approaches full-softmax
+cross-entropy as ``K`` grows (Bengio and Senecal 2008; Yi et al. 2019, "logQ correction").
+Memory is O(N x K) for N rows, plus one [V] table of sampling probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: the share of the sampling distribution that is uniform over the catalogue: items without
+#: training events are still drawn, and no item's correction is unbounded
+UNIFORM_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class NegativeSampler:
+    """Draws item indices 1..V-1 with probabilities ``probs`` [V] (``probs[0]`` = 0: padding)."""
+
+    probs: Tensor
+    cdf: Tensor
+
+    @classmethod
+    def from_counts(cls, counts: Tensor, uniform_share: float = UNIFORM_SHARE) -> NegativeSampler:
+        """``counts`` [V] (index 0 = padding, ignored) mixed with ``uniform_share`` of the
+        uniform distribution over items 1..V-1 (all uniform when every count is 0)."""
+        c = counts.double().clamp(min=0).clone()
+        c[0] = 0
+        n = len(c) - 1
+        uniform = torch.ones_like(c)
+        uniform[0] = 0
+        uniform /= max(1, n)
+        total = c.sum()
+        share = uniform_share if total > 0 else 1.0
+        pop = c / total if total > 0 else torch.zeros_like(c)
+        probs = (1 - share) * pop + share * uniform
+        cdf = probs.cumsum(0)
+        cdf /= cdf[-1].clone()
+        return cls(probs.float(), cdf)
+
+    @classmethod
+    def from_targets(cls, targets: Tensor, n_items: int) -> NegativeSampler:
+        """The sampler of training ``targets`` (any shape; 0 = no target) over ``n_items``."""
+        t = targets.reshape(-1).long().cpu()
+        return cls.from_counts(torch.bincount(t[t > 0], minlength=n_items)[:n_items])
+
+    def to(self, device: torch.device | str) -> NegativeSampler:
+        return NegativeSampler(self.probs.to(device), self.cdf.to(device))
+
+    def sample(self, k: int, device: torch.device | str) -> Tensor:
+        """[k] item indices drawn with replacement (never padding: ``probs[0]`` is 0)."""
+        u = torch.rand(k, dtype=torch.float64, device=self.cdf.device)
+        idx = torch.searchsorted(self.cdf, u, right=True).clamp(1, len(self.cdf) - 1)
+        return idx.to(device)
+
+
+def sampled_logq_loss(
+    hidden: Tensor,
+    targets: Tensor,
+    embeddings: Tensor,
+    bias: Tensor | None,
+    num_negatives: int,
+    sampler: NegativeSampler,
+    repeat: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Cross-entropy of each row's target against ``num_negatives`` negatives drawn from
+    ``sampler`` (shared by the batch), each sampled logit minus ``log(num_negatives * q)``.
+
+    ``hidden`` [N, d], ``targets`` [N], ``embeddings`` [V, d], ``bias`` [V]; ``repeat``: the
+    history items [N, H] and their learned offsets [N, H]. Negatives equal to a row's target
+    (accidental hits) are masked out.
+    """
+    device = hidden.device
+    negatives = sampler.sample(num_negatives, device)  # [K]
+    log_q = torch.log(num_negatives * sampler.probs.to(device)[negatives])  # [K]
+    pos = (hidden * embeddings[targets]).sum(-1, keepdim=True)  # [N, 1]
+    neg = hidden @ embeddings[negatives].T  # [N, K]
+    if bias is not None:
+        pos = pos + bias[targets].unsqueeze(1)
+        neg = neg + bias[negatives].unsqueeze(0)
+    if repeat is not None:
+        hist, vals = repeat
+        pos = pos + ((hist == targets[:, None]) * vals).sum(1, keepdim=True)
+        neg = neg + ((hist[:, :, None] == negatives[None, None, :]) * vals[:, :, None]).sum(1)
+    neg = (neg.float() - log_q[None, :].float()).masked_fill(
+        negatives[None, :] == targets[:, None], torch.finfo(torch.float32).min
+    )
+    logits = torch.cat([pos.float(), neg], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
