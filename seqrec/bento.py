@@ -85,6 +85,19 @@ def pinned_requirements(roots: list[str]) -> list[str]:
     return sorted(v for k, v in seen.items() if k not in skip)
 
 
+def _requirements(ws: Workspace, dists: list[str]) -> list[str]:
+    """The Bento's pinned requirements: those of ``dists``, plus FAISS when the workspace
+    serves with ``[serve] ann = true`` (the index is built where the model loads)."""
+    reqs = pinned_requirements(dists)
+    if ws.config.serve.ann:
+        from seqrec.serving.ann import import_faiss
+
+        import_faiss()  # not installed: the error saying how to install it
+        faiss = metadata.distribution("faiss-cpu")
+        reqs = sorted({*reqs, f"faiss-cpu=={faiss.version}", *pinned_requirements(["faiss-cpu"])})
+    return reqs
+
+
 def _source_dir(dist_name: str) -> Path:
     """The project directory of an editable/local install (its direct_url.json)."""
     dist = metadata.distribution(dist_name)
@@ -202,7 +215,7 @@ def build_bento(ws: Workspace, ref: str, version: str | None = None) -> dict[str
         wheels = ctx / "wheels"
         wheels.mkdir()
         wheel_files = [_wheel(_source_dir(d), wheels) for d in dists]
-        (ctx / "requirements.txt").write_text("\n".join(pinned_requirements(dists)) + "\n")
+        (ctx / "requirements.txt").write_text("\n".join(_requirements(ws, dists)) + "\n")
         bundled = ctx / BUNDLED_WS
         bundled.mkdir()
         (bundled / "seqrec.toml").write_text(bundled_config(ws, tag))

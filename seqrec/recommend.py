@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError, StoreUnavailable
+from seqrec.evaluation.topk import TopK, chunked_topk, pad_indices
 from seqrec.extra_items import ExtraItems, ExtraItemsSource
 from seqrec.features.readers import online_reader
 from seqrec.features.sql import drop_unknown, left_pad
@@ -234,7 +235,8 @@ class Recommender:
         if self.text_aware:
             with torch.inference_mode():  # the fused item table, cached before tracing
                 self.model.score(Batch(*self._example(1, 1, 0)))
-        if ws.config.serve.trace and type(self.model).traceable:
+        self._init_ranking(ws)
+        if ws.config.serve.trace and type(self.model).traceable and not self.chunked:
             self._traced = self._trace()
             if self._traced is not None:
                 self._warm(ws.config.serve.micro_batch)
@@ -264,6 +266,43 @@ class Recommender:
                 ws, self.model, self.device, text_reader.reader if text_reader else None
             )
             self.refresh_extra_items()
+
+    def _init_ranking(self, ws: Workspace) -> None:
+        """How next-item requests are ranked: a model giving item factors ranks a catalogue
+        over ``[serve] topk_chunk_items`` in chunks (eager), or with a FAISS index (``[serve]
+        ann``); otherwise from full scores (traced)."""
+        serve = ws.config.serve
+        self.chunk_items = serve.topk_chunk_items
+        self.ann: Any = None
+        self._item_rows: torch.Tensor | None = None
+        self._item_bias: torch.Tensor | None = None
+        factors = None
+        if self.task == "next-item":
+            with torch.inference_mode():
+                factors = self.model.next_item_factors(Batch(*self._example(1, 1, 0)))
+        if factors is not None:
+            self._item_rows, self._item_bias = factors.items, factors.bias
+        elif serve.ann:
+            raise SeqrecError(
+                f"[serve] ann = true: model {self.tag} does not expose item factors "
+                "(next_item_factors), so no index can be built over its items",
+                hint="set [serve] ann = false for this model",
+            )
+        self.chunked = factors is not None and (self.n_items > self.chunk_items or serve.ann)
+        if serve.ann and self._item_rows is not None:
+            from seqrec.serving.ann import AnnIndex
+
+            t0 = time.perf_counter()
+            self.ann = AnnIndex(
+                self._item_rows, self._item_bias, kind=serve.ann_index, search=serve.ann_search
+            )
+            log.info(
+                "ann: %s index over %d items of %s built in %.1f s",
+                serve.ann_index,
+                self.n_items - 1,
+                self.tag,
+                time.perf_counter() - t0,
+            )
 
     # -- items newer than the model (text-aware models) ------------------------------------
 
@@ -538,6 +577,8 @@ class Recommender:
 
         ``extra``: items newer than a text-aware model, ranked after its own columns by their
         text; ``extra_seen[i]``: their columns in row i's history (masked with exclude_seen)."""
+        if self.chunked:
+            return self._rank_factored(items, types, times, queries, extra, extra_seen)
         if extra:
             known, state = self._scores_and_state(items, types, times)
             scores = torch.cat([known, extra.scores(state)], dim=1)
@@ -569,7 +610,83 @@ class Recommender:
             scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
         kmax = min(max(q.k for q in queries), scores.shape[1] - 1)
         top = torch.topk(scores, kmax, dim=1)
-        vals, idxs = top.values.cpu().numpy().tolist(), top.indices.cpu().numpy().tolist()
+        return self._answers(top.values, top.indices, queries, extra)
+
+    def _rank_factored(
+        self,
+        items: np.ndarray,
+        types: np.ndarray,
+        times: np.ndarray,
+        queries: Sequence[Query],
+        extra: ExtraItems | None,
+        extra_seen: Sequence[Sequence[int]],
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`_rank` of a model giving item factors: the catalogue in chunks of
+        ``chunk_items`` (or the ANN index's candidates, re-scored), never [B, n_items]."""
+        assert self._item_rows is not None
+        self._known(items, types, times)
+        f = self.model.next_item_factors(self._eager_batch(items, types, times, None))
+        assert f is not None
+        excluded: list[list[int]] = []
+        for r, q in enumerate(queries):
+            ex = [i for i in self._indices(q.exclude_items) if i < self.n_items]
+            if q.exclude_seen:
+                ex += [int(i) for i in items[r] if i > 0]
+            excluded.append(ex)
+        exclude = pad_indices(excluded, f.hidden.device)
+        kmax = min(max(q.k for q in queries), self.n_items - 1)
+        rows, bias = self._item_rows, self._item_bias
+        top: TopK
+        if self.ann is not None:
+            top = self.ann.topk(
+                f.hidden,
+                kmax,
+                items=rows,
+                bias=bias,
+                history=f.history,
+                repeat=f.repeat,
+                exclude=exclude,
+            )
+        else:
+            top = chunked_topk(
+                f.hidden,
+                rows,
+                kmax,
+                bias=bias,
+                history=f.history,
+                repeat=f.repeat,
+                exclude=exclude,
+                chunk_items=self.chunk_items,
+            )
+        vals, idxs = top.scores, top.indices
+        if extra:  # items newer than the model, by text: their own top-k, merged in
+            more = extra.scores(f.hidden)
+            rows_ex: list[int] = []
+            cols_ex: list[int] = []
+            for r, q in enumerate(queries):
+                cols = [extra.column.get(x) for x in q.exclude_items]
+                if q.exclude_seen and r < len(extra_seen):
+                    cols += list(extra_seen[r])
+                found = [c for c in cols if c]
+                rows_ex += [r] * len(found)
+                cols_ex += [c - self.n_items for c in found]
+            if rows_ex:
+                more[torch.tensor(rows_ex), torch.tensor(cols_ex)] = -torch.inf
+            v2, i2 = more.topk(min(kmax, more.shape[1]), dim=1)
+            vals, pos = torch.cat([vals, v2], 1).topk(kmax, dim=1)
+            idxs = torch.cat([idxs, i2 + self.n_items], 1).gather(1, pos)
+        return self._answers(vals, idxs, queries, extra)
+
+    def _answers(
+        self,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        queries: Sequence[Query],
+        extra: ExtraItems | None,
+    ) -> list[list[dict[str, Any]]]:
+        """Per query, its first ``k`` of the top items [B, kmax] (sorted), up to the first
+        masked one."""
+        vals, idxs = values.float().cpu().numpy().tolist(), indices.cpu().numpy().tolist()
         vocab, n, out = self.vocab, self.n_items, []
         for r, q in enumerate(queries):
             recs = []
