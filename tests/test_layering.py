@@ -18,9 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "seqrec"
 
-#: modules that may import the CLI: the CLI itself, and the docs generator, which renders the
-#: CLI reference page from the click commands (it sits above the CLI, never below)
-ABOVE_THE_CLI = ("seqrec/cli.py", "seqrec/commands/", "seqrec/docsgen.py")
+#: modules that may import the CLI: the CLI itself (and ``python -m seqrec``), and the docs
+#: generator, which renders the CLI reference page from the click commands (it sits above the
+#: CLI, never below)
+ABOVE_THE_CLI = ("seqrec/cli.py", "seqrec/commands/", "seqrec/docsgen.py", "seqrec/__main__.py")
 CLI_MODULES = ("seqrec.cli", "seqrec.commands")
 
 BENTOML_ADAPTER = "seqrec/compat/bentoml_private.py"

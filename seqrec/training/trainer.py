@@ -31,6 +31,7 @@ from seqrec.evaluation.metrics import mask_scores, target_ranks
 from seqrec.faults import kill_point
 from seqrec.models import SeqModel
 from seqrec.progress import bar
+from seqrec.training import distributed
 from seqrec.training.checkpoint import read_state, read_weights
 from seqrec.training.data import SequenceSet, iter_batches
 
@@ -160,6 +161,36 @@ def _numpy_rng_state() -> tuple[Any, ...]:
         int(has_gauss),
         float(cached),
     )
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's torch, numpy and Python RNG states, as a checkpoint holds them."""
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": _numpy_rng_state(),
+        "python_rng": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`_rng_state` saved."""
+    torch.set_rng_state(state["torch_rng"])
+    kind, keys, pos, has_gauss, cached = state["numpy_rng"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python_rng"])
+
+
+def _check_world_size(
+    state: dict[str, Any], world: distributed.World | None, run_dir: Path | None
+) -> None:
+    """A checkpoint resumes with the number of processes that wrote it."""
+    was, now = state.get("world_size", 1), world.size if world else 1
+    if was != now:
+        raise SeqrecError(
+            f"cannot resume: the checkpoint in {run_dir} was written by {was} training "
+            f"process(es), this run has {now}",
+            hint=f"resume with --nproc {was}, or rerun without --resume to start over",
+        )
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -326,22 +357,30 @@ def train(
     ``run_dir``, checkpoints after every epoch; ``resume`` continues from the last one.
     Non-gradient models fit once first (``fit_statistics`` for next-item, ``fit_classifier``
     for classification); one without trainable parameters is then validated once, no epochs.
+
+    In a process group (:mod:`seqrec.training.distributed`) every rank trains on its shard of
+    each batch through DDP, rank 0 validates, checkpoints and resumes for all.
     """
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     gen = seed_everything(settings.seed)
-    device = pick_device(settings.device)
+    world = distributed.world()
+    if world:  # dropout and other model randomness differ by rank; the data order does not
+        torch.manual_seed(settings.seed + world.rank)
+        progress = progress and world.rank == 0
+    device = distributed.device(settings.device) if world else pick_device(settings.device)
     model.to(device)
     if "targets" in train_tensors:
         model.fit_statistics(train_tensors["items"], train_tensors["targets"])
     elif model.ctx.task == "classify":
         model.fit_classifier(train_tensors)
     t_start = time.perf_counter()
-    ckpt = Checkpointer(run_dir) if run_dir else None
-    log = (run_dir / LOG_FILE) if run_dir else None
+    main = distributed.is_main()
+    ckpt = Checkpointer(run_dir) if run_dir and main else None
+    log = (run_dir / LOG_FILE) if run_dir and main else None
 
     if not model.trainable:
-        valid = validate(model, device)
+        valid = distributed.from_main(lambda: validate(model, device))
         return TrainResult(
             0, 0, valid, [{"epoch": 0, **valid}], time.perf_counter() - t_start, 0.0, str(device)
         )
@@ -369,6 +408,7 @@ def train(
     history: list[dict[str, Any]] = []
     epoch_seconds: list[float] = []
 
+    state: dict[str, Any] | None = None
     if resume and ckpt and ckpt.exists:
         weights, state = ckpt.load()
         if state["settings"] != settings.fingerprint():
@@ -376,14 +416,18 @@ def train(
                 f"cannot resume: the checkpoint in {run_dir} was made with other settings",
                 hint="rerun without --resume to start over",
             )
+        _check_world_size(state, world, run_dir)
         _load_state(model, weights, ckpt.current / LAST_WEIGHTS)
+    if world:  # rank 0's checkpoint, for every rank
+        state = distributed.from_main(lambda: state)
+        if state is not None:
+            distributed.broadcast_weights(model)
+    if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["gen_rng"])
-        kind, keys, pos, has_gauss, cached = state["numpy_rng"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        random.setstate(state["python_rng"])
+        rank_rng = state.get("rank_rng")  # per rank where several processes wrote it
+        _set_rng_state(rank_rng[world.rank] if world and rank_rng else state)
         best_score, best_epoch, best_valid = (
             state["best_score"],
             state["best_epoch"],
@@ -402,14 +446,26 @@ def train(
         if log and log.exists():
             log.unlink()
     resumed_from = start_epoch - 1
+    step_loss = (
+        distributed.wrap(model, device, next(iter_batches(train_tensors, 2)).to(device))
+        if world
+        else model.loss
+    )
 
     epoch = start_epoch - 1
     for epoch in range(start_epoch, settings.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         total_loss, n_batches, n_seen = 0.0, 0, 0
+        batches = (
+            distributed.shard_batches(
+                train_tensors, settings.batch_size, gen, world.rank, world.size
+            )
+            if world
+            else iter_batches(train_tensors, settings.batch_size, shuffle=True, generator=gen)
+        )
         pbar = bar(
-            iter_batches(train_tensors, settings.batch_size, shuffle=True, generator=gen),
+            batches,
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{settings.epochs}",
             disable=not progress,
@@ -419,7 +475,7 @@ def train(
         for batch in pbar:
             batch = batch.to(device)
             with autocast_for(device):
-                loss = model.loss(batch)
+                loss = step_loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
@@ -427,6 +483,8 @@ def train(
             opt.step()
             sched.step()
             kill_point("train.batch")
+            if world:
+                kill_point(f"train.batch.rank{world.rank}")
             total_loss += float(loss.detach())
             n_batches += 1
             n_seen += len(batch.items)
@@ -437,7 +495,10 @@ def train(
                 )
         train_secs = time.perf_counter() - t0
         epoch_seconds.append(train_secs)
-        valid = validate(model, device)
+        if world:  # the epoch's loss and examples over all ranks
+            sums = distributed.all_sum([total_loss, n_batches, n_seen], device)
+            total_loss, n_batches, n_seen = sums[0], int(sums[1]), int(sums[2])
+        valid = distributed.from_main(lambda: validate(model, device))
         record = {
             "epoch": epoch,
             "loss": total_loss / max(1, n_batches),
@@ -461,6 +522,8 @@ def train(
         else:
             bad_epochs += 1
         stop = bad_epochs >= settings.patience
+        # every rank's RNG state (model randomness differs by rank), gathered on all ranks
+        rank_rng = distributed.all_gather(_rng_state()) if world and run_dir else None
         if ckpt:
             ckpt.save(
                 model,
@@ -469,20 +532,22 @@ def train(
                     "settings": settings.fingerprint(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
                     "gen_rng": gen.get_state(),
-                    "numpy_rng": _numpy_rng_state(),
-                    "python_rng": random.getstate(),
+                    **_rng_state(),
                     "best_score": best_score,
                     "best_epoch": best_epoch,
                     "best_valid": best_valid,
                     "bad_epochs": bad_epochs,
                     "history": history,
                     "stopped": stop,
+                    "world_size": world.size if world else 1,
+                    "rank_rng": rank_rng,
                 },
                 best_changed=improved,
             )
-        if improved and not ckpt:
+        if world and run_dir:
+            distributed.barrier()  # the other ranks wait for rank 0's checkpoint
+        if improved and not run_dir:
             best_in_memory = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if stop:
             break
@@ -490,8 +555,10 @@ def train(
         best = ckpt.best()
         if best is not None:
             _load_state(model, best, ckpt.best_path)
-    elif best_epoch:
+    elif best_epoch and not run_dir:
         model.load_state_dict(best_in_memory)
+    if world and run_dir:
+        distributed.broadcast_weights(model)  # rank 0's best weights
     model.eval()
     return TrainResult(
         best_epoch=best_epoch,
