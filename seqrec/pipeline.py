@@ -22,6 +22,7 @@ from seqrec.evaluation.topk import DEFAULT_CHUNK_ITEMS, pad_indices
 from seqrec.features.sql import drop_unknown, event_positions
 from seqrec.models import ItemText, ModelContext, ModelSpec, SeqModel, get_spec
 from seqrec.text.fusion import wants_item_text
+from seqrec.training import distributed
 from seqrec.training.data import (
     ClassificationData,
     NextItemData,
@@ -240,10 +241,12 @@ def train_model(
     from seqrec.data.schema import require_schema
     from seqrec.monitoring.intake import max_event_id
 
+    distributed.init(settings.device)  # under torch's launcher: join the process group
     require_schema(engine)  # an empty workspace: "import events first", not a SQL error
     events_max_id = max_event_id(engine)  # what "events since this model" counts from
-    data = data or build_data(ws, task, label, engine)
-    model = build_model(spec, data, task, resolved.params, settings.seed, ws)
+    with distributed.main_first():  # rank 0 builds (and caches) the features first
+        data = data or build_data(ws, task, label, engine)
+        model = build_model(spec, data, task, resolved.params, settings.seed, ws)
     if warm_from is not None:
         _init_from(model, warm_from, load_weights)
     run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
@@ -269,7 +272,9 @@ def train_model(
     else:
         targets = data.train.next_item_targets()
         popularity = np.bincount(targets[targets > 0], minlength=data.n_items).astype(np.float64)
-    tag = model_store.save(
+    # rank 0 writes the model store; the other ranks wait for it and take its tag
+    save = model_store.save if distributed.is_main() else _not_saved
+    tag = save(
         model,
         engine=engine,
         plugin=spec.plugin,
@@ -294,6 +299,7 @@ def train_model(
             **extra,
         },
     )
+    tag = distributed.from_main(lambda: tag)
     return TrainOutcome(
         tag=tag,
         model=model_name,
@@ -312,6 +318,11 @@ def train_model(
         settings=asdict(settings),
         stats=data_stats(data, engine),
     )
+
+
+def _not_saved(*args: Any, **kwargs: Any) -> str:
+    """What a rank other than 0 does instead of saving the model: nothing."""
+    return ""
 
 
 def _pretrained_dir(spec: ModelSpec, directory: Path) -> bool:

@@ -101,6 +101,37 @@ def record_train(ws: Any, run: Any) -> Any:
     return out
 
 
+def _worker_args(
+    project: Path,
+    *,
+    model_name: str | None,
+    task: str,
+    label: str | None,
+    epochs: int | None,
+    seed: int | None,
+    params: tuple[str, ...],
+    preset: str | None,
+    init_from: Path | None,
+    resume: bool,
+    run_dir: Path | None,
+    as_json: bool,
+) -> list[str]:
+    """The ``seqrec train`` arguments each process of ``--nproc`` runs with (paths absolute)."""
+    args = ["train", "--project", str(project), "--task", task]
+    options: dict[str, Any] = {
+        "--model": model_name,
+        "--label": label,
+        "--epochs": epochs,
+        "--seed": seed,
+        "--preset": preset,
+        "--init-from": init_from and init_from.resolve(),
+        "--run-dir": run_dir and run_dir.resolve(),
+    }
+    args += [str(a) for k, v in options.items() if v is not None for a in (k, v)]
+    args += [a for p in params for a in ("--param", p)]
+    return args + ["--resume"] * resume + ["--json"] * as_json
+
+
 def register(cli: click.Group) -> None:
     from seqrec.cli import emit_json, project_option, user_errors_exit, workspace
 
@@ -133,6 +164,14 @@ def register(cli: click.Group) -> None:
         type=click.Path(file_okay=False, path_type=Path),
         help="Checkpoint directory (default: runs/<model>-<task>-seed<S>).",
     )
+    @click.option(
+        "--nproc",
+        type=click.IntRange(1),
+        default=1,
+        show_default=True,
+        help="Train in this many processes on this machine (PyTorch DDP: gloo on CPU, nccl on "
+        "CUDA). The effective batch stays batch_size; each process takes batch_size / N of it.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: tag + metrics.")
     def train(
         project: Path | None,
@@ -146,17 +185,44 @@ def register(cli: click.Group) -> None:
         init_from: Path | None,
         resume: bool,
         run_dir: Path | None,
+        nproc: int,
         as_json: bool,
     ) -> None:
         """Train a model with the shared trainer and save it to the model store.
 
-        With no options this trains the model's defaults: its best known configuration."""
+        With no options this trains the model's defaults: its best known configuration.
+        Started by torchrun (``torchrun ... -m seqrec train``), each process trains its rank."""
         from seqrec.pipeline import train_model
+        from seqrec.training import distributed
 
         ws = workspace(project)
-        out = record_train(
-            ws,
-            lambda: train_model(
+        if nproc > 1:
+            if distributed.launched():
+                raise SeqrecError(
+                    "--nproc inside a torchrun launch: the launcher already started the processes",
+                    hint="drop --nproc (torchrun's --nproc-per-node sets the count)",
+                )
+            distributed.launch(
+                nproc,
+                _worker_args(
+                    ws.root,
+                    model_name=model_name,
+                    task=task,
+                    label=label,
+                    epochs=epochs,
+                    seed=seed,
+                    params=params,
+                    preset=preset,
+                    init_from=init_from,
+                    resume=resume,
+                    run_dir=run_dir,
+                    as_json=as_json,
+                ),
+            )
+            return
+
+        def job() -> Any:
+            return train_model(
                 ws,
                 model_name or ws.config.models.default,
                 task=task,
@@ -169,8 +235,14 @@ def register(cli: click.Group) -> None:
                 resume=resume,
                 run_dir=run_dir,
                 progress=not as_json,
-            ),
-        )
+            )
+
+        try:  # rank 0 (or the only process) records the run; the others only train
+            out = record_train(ws, job) if distributed.is_main() else job()
+        finally:
+            distributed.shutdown()
+        if not distributed.is_main():
+            return
         if as_json:
             emit_json(
                 {
