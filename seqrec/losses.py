@@ -8,7 +8,8 @@ down too far; subtracting ``log(K q_j)`` (``K`` draws, ``q_j`` the chance to dra
 from each sampled logit corrects that: ``exp(o_pos) + sum_j exp(o_j - log(K q_j))`` is an
 unbiased estimate of the full softmax's normaliser, so the loss approaches full-softmax
 cross-entropy as ``K`` grows (Bengio and Senecal 2008; Yi et al. 2019, "logQ correction").
-Memory is O(N x K) for N rows, plus one [V] table of sampling probabilities.
+Memory is O(N x K) for N rows (with the repeat bias O(N x (H + K)), H history items), plus
+one [V] table of sampling probabilities.
 """
 
 from __future__ import annotations
@@ -76,24 +77,31 @@ def sampled_logq_loss(
 ) -> Tensor:
     """Cross-entropy of each row's target against ``num_negatives`` negatives drawn from
     ``sampler`` (shared by the batch), each sampled logit minus ``log(num_negatives * q)``.
+    A negative drawn ``c`` times enters once with ``log(c)`` added (the same loss as ``c``
+    copies), so the repeat offsets are matched in O(N x (H + K)) memory.
 
     ``hidden`` [N, d], ``targets`` [N], ``embeddings`` [V, d], ``bias`` [V]; ``repeat``: the
     history items [N, H] and their learned offsets [N, H]. Negatives equal to a row's target
     (accidental hits) are masked out.
     """
     device = hidden.device
-    negatives = sampler.sample(num_negatives, device)  # [K]
-    log_q = torch.log(num_negatives * sampler.probs.to(device)[negatives])  # [K]
+    drawn = sampler.sample(num_negatives, device)  # [K]
+    # each distinct negative once, its logit + log(times drawn): the same loss as K copies
+    negatives, times = torch.unique(drawn, sorted=True, return_counts=True)  # [U]
+    probs = sampler.probs.to(device)[negatives]
+    offset = torch.log(times.float()) - torch.log(num_negatives * probs)  # [U]
     pos = (hidden * embeddings[targets]).sum(-1, keepdim=True)  # [N, 1]
-    neg = hidden @ embeddings[negatives].T  # [N, K]
+    neg = hidden @ embeddings[negatives].T  # [N, U]
     if bias is not None:
         pos = pos + bias[targets].unsqueeze(1)
         neg = neg + bias[negatives].unsqueeze(0)
-    if repeat is not None:
+    if repeat is not None:  # history items [N, H] and their offsets [N, H]: O(N x (H + U))
         hist, vals = repeat
         pos = pos + ((hist == targets[:, None]) * vals).sum(1, keepdim=True)
-        neg = neg + ((hist[:, :, None] == negatives[None, None, :]) * vals[:, :, None]).sum(1)
-    neg = (neg.float() - log_q[None, :].float()).masked_fill(
+        at = torch.searchsorted(negatives, hist).clamp(max=len(negatives) - 1)  # [N, H]
+        hit = negatives[at] == hist
+        neg = neg + torch.zeros_like(neg).scatter_add(1, at, (vals * hit).to(neg.dtype))
+    neg = (neg.float() + offset[None, :].float()).masked_fill(
         negatives[None, :] == targets[:, None], torch.finfo(torch.float32).min
     )
     logits = torch.cat([pos.float(), neg], dim=1)

@@ -225,3 +225,27 @@ def test_sampled_logq_trains_through_the_platform_loss() -> None:
     assert torch.isfinite(loss) and loss.requires_grad
     with pytest.raises(SeqrecError, match="unknown loss 'softmax'"):
         spec.make(ModelContext(30, 3, 8, params={"loss": "softmax"}))
+
+
+def test_logq_loss_equals_one_logit_per_draw_with_repeat_offsets() -> None:
+    """Distinct negatives with log(times drawn) added give the loss of one logit per draw,
+    the repeat offsets of history items included."""
+    hidden, targets, emb, counts = _skewed(seed=2, v=50)
+    g = torch.Generator().manual_seed(5)
+    hist = torch.randint(0, 50, (len(targets), 6), generator=g)
+    hist[:, 0] = targets  # a target seen before
+    vals = torch.randn(hist.shape, generator=g) * (hist > 0)
+    sampler = NegativeSampler.from_counts(counts)
+    torch.manual_seed(7)
+    got = sampled_logq_loss(hidden, targets, emb, None, 40, sampler, (hist, vals))
+    torch.manual_seed(7)
+    neg = sampler.sample(40, "cpu")  # the same draws, duplicates kept
+    pos = (hidden * emb[targets]).sum(-1, keepdim=True) + ((hist == targets[:, None]) * vals).sum(
+        1, keepdim=True
+    )
+    rest = hidden @ emb[neg].T + ((hist[:, :, None] == neg) * vals[:, :, None]).sum(1)
+    rest = (rest - torch.log(40 * sampler.probs[neg])).masked_fill(
+        neg == targets[:, None], torch.finfo(torch.float32).min
+    )
+    want = F.cross_entropy(torch.cat([pos, rest], 1), torch.zeros_like(targets))
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -87,7 +87,7 @@ def _chunked_topk(
         stop = min(n_items, start + chunk_items)
         s = h @ items[start:stop].float().T  # [B, C]
         if bias is not None:
-            s = s + bias[start:stop].float()
+            s += bias[start:stop].float()  # in place: one [B, C] matrix alive
         if history is not None and repeat is not None:
             _put(s, history, repeat.float(), start, accumulate=True)
         if start == 0:
