@@ -176,6 +176,30 @@ def worker(model: str, seed: int, variant: str, cache: Path) -> dict[str, Any]:
     }
 
 
+def matches_current_config(run: dict[str, Any]) -> bool:
+    """Whether a finished run trained what ``seqrec train`` trains today for its model and
+    variant (the plugin defaults, or the variant's change of them): a run made before a
+    default changed is not reused."""
+    from seqrec.config import load_workspace
+    from seqrec.models import get_spec
+    from seqrec.presets import resolve
+
+    if run["model"] in NON_NEURAL:
+        return True
+    resolved = resolve(
+        load_workspace(WS), get_spec(run["model"]), params=dict(VARIANTS[run["variant"]])
+    )
+    params, settings = run.get("params") or {}, run.get("settings") or {}
+    # an option added after the run is absent from it: new options default off (the
+    # project's rule), so absent matches an off value
+    same_params = all(params[k] == v if k in params else not v for k, v in resolved.params.items())
+    same_train = all(
+        settings.get(k) == getattr(resolved.settings, k)
+        for k in ("lr", "batch_size", "epochs", "patience")
+    )
+    return same_params and same_train
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample sd over seeds, one row per (model, variant)."""
     rows = []
@@ -519,6 +543,14 @@ def main() -> None:
         for line in results_path.read_text().splitlines():
             r = json.loads(line)
             done[(r["model"], r["seed"], r["variant"])] = r
+    stale = {k for k, r in done.items() if k in jobs and not matches_current_config(r)}
+    if stale and not args.report_only:
+        print(
+            f"{len(stale)} finished runs were made with other settings than today's defaults "
+            f"and are trained again: {sorted(stale)}",
+            file=sys.stderr,
+        )
+        done = {k: r for k, r in done.items() if k not in stale}
     pending = [] if args.report_only else [j for j in jobs if j not in done]
     env = example_plugins.worker_env(m for m, _, _ in pending)
     runs = []
