@@ -1,0 +1,191 @@
+"""Distributed training (PyTorch DDP, gloo on CPU) through ``seqrec train --nproc 2``: real
+processes started by torch's launcher on a tiny synthetic workspace.
+
+Tolerance: with the same effective batch (``batch_size``, split over the ranks) and no
+dropout, two processes give the validation metrics of one within ``METRIC_TOLERANCE``
+(absolute). They are not bit-identical: DDP averages the per-rank mean losses, one process
+takes the mean over all target positions of the batch, and sums run in another order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from seqrec import model_store
+from seqrec.config import Workspace
+from seqrec.errors import SeqrecError
+from seqrec.faults import KILL_ENV
+from seqrec.features.repo import apply
+from seqrec.testing import load_synth, make_workspace
+from seqrec.training import distributed
+from seqrec.training.trainer import CHECKPOINT_DIR, LAST_WEIGHTS, LOG_FILE, STATE_FILE
+
+#: |metric(2 processes) - metric(1 process)| at most this, same effective batch, no dropout
+METRIC_TOLERANCE = 0.02
+EPOCHS = 3
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """40 users, 30 items, one thread per process."""
+    ws = make_workspace(
+        tmp_path_factory.mktemp("ddp") / "ws",
+        f"[train]\nnum_threads = 1\nbatch_size = {BATCH}\n",
+    )
+    load_synth(ws, users=40, items=30)
+    apply(ws)
+    return ws
+
+
+def _train(ws: Workspace, run_dir: Path, *extra: str, kill: str | None = None) -> Any:
+    """``seqrec train --json`` of gpt2 in a real process; the finished process."""
+    env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if kill:
+        env[KILL_ENV] = kill
+    args = ["train", "-p", str(ws.root), "-m", "gpt2", "--epochs", str(EPOCHS), "--seed", "7"]
+    return subprocess.run(
+        [sys.executable, "-m", "seqrec", *args, "--run-dir", str(run_dir), "--json", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _json(proc: Any) -> dict[str, Any]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stdout  # rank 0 alone prints the result
+    return dict(json.loads(lines[0]))
+
+
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in (run_dir / LOG_FILE).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_ws: Workspace) -> tuple[Path, dict[str, Any]]:
+    """An uninterrupted ``--nproc 2`` run (default dropout): its run directory and result."""
+    run_dir = tiny_ws.root / "runs" / "ddp-uninterrupted"
+    return run_dir, _json(_train(tiny_ws, run_dir, "--nproc", "2"))
+
+
+def test_shards_of_a_batch_are_that_batch_and_every_rank_takes_the_same_steps() -> None:
+    n, batch, size = 37, 8, 3
+    tensors = {k: torch.arange(n)[:, None] for k in ("items", "types", "times")}
+    tensors["labels"] = torch.arange(n)
+    single = torch.Generator().manual_seed(1)
+    whole = torch.randperm(n, generator=single)
+    shards = [
+        [
+            b.labels
+            for b in distributed.shard_batches(
+                tensors, batch, torch.Generator().manual_seed(1), r, size
+            )
+        ]
+        for r in range(size)
+    ]
+    assert {len(s) for s in shards} == {math.ceil(n / batch)}
+    for step, parts in enumerate(zip(*shards, strict=True)):
+        expected = whole[step * batch : (step + 1) * batch]
+        assert torch.equal(torch.cat(parts), expected)
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_a_short_last_batch_leaves_no_rank_without_examples() -> None:
+    tensors = {k: torch.arange(5)[:, None] for k in ("items", "types", "times")}
+    tensors["labels"] = torch.arange(5)
+    for r in range(3):
+        gen = torch.Generator().manual_seed(0)
+        *_, last = distributed.shard_batches(tensors, 4, gen, r, 3)  # the last batch: 1 example
+        assert len(last.labels) == 1
+
+
+def test_outside_a_launcher_nothing_is_distributed() -> None:
+    assert not distributed.active() and distributed.world() is None and distributed.is_main()
+    assert distributed.from_main(lambda: 5) == 5
+    assert distributed.all_gather("x") == ["x"]
+
+
+def test_nproc_inside_a_torchrun_launch_is_refused(
+    tiny_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from seqrec.cli import build_cli
+
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setenv("SEQREC_PROJECT", str(tiny_ws.root))
+    result = CliRunner().invoke(build_cli(), ["train", "-p", str(tiny_ws.root), "--nproc", "2"])
+    assert result.exit_code == 1
+    assert "--nproc inside a torchrun launch" in result.output
+
+
+def test_resuming_with_another_number_of_processes_is_refused(tmp_path: Path) -> None:
+    from seqrec.training.trainer import _check_world_size
+
+    with pytest.raises(SeqrecError, match="written by 2 training process") as err:
+        _check_world_size({"world_size": 2}, None, tmp_path)
+    assert "--nproc 2" in str(err.value.hint)
+    _check_world_size({}, None, tmp_path)  # checkpoints from before DDP: one process
+
+
+def test_two_processes_match_one_with_the_same_effective_batch(tiny_ws: Workspace) -> None:
+    """gloo, 2 ranks of batch_size/2 each vs 1 process of batch_size; dropout off."""
+    no_dropout = ("--param", "dropout=0")
+    one_dir, two_dir = tiny_ws.root / "runs" / "one", tiny_ws.root / "runs" / "two"
+    one = _json(_train(tiny_ws, one_dir, *no_dropout))
+    stored_before = {m["tag"] for m in model_store.list_models(tiny_ws.model_store)}
+    two = _json(_train(tiny_ws, two_dir, *no_dropout, "--nproc", "2"))
+    stored = {m["tag"] for m in model_store.list_models(tiny_ws.model_store)} - stored_before
+    assert stored == {two["tag"]}  # rank 0 stored one model, the one reported
+    assert one["epochs_run"] == two["epochs_run"] == EPOCHS
+    for key in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20"):
+        assert abs(one[key] - two[key]) <= METRIC_TOLERANCE, (key, one[key], two[key])
+    h1, h2 = _history(one_dir), _history(two_dir)
+    assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2]
+    for a, b in zip(h1, h2, strict=True):
+        assert a["lr"] == pytest.approx(b["lr"])  # the same steps and schedule
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.01)
+        assert abs(a["valid_ndcg@10"] - b["valid_ndcg@10"]) <= METRIC_TOLERANCE
+
+
+def test_a_killed_rank_then_resume_matches_an_uninterrupted_run(
+    tiny_ws: Workspace, two_process_run: tuple[Path, dict[str, Any]]
+) -> None:
+    """Rank 1 is SIGKILLed at its first step of epoch 2; the launcher stops rank 0 and fails;
+    ``--resume`` continues from rank 0's epoch-1 checkpoint to the uninterrupted result."""
+    from seqrec.training.data import build_next_item_data
+
+    steps = math.ceil(len(build_next_item_data(tiny_ws).train) / BATCH)
+    run_dir = tiny_ws.root / "runs" / "ddp-killed"
+    killed = _train(tiny_ws, run_dir, "--nproc", "2", kill=f"train.batch.rank1:{steps + 1}")
+    assert killed.returncode == 1, killed.stderr[-3000:]
+    assert "rank 1 was killed by signal 9" in killed.stderr
+    state = torch.load(run_dir / CHECKPOINT_DIR / STATE_FILE, weights_only=True)
+    assert state["epoch"] == 1 and state["world_size"] == 2 and len(state["rank_rng"]) == 2
+
+    resumed = _json(_train(tiny_ws, run_dir, "--nproc", "2", "--resume"))
+    ref_dir, ref = two_process_run
+    assert resumed["resumed_from"] == 1 and ref["resumed_from"] == 0
+    for key in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "best_epoch", "epochs_run"):
+        assert resumed[key] == ref[key], key
+    assert [r["loss"] for r in _history(run_dir)] == [r["loss"] for r in _history(ref_dir)]
+    a = load_file(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS)
+    b = load_file(ref_dir / CHECKPOINT_DIR / LAST_WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
