@@ -122,14 +122,29 @@ def shutdown() -> None:
         _dist().destroy_process_group()
 
 
+@contextmanager
+def _with_peers(what: str) -> Iterator[None]:
+    """A collective that fails because another rank stopped (a crash, a user error there) is
+    one line naming this rank, not a transport traceback."""
+    try:
+        yield
+    except RuntimeError as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
+        raise SeqrecError(
+            f"rank {rank()}: {what} failed, another training process stopped ({reason})",
+            hint="the first failing process's error is printed above",
+        ) from None
+
+
 def barrier() -> None:
     """Wait until every rank gets here (no-op outside a process group)."""
     if active():
         dist = _dist()
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
+        with _with_peers("waiting for the other ranks"):
+            if dist.get_backend() == "nccl":
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+            else:
+                dist.barrier()
 
 
 @contextmanager
@@ -148,7 +163,8 @@ def from_main(fn: Callable[[], T]) -> T:
     if not active():
         return fn()
     box: list[Any] = [fn() if is_main() else None]
-    _dist().broadcast_object_list(box, src=0)
+    with _with_peers("receiving from rank 0"):
+        _dist().broadcast_object_list(box, src=0)
     return box[0]  # type: ignore[no-any-return]
 
 
@@ -157,7 +173,8 @@ def all_gather(obj: T) -> list[T]:
     if not active():
         return [obj]
     out: list[Any] = [None] * _dist().get_world_size()
-    _dist().all_gather_object(out, obj)
+    with _with_peers("gathering from every rank"):
+        _dist().all_gather_object(out, obj)
     return out
 
 
@@ -166,15 +183,17 @@ def all_sum(values: list[float], on: torch.device) -> list[float]:
     if not active():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=on)
-    _dist().all_reduce(t)
+    with _with_peers("summing over the ranks"):
+        _dist().all_reduce(t)
     return [float(v) for v in t.tolist()]
 
 
 def broadcast_weights(model: nn.Module) -> None:
     """Give every rank rank 0's parameters and buffers."""
     if active():
-        for t in model.state_dict().values():
-            _dist().broadcast(t, src=0)
+        with _with_peers("receiving rank 0's weights"):
+            for t in model.state_dict().values():
+                _dist().broadcast(t, src=0)
 
 
 class _Loss(nn.Module):
@@ -265,6 +284,6 @@ def launch(nproc: int, args: list[str]) -> None:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
         raise SeqrecError(
             f"distributed training failed: rank {failed_rank} {how}",
-            hint="its error is printed above; after a crash, --resume continues from the "
-            "last checkpoint",
+            hint="the first failing process's error is printed above; after a crash, "
+            "--resume continues from the last checkpoint",
         ) from None
