@@ -24,6 +24,7 @@ The points (where a crash there would matter):
 ``materialize.batch``     materialization, after each batch of users is written online (the
                           watermark is written after the last)
 ``train.batch``           training, after each optimizer step
+``train.batch.rank<R>``   distributed training, after each optimizer step of rank R only
 ``checkpoint.write``      a checkpoint's weights written, its trainer state not yet
 ``checkpoint.swap``       the previous checkpoint moved aside, the new one not yet in place
 ``model_store.save``      a model's files half written into its staging directory

@@ -191,7 +191,7 @@ def register(cli: click.Group) -> None:
         """Train a model with the shared trainer and save it to the model store.
 
         With no options this trains the model's defaults: its best known configuration.
-        Started by torchrun (``torchrun ... -m seqrec train``), each process trains its rank."""
+        Under torchrun (`torchrun ... -m seqrec train`) each process trains its rank (DDP)."""
         from seqrec.pipeline import train_model
         from seqrec.training import distributed
 
