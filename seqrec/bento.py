@@ -184,7 +184,7 @@ def bundled_config(ws: Workspace, tag: str) -> str:
         "models": {"default": tag},
         "serve": dict(cfg["serve"]),
     }
-    if ws.config.profile == "postgres-redis":
+    if ws.uses_redis:
         events = {k: v for k, v in cfg["events"].items() if k != "batch_size"}
         sections["events"] = {**events, "url": _without_password(ws.config.events.url)}
     for name, values in sections.items():

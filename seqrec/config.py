@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 CONFIG_NAME = "seqrec.toml"
-PROFILES = ("embedded", "postgres-redis")
+PROFILES = ("embedded", "postgres-redis", "spark-redis")
 #: An SQL identifier seqrec will put into statements (schema, table names): validated, never quoted
 #: from user input.
 IDENTIFIER = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -32,6 +32,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: Keys whose default depends on the profile: profile -> (section, key) -> value.
 PROFILE_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
     "postgres-redis": {("events", "url"): DEFAULT_PG_URL},
+    "spark-redis": {("events", "url"): DEFAULT_PG_URL},
 }
 
 
@@ -50,7 +51,7 @@ class EventsConfig(_Section):
         "seqrec",
         pattern=IDENTIFIER,
         description="PostgreSQL schema for seqrec's tables and the Feast registry "
-        "(postgres-redis profile)",
+        "(postgres-redis and spark-redis profiles)",
     )
     pg_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
         Field(
@@ -88,7 +89,7 @@ class FeaturesConfig(_Section):
     redis_url: str = Field(
         DEFAULT_REDIS_URL,
         pattern=r"^rediss?://",
-        description="Redis online store (postgres-redis profile; env SEQREC_REDIS_URL, which "
+        description="Redis online store (postgres-redis, spark-redis; env SEQREC_REDIS_URL, which "
         "is where a password belongs: redis://:PASSWORD@host:6379/0); rediss:// = TLS",
     )
 
@@ -111,6 +112,24 @@ class TextConfig(_Section):
         description="the encoder input: ';'-separated parts over {title}, {category}, "
         "{description}; a part whose fields are all empty is dropped, the rest are joined "
         "with '. ' (see docs/items.md)",
+    )
+
+
+class SparkConfig(_Section):
+    """The Spark session of the spark-redis profile (features, labels and Feast's spark offline
+    store; ``pip install 'seqrec[spark]'`` and Java 17)."""
+
+    master: str = Field(
+        "local[*]",
+        min_length=1,
+        description="Spark master URL: local[N] (N cores of this machine), spark://host:7077, "
+        "yarn, k8s://...",
+    )
+    driver_memory: str = Field(
+        "1g", pattern=r"^[0-9]{1,6}[kmgt]$", description="spark.driver.memory (e.g. 1g, 512m)"
+    )
+    shuffle_partitions: int = Field(
+        8, ge=1, le=100_000, description="spark.sql.shuffle.partitions of seqrec's queries"
     )
 
 
@@ -292,13 +311,14 @@ class ServeConfig(_Section):
 class Config(_Section):
     """The whole ``seqrec.toml``."""
 
-    profile: Literal["embedded", "postgres-redis"] = "embedded"
+    profile: Literal["embedded", "postgres-redis", "spark-redis"] = "embedded"
     events: EventsConfig = Field(default_factory=lambda: EventsConfig())
     features: FeaturesConfig = Field(default_factory=lambda: FeaturesConfig())
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
     serve: ServeConfig = Field(default_factory=lambda: ServeConfig())
     text: TextConfig = Field(default_factory=lambda: TextConfig())
+    spark: SparkConfig = Field(default_factory=lambda: SparkConfig())
     hyperparams: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-model hyperparameters: [hyperparams.gpt2]"
     )
@@ -334,7 +354,19 @@ class Workspace:
 
     @property
     def is_postgres_redis(self) -> bool:
+        """Features computed in PostgreSQL, read by Feast's postgres offline store."""
         return self.config.profile == "postgres-redis"
+
+    @property
+    def is_spark(self) -> bool:
+        """Features computed by Spark SQL, read by Feast's spark offline store."""
+        return self.config.profile == "spark-redis"
+
+    @property
+    def uses_redis(self) -> bool:
+        """The server profiles (postgres-redis, spark-redis): events, the Feast registry and
+        job locks in PostgreSQL, online rows in Redis."""
+        return self.config.profile in ("postgres-redis", "spark-redis")
 
     @property
     def events_url(self) -> str:
@@ -342,7 +374,7 @@ class Workspace:
         connection's ``search_path``, so every table seqrec (and Feast's registry) creates
         lands there."""
         url = os.environ.get("SEQREC_EVENTS_URL") or ""
-        if not url and self.is_postgres_redis:
+        if not url and self.uses_redis:
             url = os.environ.get("SEQREC_PG_URL") or ""
         url = url or self.config.events.url
         prefix = "sqlite:///"
@@ -542,11 +574,12 @@ def render_reference() -> str:
         "A workspace's `seqrec.toml`. Every key is optional. Relative paths are relative to the",
         "file's directory. Environment overrides: `SEQREC_PROJECT` (workspace directory),",
         "`SEQREC_EVENTS_URL` (events database URL), `SEQREC_PG_URL` (PostgreSQL URL of the",
-        "postgres-redis profile), `SEQREC_REDIS_URL` (its Redis), `SEQREC_LOAD_PLUGINS`",
-        "(entry-point plugins to load, comma-separated; empty = none). Trained models always go",
-        "to the workspace's `models.store`; seqrec commands point `BENTOML_HOME` there for",
-        'BentoML\'s own tools. With `profile = "postgres-redis"`, `events.url` defaults to',
-        f"`{DEFAULT_PG_URL}`.",
+        "postgres-redis and spark-redis profiles), `SEQREC_REDIS_URL` (their Redis),",
+        "`SEQREC_LOAD_PLUGINS` (entry-point plugins to load, comma-separated; empty = none).",
+        "Trained models always go to the workspace's `models.store`; seqrec commands point",
+        '`BENTOML_HOME` there for BentoML\'s own tools. With `profile = "postgres-redis"` or',
+        f'`"spark-redis"`, `events.url` defaults to `{DEFAULT_PG_URL}`. The `[spark]` keys',
+        "apply to the spark-redis profile only (see docs/deployment.md).",
         "",
         "| key | type | default | description |",
         "|---|---|---|---|",

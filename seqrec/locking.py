@@ -68,7 +68,7 @@ def job_lock(ws: Workspace, name: str = "retrain", wait: float | None = None) ->
     wait = wait or 0.0
     if wait < 0:
         raise SeqrecError(f"--wait must be >= 0 seconds, got {wait:g}")
-    if ws.is_postgres_redis:
+    if ws.uses_redis:  # PostgreSQL events: an advisory lock
         with _pg_lock(ws, name, wait):
             yield
     else:

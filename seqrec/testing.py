@@ -50,10 +50,12 @@ def make_workspace(root: Path, extra: str = "", profile: str = "embedded", *more
     return load_workspace(root)
 
 
-def make_pg_redis_workspace(root: Path, name: str, extra: str = "") -> Workspace:
-    """A postgres-redis workspace isolated under ``name``: its own PostgreSQL schema (events,
-    features, Feast registry) and Feast project (the namespace of its Redis keys). Remove it
-    with :func:`drop_pg_redis_workspace`."""
+def make_pg_redis_workspace(
+    root: Path, name: str, extra: str = "", profile: str = "postgres-redis"
+) -> Workspace:
+    """A postgres-redis (or spark-redis) workspace isolated under ``name``: its own PostgreSQL
+    schema (events, features, Feast registry) and Feast project (the namespace of its Redis
+    keys). Remove it with :func:`drop_pg_redis_workspace`."""
     isolate = f"""
 [events]
 pg_schema = "{name}"
@@ -61,7 +63,7 @@ pg_schema = "{name}"
 [features]
 project = "{name}"
 """
-    ws = make_workspace(root, isolate, "postgres-redis", extra)
+    ws = make_workspace(root, isolate, profile, extra)
     drop_pg_redis_workspace(ws)  # leftovers of an interrupted earlier run
     return ws
 

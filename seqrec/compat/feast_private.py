@@ -2,7 +2,7 @@
 
 seqrec writes and reads Feast's Redis rows itself (:mod:`seqrec.features.redis_online`), so it
 needs the exact bytes Feast uses for entity keys and feature-name hashes; and the postgres
-offline store's data source lives under ``feast.infra``, outside Feast's public namespace. Each
+and spark offline stores' data sources live under ``feast.infra``, outside Feast's public namespace. Each
 is reached here, imported when first used, and nowhere else. ``tests/test_feast_private.py``
 imports every symbol of :data:`SYMBOLS`, so a Feast release that moves one fails that test by
 name instead of failing a user's command.
@@ -21,6 +21,7 @@ SYMBOLS: dict[str, str] = {
     "serialize_entity_key": "feast.infra.key_encoding_utils",
     "_mmh3": "feast.infra.online_stores.helpers",
     "PostgreSQLSource": "feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source",
+    "SparkSource": "feast.infra.offline_stores.contrib.spark_offline_store.spark_source",
 }
 
 
@@ -68,3 +69,13 @@ def feature_hash(view: str, feature: str) -> bytes:
 def postgres_source(**kwargs: Any) -> Any:
     """A ``PostgreSQLSource`` (the postgres offline store's data source) from ``kwargs``."""
     return private("PostgreSQLSource")(**kwargs)
+
+
+def spark_source(**kwargs: Any) -> Any:
+    """A ``SparkSource`` (the spark offline store's data source) from ``kwargs``; Feast's
+    warning that the API is experimental is silenced (seqrec pins the Feast release)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return private("SparkSource")(**kwargs)

@@ -33,7 +33,7 @@ FEATURES: dict[str, Any] = {
 @dataclass
 class Definitions:
     user: Entity
-    source: Any  # FileSource (embedded) or PostgreSQLSource (postgres-redis)
+    source: Any  # FileSource (embedded), PostgreSQLSource (postgres-redis), SparkSource
     view: FeatureView
     service: FeatureService
 
@@ -62,6 +62,18 @@ def build_definitions(ws: Workspace) -> Definitions:
             created_timestamp_column="created",
             description="per-event sequence features computed in PostgreSQL (refreshed "
             "incrementally)",
+        )
+    elif ws.is_spark:
+        from seqrec.compat.feast_private import spark_source
+        from seqrec.features.spark.features import FEATURES_DIR
+
+        source = spark_source(
+            name="user_sequence_source",
+            path=str(ws.snapshot_dir / FEATURES_DIR),
+            file_format="parquet",
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description="per-event sequence features computed by Spark SQL (Parquet)",
         )
     else:
         source = FileSource(
@@ -101,7 +113,7 @@ ITEM_FEATURES: dict[str, Any] = {
 @dataclass
 class ItemDefinitions:
     item: Entity
-    source: Any  # FileSource (embedded) or PostgreSQLSource (postgres-redis)
+    source: Any  # FileSource (embedded), PostgreSQLSource (postgres-redis), SparkSource
     view: FeatureView
 
     @property
@@ -128,6 +140,17 @@ def build_item_definitions(ws: Workspace, *, encoder: str, dim: int) -> ItemDefi
             timestamp_field="event_timestamp",
             created_timestamp_column="created",
             description="item text embeddings (a table refreshed from item_embeddings)",
+        )
+    elif ws.is_spark:
+        from seqrec.compat.feast_private import spark_source
+
+        source = spark_source(
+            name="item_text_source",
+            path=str(ws.snapshot_dir / ITEM_SNAPSHOT_FILE),
+            file_format="parquet",
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created",
+            description="item text embeddings (Parquet snapshot of item_embeddings)",
         )
     else:
         source = FileSource(

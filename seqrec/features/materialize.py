@@ -3,7 +3,8 @@
 Embedded profile: rows of the Parquet snapshot written to the SQLite online store through
 Feast; the watermark is ``online_state.json`` beside the snapshot. postgres-redis profile: rows
 of the PostgreSQL feature table written straight into Redis in Feast's layout
-(:mod:`seqrec.features.redis_online`); the watermark is a key in the same Redis.
+(:mod:`seqrec.features.redis_online`); the watermark is a key in the same Redis. spark-redis:
+the same, from each user's newest row of the Spark features.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def read_online_state(ws: Workspace) -> dict[str, Any] | None:
 
 
 def redis_online(ws: Workspace) -> RedisOnline:
-    """The workspace's Redis online rows (postgres-redis profile)."""
+    """The workspace's Redis online rows (postgres-redis and spark-redis profiles)."""
     from seqrec.features.redis_online import RedisOnline
 
     return RedisOnline(ws.redis_url, ws.config.features.project, VIEW_NAME, list(FEATURES))
@@ -96,7 +97,7 @@ def _materialize_users(
     info = ensure_snapshot(ws, engine)
     store = get_store(ws)
     require_applied(store)
-    if ws.is_postgres_redis:
+    if ws.uses_redis:
         return _materialize_redis(ws, engine, info, incremental, progress)
     state = read_online_state(ws) if incremental else None
     t0 = time.perf_counter()
@@ -151,7 +152,13 @@ def _materialize_redis(
     state = online_rows.read_state() if incremental else None
     t0 = time.perf_counter()
     since = int(state["max_event_id"]) if state is not None else None
-    rows = pg.latest_rows(engine, since_event_id=since)
+    rows: Any
+    if ws.is_spark:
+        from seqrec.features.spark.features import latest_rows as spark_latest_rows
+
+        rows = spark_latest_rows(ws, since_event_id=since)
+    else:
+        rows = pg.latest_rows(engine, since_event_id=since)
     with tqdm(total=len(rows), desc="materialize", disable=not progress, unit="user") as bar:
         online_rows.write(rows, progress=bar.update)
     secs = time.perf_counter() - t0

@@ -33,7 +33,7 @@ def historical(ws: Workspace, entity_df: pd.DataFrame) -> pd.DataFrame:
     try:
         return job.to_df()
     except Exception:
-        if not ws.is_postgres_redis:  # a damaged snapshot: say which file, not DuckDB's error
+        if ws.config.profile == "embedded":  # a damaged snapshot: the file, not DuckDB's error
             from seqrec.features.snapshots import read_snapshot
 
             read_snapshot(ws)
@@ -71,8 +71,9 @@ class FeastOnline:
 def online_reader(ws: Workspace, feature_service: str | None = None) -> OnlineReader:
     """The profile's online reader: ``read(user_ids)`` -> Feast ``to_dict()``-shaped columns
     (None for users not online), raising :class:`StoreUnavailable` when the store is down;
-    ``ping()`` -> bool. postgres-redis reads Redis directly (one pipelined round trip)."""
-    if ws.is_postgres_redis:
+    ``ping()`` -> bool. postgres-redis and spark-redis read Redis directly (one pipelined
+    round trip)."""
+    if ws.uses_redis:
         return redis_online(ws)
     store = get_store(ws)
     service = store.get_feature_service(feature_service or ws.config.features.feature_service)

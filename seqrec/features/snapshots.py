@@ -3,6 +3,8 @@
 Embedded profile: a Parquet snapshot (plus ``snapshot.json``, what it was built from) that
 Feast's DuckDB offline store reads. postgres-redis profile: a PostgreSQL table refreshed
 incrementally (:mod:`seqrec.features.pg`) that Feast's postgres offline store reads.
+spark-redis profile: a Parquet directory computed by Spark SQL (:mod:`seqrec.features.spark`)
+that Feast's spark offline store reads.
 """
 
 from __future__ import annotations
@@ -98,12 +100,14 @@ def build_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
     """Compute the offline features in SQL from scratch.
 
     Embedded: the Parquet snapshot, written atomically. postgres-redis: the feature table,
-    rebuilt in one transaction.
+    rebuilt in one transaction. spark-redis: the Parquet directory Spark writes.
     """
     engine = engine or ws.engine
     require_schema(engine)
     if ws.is_postgres_redis:
         return _pg_info(ws, engine, full=True)
+    if ws.is_spark:
+        return _spark_info(ws, engine)
     t0 = time.perf_counter()
     n_events, max_id = events_state(engine)
     if n_events == 0:
@@ -130,10 +134,34 @@ def build_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
         built_at=datetime.now(UTC).isoformat(),
         seconds=round(time.perf_counter() - t0, 3),
     )
-    # atomically too: a half-written snapshot.json would stop every later command
-    meta_tmp = out_dir / (META_FILE + ".tmp")
+    _write_info(ws, info)
+    return info
+
+
+def _write_info(ws: Workspace, info: SnapshotInfo) -> None:
+    # atomically: a half-written snapshot.json would stop every later command
+    meta_tmp = ws.snapshot_dir / (META_FILE + ".tmp")
     meta_tmp.write_text(json.dumps(asdict(info), indent=2))
-    os.replace(meta_tmp, out_dir / META_FILE)
+    os.replace(meta_tmp, ws.snapshot_dir / META_FILE)
+
+
+def _spark_info(ws: Workspace, engine: Engine) -> SnapshotInfo:
+    """spark-redis: the events exported to Parquet, the features computed by Spark."""
+    from seqrec.features.spark.features import build_features
+
+    _, max_id = events_state(engine)
+    rows, users, n_events, secs = build_features(ws, engine)
+    info = SnapshotInfo(
+        rows=rows,
+        users=users,
+        max_event_id=max_id,
+        events=n_events,
+        max_len=ws.config.features.max_len,
+        built_at=datetime.now(UTC).isoformat(),
+        seconds=round(secs, 3),
+        mode="spark",
+    )
+    _write_info(ws, info)
     return info
 
 
@@ -142,6 +170,8 @@ def ensure_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo
 
     Embedded: rebuild the snapshot when events or the sequence length changed since it was
     built. postgres-redis: refresh the feature table incrementally (only users with new events).
+    spark-redis: append the new events to their Parquet copy and recompute the features in
+    Spark when they changed.
     """
     engine = engine or ws.engine
     require_schema(engine)
@@ -154,8 +184,14 @@ def ensure_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo
         and info.events == n_events
         and info.max_event_id == max_id
         and info.max_len == ws.config.features.max_len
-        and (ws.snapshot_dir / SNAPSHOT_FILE).is_file()
     )
+    if ws.is_spark:
+        from seqrec.features.spark.features import FEATURES_DIR
+
+        if fresh and info is not None and (ws.snapshot_dir / FEATURES_DIR).is_dir():
+            return info
+        return _spark_info(ws, engine)
+    fresh = fresh and (ws.snapshot_dir / SNAPSHOT_FILE).is_file()
     if fresh and info is not None:
         problem = snapshot_problem(ws.snapshot_dir / SNAPSHOT_FILE, info.rows)
         if problem is None:

@@ -24,6 +24,8 @@ def status(ws: Workspace) -> dict[str, Any]:
     """Offline features, registry and online store: watermarks, counts, reachability."""
     if ws.is_postgres_redis:
         return _status_pg(ws)
+    if ws.is_spark:
+        return _status_spark(ws)
     info = read_snapshot_info(ws)
     out: dict[str, Any] = {
         "profile": ws.config.profile,
@@ -89,7 +91,6 @@ def _applied(ws: Workspace) -> bool | str:
 
 def _status_pg(ws: Workspace) -> dict[str, Any]:
     from seqrec.features import pg
-    from seqrec.features.redis_online import _safe_url
 
     out: dict[str, Any] = {"profile": ws.config.profile}
     max_id: int | None = None
@@ -104,6 +105,40 @@ def _status_pg(ws: Workspace) -> dict[str, Any]:
     except DB_FAILURES as exc:
         out["events"] = f"unreachable: {exc}"
     out["applied"] = _applied(ws)
+    out.update(_redis_status(ws, max_id))
+    return out
+
+
+def _status_spark(ws: Workspace) -> dict[str, Any]:
+    from seqrec.features.spark.features import FEATURES_DIR
+
+    info = read_snapshot_info(ws)
+    out: dict[str, Any] = {
+        "profile": ws.config.profile,
+        "features": str(ws.snapshot_dir / FEATURES_DIR),
+        "feature_rows": info.rows if info else 0,
+        "feature_users": info.users if info else 0,
+        "features_built_at": info.built_at if info else None,
+    }
+    max_id: int | None = None
+    try:
+        n_events, max_id = events_state(ws.engine)
+        out["events"] = n_events
+        out["features_stale"] = (
+            info is None or info.max_event_id != max_id or info.events != n_events
+        )
+    except DB_FAILURES as exc:
+        out["events"] = f"unreachable: {exc}"
+    out["applied"] = _applied(ws)
+    out.update(_redis_status(ws, max_id))
+    return out
+
+
+def _redis_status(ws: Workspace, max_id: int | None) -> dict[str, Any]:
+    """The Redis online store's part of the status (server profiles)."""
+    from seqrec.features.redis_online import _safe_url
+
+    out: dict[str, Any] = {}
     online_rows = redis_online(ws)
     out["online_store"] = _safe_url(ws.redis_url)
     out["online_reachable"] = online_rows.ping()

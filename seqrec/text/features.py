@@ -231,9 +231,7 @@ def _online_errors(ws: Workspace) -> Iterator[None]:
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError, sqlite3.Error, OSError) as exc:
-        where = (
-            ws.redis_url if ws.is_postgres_redis else str(ws.path(ws.config.features.online_path))
-        )
+        where = ws.redis_url if ws.uses_redis else str(ws.path(ws.config.features.online_path))
         from seqrec.features.redis_online import _safe_url
 
         raise StoreUnavailable(f"online store unreachable: {exc}", where=_safe_url(where)) from None
@@ -249,7 +247,7 @@ class _OnlineState:
         self.key = f"seqrec:{ws.config.features.project}:item_online_state"
 
     def read(self) -> dict[str, Any] | None:
-        if self.ws.is_postgres_redis:
+        if self.ws.uses_redis:
             from seqrec.features.materialize import redis_online
 
             raw = redis_online(self.ws).client.get(self.key)
@@ -257,7 +255,7 @@ class _OnlineState:
         return json.loads(self.path.read_text()) if self.path.is_file() else None
 
     def write(self, state: dict[str, Any]) -> None:
-        if self.ws.is_postgres_redis:
+        if self.ws.uses_redis:
             from seqrec.features.materialize import redis_online
 
             redis_online(self.ws).client.set(self.key, json.dumps(state))

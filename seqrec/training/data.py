@@ -197,7 +197,13 @@ def build_next_item_data(
     ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
     stride = stride or ws.config.train.window_stride or max_len
-    entities = leave_one_out_entities(event_positions(engine), max_len, stride)
+    if ws.is_spark:  # positions computed by Spark over the exported events
+        from seqrec.features.spark.training import event_positions as spark_positions
+
+        positions = spark_positions(ws)
+    else:
+        positions = event_positions(engine)
+    entities = leave_one_out_entities(positions, max_len, stride)
     if not (entities["split"] == "train").any():
         raise SeqrecError(
             "not enough events to train: every user needs at least 3 events for leave-one-out"
@@ -246,7 +252,13 @@ def build_classification_data(
     label = parse_label(label_text)
     ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
-    entities = entity_frame(engine, label, train_cutoffs)
+    if ws.is_spark:  # labels computed by Spark over the exported events
+        from seqrec.features.spark.training import entity_frame as spark_entities
+        from seqrec.features.sql import purchase_idx
+
+        entities = spark_entities(ws, label, purchase_idx(engine), train_cutoffs)
+    else:
+        entities = entity_frame(engine, label, train_cutoffs)
     joined = historical(ws, entities).sort_values("row_id").reset_index(drop=True)
     n_items, n_types = vocab_sizes(engine)
     if label.binary:

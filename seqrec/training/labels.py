@@ -111,7 +111,7 @@ def labels_at(engine: Engine, label: LabelDef, cutoff_ms: int) -> pd.DataFrame:
         with engine.connect() as conn:
             df = pd.read_sql_query(sql, conn, params=params)
         df["label"] = df["bought"] if label.kind == "purchase-within" else 1 - df["active"]
-        return _by_user(df[["user_id", "label"]].astype({"label": "int64"}))
+        return by_user(df[["user_id", "label"]].astype({"label": "int64"}))
     sql = text(
         """
         WITH after AS (
@@ -128,10 +128,10 @@ def labels_at(engine: Engine, label: LabelDef, cutoff_ms: int) -> pd.DataFrame:
     )
     with engine.connect() as conn:
         df = pd.read_sql_query(sql, conn, params=params)
-    return _by_user(df.astype({"label": "int64"}))
+    return by_user(df.astype({"label": "int64"}))
 
 
-def _by_user(df: pd.DataFrame) -> pd.DataFrame:
+def by_user(df: pd.DataFrame) -> pd.DataFrame:
     """Rows in code-point order of user_id: the same on every database and collation."""
     return df.sort_values("user_id", kind="stable").reset_index(drop=True)
 
@@ -156,8 +156,16 @@ def _time_quantile(engine: Engine, q: float) -> int:
 def cutoffs(engine: Engine, label: LabelDef, train_cutoffs: int = 4) -> dict[str, list[int]]:
     """Split cutoffs (epoch ms) by time: test newest, valid before it, train before that."""
     lo, hi = time_range_ms(engine)
+    return split_cutoffs(label, lo, hi, _time_quantile(engine, 0.9), train_cutoffs)
+
+
+def split_cutoffs(
+    label: LabelDef, lo: int, hi: int, q90: int, train_cutoffs: int = 4
+) -> dict[str, list[int]]:
+    """:func:`cutoffs` from the events' time range ``lo``..``hi`` (epoch ms) and ``q90``, the
+    time 90% of the events lie before (the event at offset ``int(0.9 * (n - 1))``)."""
     h = label.horizon_s * 1000
-    test = min(hi + 1 - h, _time_quantile(engine, 0.9))
+    test = min(hi + 1 - h, q90)
     out = {
         "test": [test],
         "valid": [test - h],
