@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt $(wildcard plugins/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade "pip>=24"
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev,text,ann]" $(foreach p,$(PLUGINS),-e $(p))
+	$(PIP) install -q -c constraints.txt -e ".[dev,text,ann,spark]" $(foreach p,$(PLUGINS),-e $(p))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -46,6 +46,13 @@ test-slow: install browser
 
 test-all: lint browser
 	$(PYTEST) -m "not reliability"
+
+# the spark-redis profile's test alone (pyspark in local[1], Java 17, PostgreSQL, Redis): its
+# training sets equal the embedded and postgres-redis ones; the result goes to
+# bench/results/spark_redis.json (the test runs under `make test` too)
+.PHONY: test-spark
+test-spark: install
+	SEQREC_SPARK_RESULT=bench/results/spark_redis.json $(PYTEST) tests/test_spark_redis.py
 
 # the property tests alone (hypothesis, generated bad input; they run under `make test` too);
 # SEQREC_PROPERTY_EXAMPLES=500 runs more examples per test
