@@ -130,6 +130,14 @@ def test_training_data_on_spark_redis_without_pyspark_is_the_install_error(
         build_next_item_data(spark_ws)
 
 
+def test_feast_apply_on_spark_redis_without_pyspark_is_the_install_error(
+    spark_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    with pytest.raises(SeqrecError, match=r"pip install 'seqrec\[spark\]'"):
+        apply(spark_ws)
+
+
 def test_spark_redis_feature_store_yaml_has_the_spark_offline_store_and_redis(
     spark_ws: Workspace,
 ) -> None:

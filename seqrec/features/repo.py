@@ -178,6 +178,10 @@ def get_store(ws: Workspace) -> FeatureStore:
     _quiet_feast()
     from feast import FeatureStore
 
+    if ws.is_spark:  # Feast's spark offline store imports pyspark: say how to install it
+        from seqrec.features.spark.session import require_spark
+
+        require_spark()
     repo = write_repo(ws)  # regenerated: environment overrides (URLs) take effect
     if not ws.uses_redis:
         check_file_registry(ws.path(ws.config.features.registry_path))
