@@ -89,15 +89,32 @@ def get_session(ws: Workspace) -> SparkSession:
     return session
 
 
-def stop_session() -> None:
-    """Stop the process's Spark session, if one is running (its JVM exits)."""
+def stop_session(timeout_s: float = 30.0) -> None:
+    """Stop the process's Spark session, if one is running, and let its JVM exit: stopping the
+    session alone keeps the JVM (and its heap) for the next one. The JVM pyspark starts exits
+    when its standard input closes."""
     try:
+        from pyspark import SparkContext
         from pyspark.sql import SparkSession
     except ImportError:
         return
     active = SparkSession.getActiveSession()
     if active is not None:
         active.stop()
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    proc = getattr(gateway, "proc", None)
+    gateway.shutdown()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    if proc is not None and proc.stdin is not None:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout_s)
+        except Exception:  # still running: end the JVM this process started
+            proc.kill()
+            proc.wait()
 
 
 def to_pandas(df: DataFrame) -> pd.DataFrame:
