@@ -77,6 +77,7 @@ def valid_values(spec: dict[str, Any]) -> Any:
             exclude_min="exclusiveMinimum" in spec,
             exclude_max="exclusiveMaximum" in spec,
             allow_nan=False,
+            allow_infinity=False,  # every section refuses inf (allow_inf_nan=False)
         )
     if "pattern" in spec:
         return st.from_regex(spec["pattern"], fullmatch=True)
