@@ -26,6 +26,7 @@ SHIPPED = (
     ".feastignore",
     "feature_store.yaml",
     "feature_store.postgres-redis.yaml",
+    "feature_store.spark-redis.yaml",
 )
 PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q")
 URL_ENV = ("SEQREC_PROJECT", "SEQREC_EVENTS_URL", "SEQREC_PG_URL", "SEQREC_REDIS_URL")
