@@ -188,6 +188,21 @@ class TrainConfig(_Section):
         description="training windows end every N events (0 = max_len, no overlap); smaller "
         "values give targets more context at the same number of targets",
     )
+    stream: bool = Field(
+        False,
+        description="write the training set to Parquet chunk by chunk and stream it back in "
+        "shuffled batches, never holding it whole (for training sets bigger than memory; "
+        "false: in-memory tensors, as before)",
+    )
+    shuffle_buffer: int = Field(
+        65_536,
+        ge=1,
+        description="with stream = true: rows shuffled among while reading; memory grows "
+        "with this, not with the training set",
+    )
+    stream_row_group: int = Field(
+        8_192, ge=1, description="with stream = true: rows per Parquet row group written"
+    )
 
 
 class ServeConfig(_Section):

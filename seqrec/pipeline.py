@@ -27,12 +27,15 @@ from seqrec.training.data import (
     ClassificationData,
     NextItemData,
     SequenceSet,
+    StreamTarget,
     build_classification_data,
     build_next_item_data,
 )
 from seqrec.training.trainer import TrainSettings, pick_device, predict, train
 
 Data = NextItemData | ClassificationData
+#: the streamed training set's file in a run directory ([train] stream = true)
+STREAM_FILE = "train.parquet"
 
 
 @dataclass
@@ -61,8 +64,15 @@ class TrainOutcome:
         return asdict(self)
 
 
-def build_data(ws: Workspace, task: str, label: str | None, engine: Any = None) -> Data:
-    """The training data for ``task`` (``label`` is required for classification)."""
+def build_data(
+    ws: Workspace,
+    task: str,
+    label: str | None,
+    engine: Any = None,
+    stream: StreamTarget | None = None,
+) -> Data:
+    """The training data for ``task`` (``label`` is required for classification); with
+    ``stream``, the training set is written to Parquet and streamed back."""
     from seqrec.errors import SeqrecError
 
     if task == "classify":
@@ -71,8 +81,19 @@ def build_data(ws: Workspace, task: str, label: str | None, engine: Any = None) 
                 "--task classify needs --label",
                 hint="e.g. purchase-within:7d, churn:30d, next-event-type",
             )
-        return build_classification_data(ws, label, engine)
-    return build_next_item_data(ws, engine)
+        return build_classification_data(ws, label, engine, stream=stream)
+    return build_next_item_data(ws, engine, stream=stream)
+
+
+def stream_target(ws: Workspace, run_dir: Path) -> StreamTarget | None:
+    """Where ``[train] stream = true`` puts the training set: ``train.parquet`` in the run
+    directory, written by rank 0 (None when streaming is off)."""
+    cfg = ws.config.train
+    if not cfg.stream:
+        return None
+    return StreamTarget(
+        run_dir / STREAM_FILE, cfg.stream_row_group, cfg.shuffle_buffer, distributed.is_main()
+    )
 
 
 def data_stats(data: Data, engine: Any) -> dict[str, Any]:
@@ -88,9 +109,13 @@ def data_stats(data: Data, engine: Any) -> dict[str, Any]:
     def newest(s: SequenceSet) -> int | None:
         return int(s.now.max()) if s.now is not None and len(s) else None
 
-    parts = (data.train, data.valid, data.test)
-    users = np.unique(np.concatenate([np.asarray(p.user_ids, dtype=object) for p in parts]))
+    parts = [np.asarray(p.user_ids, dtype=object) for p in (data.train, data.valid, data.test)]
     train_cut, eval_cut = newest(data.train), newest(data.test)
+    if data.train_stream:  # one pass over the streamed training set
+        stats = data.train_stream.stats()
+        parts.append(stats.user_ids)
+        train_cut = stats.newest_now
+    users = np.unique(np.concatenate(parts))
     query = select(func.count()).select_from(events)
     if eval_cut is not None:
         query = query.where(events.c.ts_ms < (eval_cut + 1) * 1000)
@@ -144,6 +169,12 @@ def item_text_for(ws: Workspace, data: Data, engine: Any = None) -> ItemText:
             "`seqrec items embed`",
         )
     trained = np.zeros(data.n_items, dtype=bool)
+    if data.train_stream:
+        stats = data.train_stream.stats()
+        seen = np.flatnonzero(stats.item_counts)
+        if isinstance(data, NextItemData):
+            seen = np.concatenate([seen, np.flatnonzero(stats.label_counts)])
+        trained[seen[seen < data.n_items]] = True
     trained[np.unique(data.train.items)] = True
     if isinstance(data, NextItemData):
         trained[data.train.labels[data.train.labels < data.n_items]] = True
@@ -179,7 +210,7 @@ def build_model(
     )
     model = spec.make(ctx)
     if isinstance(data, ClassificationData):
-        counts = np.bincount(data.train.labels, minlength=data.n_classes).astype(np.float64)
+        counts = data.train_label_counts().astype(np.float64)
         weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
         model.class_weights = torch.tensor(weights, dtype=torch.float32)
     if ws is not None:
@@ -244,16 +275,15 @@ def train_model(
     distributed.init(settings.device)  # under torch's launcher: join the process group
     require_schema(engine)  # an empty workspace: "import events first", not a SQL error
     events_max_id = max_event_id(engine)  # what "events since this model" counts from
+    run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
     with distributed.main_first():  # rank 0 builds (and caches) the features first
-        data = data or build_data(ws, task, label, engine)
+        data = data or build_data(ws, task, label, engine, stream_target(ws, run_dir))
         model = build_model(spec, data, task, resolved.params, settings.seed, ws)
     if warm_from is not None:
         _init_from(model, warm_from, load_weights)
-    run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
-    tensors = data.train.tensors(with_targets=task == "next-item")
     result = train(
         model,
-        tensors,
+        data.train_stream or data.train.tensors(with_targets=task == "next-item"),
         validator(data, settings, ws.config.train.eval_chunk_items),
         settings,
         progress=progress,
@@ -269,6 +299,8 @@ def train_model(
         extra["class_names"] = data.class_names
         extra["label"] = data.label
         popularity = np.zeros(data.n_items)
+    elif data.train_stream:
+        popularity = data.train_stream.target_counts(data.n_items).astype(np.float64)
     else:
         targets = data.train.next_item_targets()
         popularity = np.bincount(targets[targets > 0], minlength=data.n_items).astype(np.float64)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,25 @@ from seqrec.features.readers import historical
 from seqrec.features.snapshots import ensure_snapshot
 from seqrec.features.sql import event_positions, left_pad
 from seqrec.models import Batch
+
+if TYPE_CHECKING:
+    from seqrec.training.stream import StreamedSet
+
+#: entity rows per feature join when the training set is streamed to Parquet
+STREAM_CHUNK_ROWS = 50_000
+
+
+def next_item_targets(
+    items: np.ndarray, labels: np.ndarray, loss_from: np.ndarray | None = None
+) -> np.ndarray:
+    """[N, L]: the item after each position of ``items`` [N, L] (``labels`` [N] after the
+    last); 0 at padding and at columns before ``loss_from`` [N] (None: none masked)."""
+    targets = np.concatenate([items[:, 1:], labels[:, None]], axis=1)
+    targets[items == 0] = 0
+    if loss_from is not None:
+        cols = np.arange(targets.shape[1])[None, :]
+        targets[cols < loss_from[:, None]] = 0
+    return targets
 
 
 @dataclass
@@ -45,12 +65,7 @@ class SequenceSet:
 
     def next_item_targets(self) -> np.ndarray:
         """[N, L]: the item after each position (the label after the last); 0 at padding."""
-        targets = np.concatenate([self.items[:, 1:], self.labels[:, None]], axis=1)
-        targets[self.items == 0] = 0
-        if self.loss_from is not None:
-            cols = np.arange(targets.shape[1])[None, :]
-            targets[cols < self.loss_from[:, None]] = 0
-        return targets
+        return next_item_targets(self.items, self.labels, self.loss_from)
 
     def tensors(self, with_targets: bool) -> dict[str, torch.Tensor]:
         out = {
@@ -109,11 +124,16 @@ class NextItemData:
     n_items: int
     n_event_types: int
     max_len: int
+    #: the training set in Parquet, streamed ([train] stream = true); ``train`` is then empty
+    train_stream: StreamedSet | None = None
 
     def summary(self) -> dict[str, int]:
+        s = self.train_stream
         return {
-            "train_examples": len(self.train),
-            "train_positions": int((self.train.next_item_targets() > 0).sum()),
+            "train_examples": len(s) if s else len(self.train),
+            "train_positions": (
+                s.stats().positions if s else int((self.train.next_item_targets() > 0).sum())
+            ),
             "valid_users": len(self.valid),
             "test_users": len(self.test),
             "items": self.n_items - 1,
@@ -189,10 +209,65 @@ def _epoch_seconds(ts: pd.Series) -> np.ndarray:
     return np.asarray((us.to_numpy(dtype=np.int64) + 1) // 1_000_000, dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class StreamTarget:
+    """Where and how a streamed training set is written ([train] stream = true).
+
+    ``write``: build and write it (rank 0); else open the file rank 0 wrote."""
+
+    path: Path
+    row_group: int
+    shuffle_buffer: int
+    write: bool = True
+
+
+def join_sets(
+    ws: Workspace,
+    entities: pd.DataFrame,
+    max_len: int,
+    stream: StreamTarget | None,
+    *,
+    with_targets: bool,
+    check: bool = True,
+) -> tuple[dict[str, SequenceSet], StreamedSet | None]:
+    """The train/valid/test sets of ``entities`` (column ``split``) through the point-in-time
+    join. With ``stream``, the training rows are joined :data:`STREAM_CHUNK_ROWS` at a time and
+    appended to a Parquet file, so they never sit in memory together; ``"train"`` is then
+    empty and the StreamedSet reads them. ``check``: the join returns every entity row."""
+    from seqrec.training.stream import StreamedSet, StreamWriter
+
+    def join(ent: pd.DataFrame) -> pd.DataFrame:
+        if not len(ent) and stream is not None:
+            return ent.assign(item_seq=[], type_seq=[], ts_seq=[])
+        joined = historical(ws, ent).sort_values("row_id").reset_index(drop=True)
+        if check and len(joined) != len(ent):
+            raise SeqrecError(f"feature join returned {len(joined)} rows for {len(ent)} entities")
+        return joined
+
+    is_train = entities["split"] == "train"
+    joined = join(entities if stream is None else entities[~is_train])
+    splits = ("train", "valid", "test")
+    parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in splits}
+    if stream is None:
+        return parts, None
+    read: dict[str, Any] = {"with_targets": with_targets, "shuffle_buffer": stream.shuffle_buffer}
+    if not stream.write:
+        return parts, StreamedSet(stream.path, **read)
+    train = entities[is_train]
+    with StreamWriter(stream.path, max_len, stream.row_group) as writer:
+        for start in range(0, len(train), STREAM_CHUNK_ROWS):
+            writer.append(_to_set(join(train.iloc[start : start + STREAM_CHUNK_ROWS]), max_len))
+        return parts, writer.close(**read)
+
+
 def build_next_item_data(
-    ws: Workspace, engine: Engine | None = None, stride: int | None = None
+    ws: Workspace,
+    engine: Engine | None = None,
+    stride: int | None = None,
+    stream: StreamTarget | None = None,
 ) -> NextItemData:
-    """Leave-one-out train/valid/test sets through Feast's point-in-time join."""
+    """Leave-one-out train/valid/test sets through Feast's point-in-time join; with
+    ``stream``, the training set goes to Parquet (:func:`join_sets`)."""
     engine = engine or ws.engine
     ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
@@ -208,12 +283,11 @@ def build_next_item_data(
         raise SeqrecError(
             "not enough events to train: every user needs at least 3 events for leave-one-out"
         )
-    joined = historical(ws, entities).sort_values("row_id").reset_index(drop=True)
-    if len(joined) != len(entities):
-        raise SeqrecError(f"feature join returned {len(joined)} rows for {len(entities)} entities")
+    parts, streamed = join_sets(ws, entities, max_len, stream, with_targets=True)
     n_items, n_types = vocab_sizes(engine)
-    parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in ("train", "valid", "test")}
-    return NextItemData(parts["train"], parts["valid"], parts["test"], n_items, n_types, max_len)
+    return NextItemData(
+        parts["train"], parts["valid"], parts["test"], n_items, n_types, max_len, streamed
+    )
 
 
 @dataclass
@@ -229,12 +303,20 @@ class ClassificationData:
     n_classes: int
     class_names: list[str]
     label: str
+    #: the training set in Parquet, streamed ([train] stream = true); ``train`` is then empty
+    train_stream: StreamedSet | None = None
+
+    def train_label_counts(self) -> np.ndarray:
+        """[n_classes] training examples per class."""
+        if self.train_stream:
+            return self.train_stream.label_counts(self.n_classes)
+        return np.bincount(self.train.labels, minlength=self.n_classes)
 
     def summary(self) -> dict[str, Any]:
-        counts = np.bincount(self.train.labels, minlength=self.n_classes).tolist()
+        counts = self.train_label_counts().tolist()
         return {
             "label": self.label,
-            "train_examples": len(self.train),
+            "train_examples": len(self.train_stream) if self.train_stream else len(self.train),
             "valid_examples": len(self.valid),
             "test_examples": len(self.test),
             "train_class_counts": counts,
@@ -243,9 +325,14 @@ class ClassificationData:
 
 
 def build_classification_data(
-    ws: Workspace, label_text: str, engine: Engine | None = None, train_cutoffs: int = 4
+    ws: Workspace,
+    label_text: str,
+    engine: Engine | None = None,
+    train_cutoffs: int = 4,
+    stream: StreamTarget | None = None,
 ) -> ClassificationData:
-    """Classification sets for ``label_text`` via Feast's point-in-time join."""
+    """Classification sets for ``label_text`` via Feast's point-in-time join; with
+    ``stream``, the training set goes to Parquet (:func:`join_sets`)."""
     from seqrec.training.labels import entity_frame, event_type_names, parse_label
 
     engine = engine or ws.engine
@@ -259,17 +346,19 @@ def build_classification_data(
         entities = spark_entities(ws, label, purchase_idx(engine), train_cutoffs)
     else:
         entities = entity_frame(engine, label, train_cutoffs)
-    joined = historical(ws, entities).sort_values("row_id").reset_index(drop=True)
+    parts, streamed = join_sets(ws, entities, max_len, stream, with_targets=False, check=False)
     n_items, n_types = vocab_sizes(engine)
     if label.binary:
         names = ["no", "yes"] if label.kind == "purchase-within" else ["stays", "churns"]
     else:
         names = event_type_names(engine)
-    parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in ("train", "valid", "test")}
     for split, part in parts.items():
-        if len(part) == 0:
+        if len(part) == 0 and not (split == "train" and streamed):
             raise SeqrecError(f"no {split} examples for label '{label_text}'")
-    if len(np.unique(parts["train"].labels)) < 2:
+    train_labels = (
+        np.flatnonzero(streamed.label_counts(len(names))) if streamed else parts["train"].labels
+    )
+    if len(np.unique(train_labels)) < 2:
         raise SeqrecError(
             f"label '{label_text}' has a single class in the training data",
             hint="choose another horizon or label",
@@ -284,4 +373,5 @@ def build_classification_data(
         len(names),
         names,
         label_text,
+        streamed,
     )

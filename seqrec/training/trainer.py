@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,12 @@ from safetensors.torch import save_file
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.metrics import mask_scores, target_ranks
 from seqrec.faults import kill_point
-from seqrec.models import SeqModel
+from seqrec.models import Batch, SeqModel
 from seqrec.progress import bar
 from seqrec.training import distributed
 from seqrec.training.checkpoint import read_state, read_weights
 from seqrec.training.data import SequenceSet, iter_batches
+from seqrec.training.stream import StreamedSet
 
 STATE_FILE = "trainer_state.pt"
 LAST_WEIGHTS = "last.safetensors"
@@ -341,9 +342,36 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def _sample(train_tensors: dict[str, torch.Tensor] | StreamedSet) -> Batch:
+    """Two training examples (DDP's probe for parameters the loss leaves unused)."""
+    if isinstance(train_tensors, StreamedSet):
+        return train_tensors.head(2)
+    return next(iter_batches(train_tensors, 2))
+
+
+def _fit_streamed(model: SeqModel, source: StreamedSet) -> None:
+    """What ``fit_statistics`` / ``fit_classifier`` do, from one streaming pass: the negative
+    sampler of ``loss = "sampled_logq"`` from the target counts. A model that fits its own
+    statistics or classifier from the whole training set (popularity, markov, gbdt) cannot
+    be given it without loading it: a SeqrecError."""
+    from seqrec.losses import NegativeSampler
+
+    method = "fit_statistics" if source.with_targets else "fit_classifier"
+    if getattr(type(model), method) is not getattr(SeqModel, method):
+        raise SeqrecError(
+            f"model '{model.spec_name or type(model).__name__}' fits {method[4:]} from the "
+            "whole training set in memory, which [train] stream = true does not load",
+            hint="train it with [train] stream = false (it takes no gradient steps, so its "
+            "memory is the training set's, whatever the streaming)",
+        )
+    if source.with_targets and model.ctx.params.get("loss") == "sampled_logq":
+        counts = torch.from_numpy(source.target_counts(model.ctx.n_items))
+        model.negative_sampler = NegativeSampler.from_counts(counts)
+
+
 def train(
     model: SeqModel,
-    train_tensors: dict[str, torch.Tensor],
+    train_tensors: dict[str, torch.Tensor] | StreamedSet,
     validate: Callable[[SeqModel, torch.device], dict[str, float]],
     settings: TrainSettings,
     *,
@@ -352,6 +380,10 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``train_tensors``; ``validate`` scores it after every epoch.
+
+    ``train_tensors`` are the in-memory tensors (``SequenceSet.tensors``) or a
+    :class:`~seqrec.training.stream.StreamedSet` read from Parquet batch by batch (each epoch
+    shuffled by a seed drawn from the trainer's generator).
 
     Early-stops on ``settings.metric`` (higher is better) and restores the best weights. With
     ``run_dir``, checkpoints after every epoch; ``resume`` continues from the last one.
@@ -370,7 +402,9 @@ def train(
         progress = progress and world.rank == 0
     device = distributed.device(settings.device) if world else pick_device(settings.device)
     model.to(device)
-    if "targets" in train_tensors:
+    if isinstance(train_tensors, StreamedSet):
+        _fit_streamed(model, train_tensors)
+    elif "targets" in train_tensors:
         model.fit_statistics(train_tensors["items"], train_tensors["targets"])
     elif model.ctx.task == "classify":
         model.fit_classifier(train_tensors)
@@ -385,7 +419,10 @@ def train(
             0, 0, valid, [{"epoch": 0, **valid}], time.perf_counter() - t_start, 0.0, str(device)
         )
 
-    n = len(train_tensors["items"])
+    if isinstance(train_tensors, StreamedSet):
+        n = len(train_tensors)
+    else:
+        n = len(train_tensors["items"])
     steps_per_epoch = math.ceil(n / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     decay: list[torch.nn.Parameter] = []
@@ -447,9 +484,7 @@ def train(
             log.unlink()
     resumed_from = start_epoch - 1
     step_loss = (
-        distributed.wrap(model, device, next(iter_batches(train_tensors, 2)).to(device))
-        if world
-        else model.loss
+        distributed.wrap(model, device, _sample(train_tensors).to(device)) if world else model.loss
     )
 
     epoch = start_epoch - 1
@@ -457,13 +492,21 @@ def train(
         model.train()
         t0 = time.perf_counter()
         total_loss, n_batches, n_seen = 0.0, 0, 0
-        batches = (
-            distributed.shard_batches(
+        batches: Iterator[Batch]
+        if isinstance(train_tensors, StreamedSet):  # the epoch's order from the generator
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            batches = train_tensors.batches(
+                settings.batch_size,
+                seed=seed,
+                rank=world.rank if world else 0,
+                size=world.size if world else 1,
+            )
+        elif world:
+            batches = distributed.shard_batches(
                 train_tensors, settings.batch_size, gen, world.rank, world.size
             )
-            if world
-            else iter_batches(train_tensors, settings.batch_size, shuffle=True, generator=gen)
-        )
+        else:
+            batches = iter_batches(train_tensors, settings.batch_size, shuffle=True, generator=gen)
         pbar = bar(
             batches,
             total=steps_per_epoch,
