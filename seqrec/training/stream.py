@@ -284,7 +284,7 @@ class StreamedSet:
     def head(self, n: int) -> Batch:
         """The first ``n`` rows (of the first row group) as a batch."""
         rows = next(self.chunks())
-        return self._batch({k: v[:n] for k, v in rows.items()})
+        return self._batch({k: v[:n].copy() for k, v in rows.items()})  # writable
 
     def _batch(self, rows: Rows) -> Batch:
         targets = None
