@@ -6,6 +6,7 @@ contract kit (:mod:`seqrec.contract`, re-exported here): ``check_plugin(name)`` 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,18 @@ def _merge(base: str, overrides: str) -> str:
             key = s.lstrip("# ").split("=", 1)[0].strip()  # "# key = ...": unset, preset's
             if section in over and key in over[section]:
                 val = over[section][key]
-                line = f"{key} = {val!r}" if not isinstance(val, str) else f'{key} = "{val}"'
+                line = f"{key} = {_toml_value(val)}"
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+def _toml_value(val: object) -> str:
+    """``val`` as a TOML value (booleans lower-case, strings quoted)."""
+    if isinstance(val, bool):
+        return "true" if val else "false"
+    if isinstance(val, str):
+        return json.dumps(val)
+    return repr(val)
 
 
 PG_URL = os.environ.get("SEQREC_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -277,3 +277,11 @@ def test_cli_init_bad_profile(tmp_path: Path) -> None:
     result = invoke("init", tmp_path / "x", "--profile", "nope")
     assert result.exit_code == 2  # click usage error
     assert not (tmp_path / "x" / CONFIG_NAME).exists()
+
+
+def test_make_workspace_writes_boolean_and_string_overrides_as_valid_toml(tmp_path: Path) -> None:
+    from seqrec.testing import make_workspace
+
+    ws = make_workspace(tmp_path / "ws", '[train]\nstream = true\n[serve]\nhost = "0.0.0.0"')
+    assert ws.config.train.stream is True
+    assert ws.config.serve.host == "0.0.0.0"
