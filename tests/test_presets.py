@@ -185,9 +185,7 @@ def test_trainer_settings_given_as_overrides_reach_the_trainer(ws: Workspace) ->
 
     load_synth(ws, users=40, items=20)
     apply(ws)
-    out = train_model(
-        ws, "lstm", overrides={"epochs": 1, "patience": 1, "seed": 3}, progress=False
-    )
+    out = train_model(ws, "lstm", overrides={"epochs": 1, "patience": 1, "seed": 3}, progress=False)
     from seqrec import model_store
 
     info = model_store.load(out.tag, store=ws.model_store).info
