@@ -189,3 +189,38 @@ def test_a_killed_rank_then_resume_matches_an_uninterrupted_run(
     a = load_file(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS)
     b = load_file(ref_dir / CHECKPOINT_DIR / LAST_WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nproc_workers_get_every_train_option_but_nproc(
+    tiny_ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seqrec.cli import build_cli
+    from seqrec.commands.train import _worker_args
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    train = build_cli().commands["train"]
+    argv = ["-m", "gpt2", "--epochs", "2", "--param", "dropout=0", "--param", "d_model=16"]
+    argv += ["--init-from", "ckpt", "--run-dir", "r", "--resume", "--json", "--nproc", "3"]
+    ctx = train.make_context("train", argv)
+    assert _worker_args(ctx, tiny_ws.root) == [
+        "train",
+        "--project",
+        str(tiny_ws.root),
+        "--model",
+        "gpt2",
+        "--task",
+        "next-item",
+        "--epochs",
+        "2",
+        "--param",
+        "dropout=0",
+        "--param",
+        "d_model=16",
+        "--init-from",
+        str(tmp_path / "ckpt"),
+        "--resume",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--json",
+    ]

@@ -101,35 +101,22 @@ def record_train(ws: Any, run: Any) -> Any:
     return out
 
 
-def _worker_args(
-    project: Path,
-    *,
-    model_name: str | None,
-    task: str,
-    label: str | None,
-    epochs: int | None,
-    seed: int | None,
-    params: tuple[str, ...],
-    preset: str | None,
-    init_from: Path | None,
-    resume: bool,
-    run_dir: Path | None,
-    as_json: bool,
-) -> list[str]:
-    """The ``seqrec train`` arguments each process of ``--nproc`` runs with (paths absolute)."""
-    args = ["train", "--project", str(project), "--task", task]
-    options: dict[str, Any] = {
-        "--model": model_name,
-        "--label": label,
-        "--epochs": epochs,
-        "--seed": seed,
-        "--preset": preset,
-        "--init-from": init_from and init_from.resolve(),
-        "--run-dir": run_dir and run_dir.resolve(),
-    }
-    args += [str(a) for k, v in options.items() if v is not None for a in (k, v)]
-    args += [a for p in params for a in ("--param", p)]
-    return args + ["--resume"] * resume + ["--json"] * as_json
+def _worker_args(ctx: click.Context, project: Path) -> list[str]:
+    """The ``seqrec train`` arguments each process of ``--nproc`` runs with: this invocation's
+    options as given (paths absolute), ``--project`` the workspace root, ``--nproc`` left out."""
+    args = ["train", "--project", str(project)]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in ("project", "nproc"):
+            continue
+        flag = max(param.opts, key=len)  # the long form
+        value = ctx.params.get(param.name or "")
+        if param.is_flag:
+            args += [flag] if value else []
+            continue
+        values = value if param.multiple else [] if value is None else [value]
+        for v in values:
+            args += [flag, str(v.resolve() if isinstance(v, Path) else v)]
+    return args
 
 
 def register(cli: click.Group) -> None:
@@ -204,20 +191,7 @@ def register(cli: click.Group) -> None:
                 )
             distributed.launch(
                 nproc,
-                _worker_args(
-                    ws.root,
-                    model_name=model_name,
-                    task=task,
-                    label=label,
-                    epochs=epochs,
-                    seed=seed,
-                    params=params,
-                    preset=preset,
-                    init_from=init_from,
-                    resume=resume,
-                    run_dir=run_dir,
-                    as_json=as_json,
-                ),
+                _worker_args(click.get_current_context(), ws.root),
             )
             return
 
