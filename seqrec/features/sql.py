@@ -32,6 +32,12 @@ ordered AS (
 )"""
 
 
+def ordered_cte(where: str = "") -> str:
+    """The ``ordered`` CTE: each event's ``order_us``, per-user position ``pos`` and count ``n``
+    (``where``: a filter on ``events``)."""
+    return _ORDERED.format(where=where)
+
+
 def _agg(dialect: str, col: str) -> str:
     return f"json_group_array({col})" if dialect == "sqlite" else f"array_agg({col})"
 
@@ -127,14 +133,22 @@ def finish_feature_frame(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+#: the query behind :func:`event_positions` over a table or view ``events`` (portable SQL:
+#: SQLite, PostgreSQL and Spark run it as it is)
+EVENT_POSITIONS_SQL = (
+    f"WITH {ordered_cte()} SELECT user_id, item_idx, order_us, pos, n FROM ordered"
+)
+
+
 def event_positions(engine: Engine) -> pd.DataFrame:
     """Every event with its per-user position: user_id, item_idx, order_us, pos, n."""
     require_schema(engine)
-    sql = (
-        f"WITH {_ORDERED.format(where='')} SELECT user_id, item_idx, order_us, pos, n FROM ordered"
-    )
     with engine.connect() as conn:
-        df = pd.read_sql_query(text(sql), conn)
+        return positions_frame(pd.read_sql_query(text(EVENT_POSITIONS_SQL), conn))
+
+
+def positions_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """:data:`EVENT_POSITIONS_SQL`'s result with its integer columns as int64."""
     for col in ("item_idx", "order_us", "pos", "n"):
         df[col] = df[col].astype("int64")
     return df

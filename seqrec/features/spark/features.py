@@ -22,7 +22,7 @@ from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
 from seqrec.features.spark.lake import EVENTS_DIR, export_events
 from seqrec.features.spark.session import get_session, to_pandas
-from seqrec.features.sql import purchase_idx
+from seqrec.features.sql import ordered_cte, purchase_idx
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,16 +31,8 @@ if TYPE_CHECKING:
 #: the Spark output directory of the feature rows (inside the workspace's snapshot_dir)
 FEATURES_DIR = "user_sequence"
 
-#: per-user event order, exactly as :data:`seqrec.features.sql._ORDERED`
-ORDERED = """
-ordered AS (
-    SELECT user_id, event_id, item_idx, type_idx, ts_ms,
-           ts_ms * 1000 + (ROW_NUMBER() OVER (PARTITION BY user_id, ts_ms ORDER BY event_id) - 1)
-               AS order_us,
-           ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts_ms, event_id) AS pos,
-           COUNT(*) OVER (PARTITION BY user_id) AS n
-    FROM events
-)"""
+#: per-user event order: the CTE of :mod:`seqrec.features.sql`, which Spark SQL runs as it is
+ORDERED = ordered_cte()
 
 
 def feature_rows_sql(max_len: int, purchase: int) -> str:

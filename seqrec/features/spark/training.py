@@ -9,8 +9,9 @@ import pandas as pd
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
-from seqrec.features.spark.features import ORDERED, events_view
+from seqrec.features.spark.features import events_view
 from seqrec.features.spark.session import get_session, to_pandas
+from seqrec.features.sql import EVENT_POSITIONS_SQL, positions_frame
 from seqrec.training.labels import LabelDef, by_user, split_cutoffs
 
 
@@ -18,11 +19,7 @@ def event_positions(ws: Workspace) -> pd.DataFrame:
     """Every event with its per-user position: user_id, item_idx, order_us, pos, n."""
     spark = get_session(ws)
     events_view(spark, ws.snapshot_dir)
-    df = spark.sql(f"WITH {ORDERED} SELECT user_id, item_idx, order_us, pos, n FROM ordered")
-    out = to_pandas(df)
-    for col in ("item_idx", "order_us", "pos", "n"):
-        out[col] = out[col].astype("int64")
-    return out
+    return positions_frame(to_pandas(spark.sql(EVENT_POSITIONS_SQL)))
 
 
 def labels_at(ws: Workspace, label: LabelDef, cutoff_ms: int, purchase: int) -> pd.DataFrame:
