@@ -456,12 +456,25 @@ def page(payload: dict[str, Any]) -> str:
             ),
             None,
         )
+        # only models every seed of which trained in this invocation: timings from another
+        # run of the script are not "the same invocation"
+        this_run = {
+            r["model"]
+            for r in payload["runs"]
+            if r["variant"] == "defaults" and r.get("invocation") == payload.get("invocation")
+        }
+        stale = {
+            r["model"]
+            for r in payload["runs"]
+            if r["variant"] == "defaults" and r.get("invocation") != payload.get("invocation")
+        }
         neural = [
             r
             for r in summary
             if r["variant"] == "defaults"
             and r["model"] not in NON_NEURAL
             and r["seconds_per_epoch"]
+            and r["model"] in this_run - stale
         ]
         if sas and neural:
             md.append(
@@ -473,6 +486,14 @@ def page(payload: dict[str, Any]) -> str:
                     for r in neural
                 )
                 + "."
+                + (
+                    " Models whose runs were reused from an earlier invocation of this script "
+                    "are left out of this comparison: "
+                    + ", ".join(sorted(stale - set(NON_NEURAL)))
+                    + "."
+                    if stale - set(NON_NEURAL)
+                    else ""
+                )
             )
             md.append("")
     md.append("Configurations trained (plugin defaults; `seqrec models --presets` prints them):")
@@ -553,6 +574,7 @@ def main() -> None:
         done = {k: r for k, r in done.items() if k not in stale}
     pending = [] if args.report_only else [j for j in jobs if j not in done]
     env = example_plugins.worker_env(m for m, _, _ in pending)
+    invocation = time.strftime("%Y-%m-%dT%H:%M:%S")  # marks the runs trained by this command
     runs = []
     for model, seed, variant in tqdm(jobs, desc="ml-100k", unit="run"):
         if (model, seed, variant) in done:
@@ -568,7 +590,7 @@ def main() -> None:
         )
         if proc.returncode != 0:
             sys.exit(f"{model} seed {seed} ({variant}) failed:\n{proc.stderr[-3000:]}")
-        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        run = {**json.loads(proc.stdout.strip().splitlines()[-1]), "invocation": invocation}
         runs.append(run)
         with results_path.open("a") as fh:
             fh.write(json.dumps(run) + "\n")
@@ -601,6 +623,7 @@ def main() -> None:
         "seeds": seeds,
         "variants": variants,
         "stride": STRIDE,
+        "invocation": invocation,
         "configs": configs,
         "runs": runs,
         "summary": summarize(runs),
