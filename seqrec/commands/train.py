@@ -113,8 +113,8 @@ def _worker_args(ctx: click.Context, project: Path) -> list[str]:
         if param.is_flag:
             args += [flag] if value else []
             continue
-        values = value if param.multiple else [] if value is None else [value]
-        for v in values:
+        values: list[Any] = list(value or ()) if param.multiple else [value]
+        for v in (v for v in values if v is not None):
             args += [flag, str(v.resolve() if isinstance(v, Path) else v)]
     return args
 
