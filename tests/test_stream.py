@@ -180,6 +180,26 @@ def test_a_damaged_stream_is_an_error_naming_the_file(
         list(StreamedSet(damaged).batches(64, seed=0))
 
 
+def test_a_damaged_user_id_column_is_an_error_naming_the_file_in_statistics(
+    tmp_path: Path,
+) -> None:
+    """Only the user_id column's pages are damaged: batches never read it, statistics do."""
+    import pyarrow.parquet as pq
+
+    s = write_stream(tmp_path / "t.parquet", [_set(300)], L, row_group=100)
+    chunk = pq.read_metadata(s.path).row_group(0).column(0)
+    assert chunk.path_in_schema == "user_id"
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    data = bytearray(s.path.read_bytes())
+    data[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    damaged = tmp_path / "users-damaged.parquet"
+    damaged.write_bytes(bytes(data))
+    stream = StreamedSet(damaged)
+    assert sum(len(b.labels) for b in stream.batches(64, seed=0)) == 300
+    with pytest.raises(SeqrecError, match=r"users-damaged\.parquet cannot be read"):
+        stream.stats()
+
+
 def test_a_parquet_file_that_is_not_a_stream_is_refused(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

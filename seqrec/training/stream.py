@@ -222,10 +222,14 @@ class StreamedSet:
         except (pa.ArrowException, OSError) as exc:
             raise _damaged(self.path, exc) from None
 
-    def _read(self, pf: pq.ParquetFile, group: int) -> Rows:
+    def _read(self, pf: pq.ParquetFile, group: int, *, users: bool = False) -> Rows:
+        """Row group ``group``'s columns as arrays (``users``: with ``user_id``); a damaged
+        file is a SeqrecError naming it."""
         cols = ["items", "types", "times", "labels", "loss_from"] + (
             ["now"] if self.has_now else []
         )
+        if users:
+            cols.append("user_id")
         try:
             table = pf.read_row_group(group, columns=cols)
             out: Rows = {}
@@ -235,7 +239,7 @@ class StreamedSet:
                     col = col.flatten()
                     out[k] = col.to_numpy().reshape(-1, self.max_len)
                 else:
-                    out[k] = col.to_numpy()
+                    out[k] = col.to_numpy(zero_copy_only=k != "user_id")  # strings: objects
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise _damaged(self.path, exc) from None
         return out
@@ -256,7 +260,7 @@ class StreamedSet:
             newest: int | None = None
             pf = self._open()
             for g in range(len(self.group_rows)):
-                rows = self._read(pf, g)
+                rows = self._read(pf, g, users=True)
                 t = next_item_targets(rows["items"], rows["labels"], rows["loss_from"])
                 targets = _add(targets, np.bincount(t[t > 0]))
                 labels = _add(labels, np.bincount(rows["labels"].clip(min=0)))
@@ -264,8 +268,7 @@ class StreamedSet:
                 if self.has_now and len(rows["now"]):
                     top = int(rows["now"].max())
                     newest = top if newest is None else max(newest, top)
-                ids = pf.read_row_group(g, columns=["user_id"]).column(0).to_pylist()
-                users.update(ids)
+                users.update(rows["user_id"].tolist())
             positions = int(targets[1:].sum())
             self._stats = StreamStats(
                 targets, labels, inputs, positions, newest, np.array(sorted(users), dtype=object)
