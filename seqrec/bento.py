@@ -85,16 +85,43 @@ def pinned_requirements(roots: list[str]) -> list[str]:
     return sorted(v for k, v in seen.items() if k not in skip)
 
 
+def _provides(dist: metadata.Distribution, module: Path) -> bool:
+    """Whether ``dist`` installed the file ``module`` (by its RECORD, else by its location)."""
+    files = [Path(str(dist.locate_file(f))).resolve() for f in dist.files or []]
+    if files:
+        return module in files
+    return Path(str(dist.locate_file(module.parent.name))).resolve() == module.parent
+
+
+def faiss_distribution() -> metadata.Distribution:
+    """The installed distribution that provides the importable ``faiss`` module (faiss-cpu,
+    faiss-gpu, a conda build with metadata, ...), or a SeqrecError saying how to install one."""
+    from seqrec.serving.ann import import_faiss
+
+    module = Path(import_faiss().__file__).resolve()  # not importable: how to install it
+    for name in metadata.packages_distributions().get("faiss", []):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if _provides(dist, module):
+            return dist
+    raise SeqrecError(
+        f"[serve] ann = true needs FAISS pinned in the Bento, but no installed distribution "
+        f"provides the faiss module at {module} (a source build or an install without "
+        "package metadata?)",
+        hint="pip install 'seqrec[ann]' (faiss-cpu), or set [serve] ann = false",
+    )
+
+
 def _requirements(ws: Workspace, dists: list[str]) -> list[str]:
     """The Bento's pinned requirements: those of ``dists``, plus FAISS when the workspace
     serves with ``[serve] ann = true`` (the index is built where the model loads)."""
     reqs = pinned_requirements(dists)
     if ws.config.serve.ann:
-        from seqrec.serving.ann import import_faiss
-
-        import_faiss()  # not installed: the error saying how to install it
-        faiss = metadata.distribution("faiss-cpu")
-        reqs = sorted({*reqs, f"faiss-cpu=={faiss.version}", *pinned_requirements(["faiss-cpu"])})
+        faiss = faiss_distribution()
+        name = faiss.metadata["Name"]
+        reqs = sorted({*reqs, f"{name}=={faiss.version}", *pinned_requirements([name])})
     return reqs
 
 
