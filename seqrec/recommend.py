@@ -634,13 +634,15 @@ class Recommender:
                 ex += [int(i) for i in items[r] if i > 0]
             excluded.append(ex)
         exclude = pad_indices(excluded, f.hidden.device)
-        kmax = min(max(q.k for q in queries), self.n_items - 1)
+        # every rankable item counts, the newer ones too (as the [B, n_items + m] scores do)
+        kmax = min(max(q.k for q in queries), self.n_items - 1 + len(extra or ()))
+        kknown = min(kmax, self.n_items - 1)  # of the model's own items
         rows, bias = self._item_rows, self._item_bias
         top: TopK
         if self.ann is not None:
             top = self.ann.topk(
                 f.hidden,
-                kmax,
+                kknown,
                 items=rows,
                 bias=bias,
                 history=f.history,
@@ -651,7 +653,7 @@ class Recommender:
             top = chunked_topk(
                 f.hidden,
                 rows,
-                kmax,
+                kknown,
                 bias=bias,
                 history=f.history,
                 repeat=f.repeat,
@@ -673,7 +675,8 @@ class Recommender:
             if rows_ex:
                 more[torch.tensor(rows_ex), torch.tensor(cols_ex)] = -torch.inf
             v2, i2 = more.topk(min(kmax, more.shape[1]), dim=1)
-            vals, pos = torch.cat([vals, v2], 1).topk(kmax, dim=1)
+            both = torch.cat([vals, v2], 1)
+            vals, pos = both.topk(min(kmax, both.shape[1]), dim=1)
             idxs = torch.cat([idxs, i2 + self.n_items], 1).gather(1, pos)
         return self._answers(vals, idxs, queries, extra)
 

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from seqrec.config import Workspace
+from seqrec.data.synth import user_id
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.ranking import rank_next_items
 from seqrec.evaluation.topk import chunked_topk, pad_indices, scores_topk
@@ -121,6 +123,43 @@ def test_models_without_factors_are_ranked_from_full_scores() -> None:
     got = rank_next_items(model, data, device=cpu, topk=5, chunk_items=4)
     assert np.array_equal(got["ranks"], want["ranks"])
     assert np.array_equal(got["topk"], want["topk"])
+
+
+# -- the service's chunked ranking, with items newer than the model ----------------------------
+
+
+def test_chunked_service_ranking_counts_items_newer_than_the_model_in_k(
+    trained_ws: Workspace,
+) -> None:
+    """A catalogue over ``topk_chunk_items`` plus a block of text-only items newer than the
+    model (as a text-aware model's refresh sets it): asking for every item returns every
+    known item and every newer one, in score order, as the unchunked path does."""
+    from seqrec.extra_items import ExtraItems
+    from seqrec.recommend import Recommender
+
+    serve = trained_ws.config.serve.model_copy(update={"topk_chunk_items": 7})
+    ws = Workspace(trained_ws.root, trained_ws.config.model_copy(update={"serve": serve}))
+    rec = Recommender(ws, "gpt2", device="cpu")
+    assert rec.chunked and rec._item_rows is not None
+    n, m = rec.n_items, 5
+    new_ids = tuple(f"new-{j}" for j in range(m))
+    g = torch.Generator().manual_seed(0)
+    rec.extra = ExtraItems(
+        n,
+        ids=new_ids,
+        vectors=torch.randn(m, rec._item_rows.shape[1], generator=g),
+        column={x: n + j for j, x in enumerate(new_ids)},
+    )
+    user = user_id(0, 120)
+    everything = rec.recommend(user, k=n + m, exclude_seen=False)
+    assert everything["fallback"] is False
+    got = [r["item_id"] for r in everything["items"]]
+    assert len(got) == n - 1 + m
+    assert set(got) == set(rec.vocab[1:n]) | set(new_ids)
+    scores = [r["score"] for r in everything["items"]]
+    assert scores == sorted(scores, reverse=True)
+    top = rec.recommend(user, k=3, exclude_seen=False)["items"]
+    assert [r["item_id"] for r in top] == got[:3]
 
 
 # -- sampled softmax with logQ correction ------------------------------------------------------
