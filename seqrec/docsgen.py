@@ -9,6 +9,7 @@ page differs from what the code renders. Regenerate them all with::
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import subprocess
@@ -214,11 +215,31 @@ def build_site(dest: Path, *, root: Path | None = None) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m seqrec.docsgen",
+        description="Regenerate the docs site's reference pages ("
+        + ", ".join(PAGES)
+        + ") from the code they describe; only pages that changed are written.",
+    )
+    parser.add_argument(
+        "docs_dir",
+        metavar="DOCS_DIR",
+        nargs="?",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "docs",
+        help="the folder the pages are written to (default: this checkout's docs/)",
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m seqrec.docsgen [DOCS_DIR]``: regenerate the reference pages."""
-    args = sys.argv[1:] if argv is None else argv
-    docs_dir = Path(args[0]) if args else Path(__file__).resolve().parents[1] / "docs"
-    for path in write_pages(docs_dir):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.docs_dir.is_dir():
+        parser.error(f"DOCS_DIR {args.docs_dir} is not a folder")
+    for path in write_pages(args.docs_dir):
         print(f"wrote {path}")
     return 0
 

@@ -131,3 +131,33 @@ def test_write_pages_rewrites_only_stale_pages(tmp_path: Path) -> None:
     assert docsgen.write_pages(tmp_path) == [tmp_path / "hooks.md"]
     assert (tmp_path / "hooks.md").read_text() == docsgen.render_hook_reference()
     assert docsgen.write_pages(tmp_path) == []
+
+
+def test_docsgen_help_prints_usage_and_writes_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqrec.docsgen", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:") and "DOCS_DIR" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_docsgen_writes_pages_into_the_folder_it_is_given(tmp_path: Path) -> None:
+    assert docsgen.main([str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(docsgen.PAGES)
+
+
+def test_docsgen_with_a_missing_folder_is_a_usage_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        docsgen.main([str(tmp_path / "nowhere")])
+    assert exit_.value.code == 2
+    assert "nowhere" in capsys.readouterr().err
