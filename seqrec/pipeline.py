@@ -276,7 +276,8 @@ def train_model(
     require_schema(engine)  # an empty workspace: "import events first", not a SQL error
     events_max_id = max_event_id(engine)  # what "events since this model" counts from
     run_dir = run_dir or default_run_dir(ws, model_name, task, label, settings.seed)
-    with distributed.main_first():  # rank 0 builds (and caches) the features first
+    # rank 0, then each node's local rank 0, build (and cache) the features first
+    with distributed.main_first():
         data = data or build_data(ws, task, label, engine, stream_target(ws, run_dir))
         model = build_model(spec, data, task, resolved.params, settings.seed, ws)
     if warm_from is not None:

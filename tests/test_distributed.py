@@ -119,6 +119,54 @@ def test_outside_a_launcher_nothing_is_distributed() -> None:
     assert distributed.all_gather("x") == ["x"]
 
 
+#: one process of a 2-node x 2-process job: what it saw done when it entered main_first's block
+_MAIN_FIRST_WORKER = """
+import json, sys, time
+from pathlib import Path
+from seqrec.training import distributed
+
+out = Path(sys.argv[1])
+distributed.init("cpu")
+me = distributed.rank()
+with distributed.main_first():
+    done = sorted(int(p.name.split("-")[1]) for p in out.glob("done-*"))
+    (out / f"enter-{me}").touch()
+    if me == 2:  # node 1's first process: wait for its second one, which must not come
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not (out / "enter-3").exists():
+            time.sleep(0.05)
+    (out / f"seen-{me}.json").write_text(json.dumps(done))
+    (out / f"done-{me}").touch()
+distributed.barrier()
+distributed.shutdown()
+"""
+
+
+def test_main_first_runs_rank_0_then_each_nodes_local_rank_0_then_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Two nodes of two processes (ranks 0, 1 on one; 2, 3 on the other, LOCAL_RANK 0 and 1
+    on each), as torchrun starts them: rank 0 runs the block alone, then node 1's local rank 0
+    (which may rebuild that node's copy of the features), then every other process."""
+    from test_service import free_port
+
+    script = tmp_path / "worker.py"
+    script.write_text(_MAIN_FIRST_WORKER)
+    port = str(free_port())
+    procs = []
+    for r in range(4):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        env.update(RANK=str(r), WORLD_SIZE="4", LOCAL_RANK=str(r % 2), LOCAL_WORLD_SIZE="2")
+        cmd = [sys.executable, str(script), str(tmp_path)]
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    seen = {r: json.loads((tmp_path / f"seen-{r}.json").read_text()) for r in range(4)}
+    assert seen[0] == [] and seen[2] == [0]
+    assert {0, 2} <= set(seen[1]) <= {0, 2, 3} and {0, 2} <= set(seen[3]) <= {0, 1, 2}
+
+
 def test_nproc_inside_a_torchrun_launch_is_refused(
     tiny_ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -211,6 +211,50 @@ def test_snapshot_rebuilds_only_when_events_change(ws: Workspace) -> None:
     assert third.events == first.events + 1 and third.built_at != first.built_at
 
 
+def _rebuild_at_once(ws: Workspace, writers: int) -> list[BaseException]:
+    """``writers`` threads call build_snapshot together; the errors they raised."""
+    import threading
+
+    from seqrec.features.snapshots import build_snapshot
+
+    start = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def rebuild() -> None:
+        start.wait()
+        try:
+            build_snapshot(ws)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rebuild) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_processes_rebuilding_a_stale_snapshot_at_once_all_succeed_and_leave_it_whole(
+    ws: Workspace,
+) -> None:
+    """Several writers of one snapshot directory at once (the processes of a node under DDP):
+    each writes its own temporary file and renames it into place, so none fails, the snapshot
+    is one of theirs, whole, and no temporary file is left."""
+    import pyarrow.parquet as pq
+
+    from seqrec.features.definitions import SNAPSHOT_FILE
+    from seqrec.features.snapshots import read_snapshot_info
+
+    load_synth(ws, users=30, items=20)
+    for _ in range(2):
+        assert _rebuild_at_once(ws, 4) == []
+    info = read_snapshot_info(ws)
+    assert info is not None
+    assert pq.read_metadata(ws.snapshot_dir / SNAPSHOT_FILE).num_rows == info.rows
+    assert [p.name for p in ws.snapshot_dir.iterdir() if ".tmp" in p.name] == []
+
+
 def test_left_pad() -> None:
     out = left_pad([[1, 2, 3], [], None, [4, 5, 6, 7, 8]], 4)
     assert out.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [0, 0, 0, 0], [5, 6, 7, 8]]

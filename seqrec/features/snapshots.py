@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,9 +124,8 @@ def build_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
     )
     out_dir = ws.snapshot_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (SNAPSHOT_FILE + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out_dir / SNAPSHOT_FILE)
+    with _replacing(out_dir / SNAPSHOT_FILE) as tmp:
+        pq.write_table(table, tmp)
     kill_point("features.snapshot")
     info = SnapshotInfo(
         rows=len(df),
@@ -138,11 +140,24 @@ def build_snapshot(ws: Workspace, engine: Engine | None = None) -> SnapshotInfo:
     return info
 
 
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for the block to write, renamed onto ``path`` (atomic)
+    when it ends, removed when it fails. The name is this writer's own (process id and a
+    random part): processes rebuilding one snapshot at once (the ranks of a node under DDP,
+    nodes sharing a directory) never write into each other's file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _write_info(ws: Workspace, info: SnapshotInfo) -> None:
     # atomically: a half-written snapshot.json would stop every later command
-    meta_tmp = ws.snapshot_dir / (META_FILE + ".tmp")
-    meta_tmp.write_text(json.dumps(asdict(info), indent=2))
-    os.replace(meta_tmp, ws.snapshot_dir / META_FILE)
+    with _replacing(ws.snapshot_dir / META_FILE) as tmp:
+        tmp.write_text(json.dumps(asdict(info), indent=2))
 
 
 def _spark_info(ws: Workspace, engine: Engine) -> SnapshotInfo:

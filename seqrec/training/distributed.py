@@ -7,10 +7,10 @@ the launcher sets and joins the process group (:func:`init`): gloo on CPU, nccl 
 
 What every rank does (the trainer and :func:`seqrec.pipeline.train_model` call these):
 
-- builds the same training tensors (rank 0 first: :func:`main_first`) and trains on its shard
-  of every batch (:func:`shard_batches`): ``batch_size`` is the effective batch, each rank
-  takes ``batch_size / N`` of it, so the steps, the learning-rate schedule and the data of a
-  step are those of one process;
+- builds the same training tensors (rank 0 first, then each node's local rank 0:
+  :func:`main_first`) and trains on its shard of every batch (:func:`shard_batches`):
+  ``batch_size`` is the effective batch, each rank takes ``batch_size / N`` of it, so the
+  steps, the learning-rate schedule and the data of a step are those of one process;
 - computes its loss through :class:`~torch.nn.parallel.DistributedDataParallel`
   (:func:`wrap`), which averages the gradients;
 - takes the validation metrics rank 0 computed (:func:`from_main`), so every rank makes the
@@ -149,13 +149,17 @@ def barrier() -> None:
 
 @contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (it may write caches, such as the feature snapshot), the
-    other ranks after it."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
+    """The block in three turns, a barrier between them: rank 0 first (it may write caches,
+    such as the feature snapshot), then the first process of every other node (``LOCAL_RANK``
+    0: it brings that node's copy up to date where the nodes do not share it), then the rest.
+    Every rank passes both barriers."""
+    w = world()
+    turn = 0 if w is None or w.rank == 0 else 1 if w.local_rank == 0 else 2
+    for step in range(3):
+        if step == turn:
+            yield
+        if w is not None and step < 2:
+            barrier()
 
 
 def from_main(fn: Callable[[], T]) -> T:
