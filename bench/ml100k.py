@@ -456,45 +456,39 @@ def page(payload: dict[str, Any]) -> str:
             ),
             None,
         )
-        # only models every seed of which trained in this invocation: timings from another
-        # run of the script are not "the same invocation"
-        this_run = {
-            r["model"]
-            for r in payload["runs"]
-            if r["variant"] == "defaults" and r.get("invocation") == payload.get("invocation")
-        }
-        stale = {
-            r["model"]
-            for r in payload["runs"]
-            if r["variant"] == "defaults" and r.get("invocation") != payload.get("invocation")
-        }
-        neural = [
-            r
-            for r in summary
-            if r["variant"] == "defaults"
-            and r["model"] not in NON_NEURAL
-            and r["seconds_per_epoch"]
-            and r["model"] in this_run - stale
-        ]
-        if sas and neural:
-            md.append(
-                f"Speed, same invocation, same machine: RecBole SASRec "
-                f"{sas['seconds_per_epoch']:.1f} s per epoch vs "
-                + ", ".join(
-                    f"seqrec {r['model']} {r['seconds_per_epoch']:.2f} s "
-                    f"({sas['seconds_per_epoch'] / r['seconds_per_epoch']:.0f}x)"
-                    for r in neural
-                )
-                + "."
-                + (
-                    " Models whose runs were reused from an earlier invocation of this script "
-                    "are left out of this comparison: "
-                    + ", ".join(sorted(stale - set(NON_NEURAL)))
-                    + "."
-                    if stale - set(NON_NEURAL)
-                    else ""
-                )
+        if sas:
+            peers = ", ".join(
+                f"{p['model']} {p['seconds_per_epoch']:.1f} s"
+                for p in peer["results"]
+                if p.get("seconds_per_epoch") is not None
             )
+            md.append(f"RecBole seconds per epoch, measured by this invocation: {peers}.")
+            md.append("")
+            lines = []
+            for r in summary:
+                if r["variant"] != "defaults" or r["model"] in NON_NEURAL:
+                    continue
+                runs = [
+                    x
+                    for x in payload["runs"]
+                    if x["model"] == r["model"] and x["variant"] == "defaults"
+                ]
+                when = sorted({x.get("invocation") or "unrecorded" for x in runs})
+                same = when == [payload.get("invocation")]
+                ratio = sas["seconds_per_epoch"] / r["seconds_per_epoch"]
+                lines.append(
+                    f"- seqrec {r['model']}: {r['seconds_per_epoch']:.2f} s per epoch, "
+                    f"{ratio:.0f}x below RecBole SASRec ("
+                    + (
+                        "trained by this invocation"
+                        if same
+                        else "trained by an earlier invocation of this script, started "
+                        + ", ".join(when)
+                        + ": not the same invocation"
+                    )
+                    + ")"
+                )
+            md.extend(lines)
             md.append("")
     md.append("Configurations trained (plugin defaults; `seqrec models --presets` prints them):")
     md.append("")

@@ -309,9 +309,13 @@ def user_histories(dataset: Any, config: Any) -> dict[int, Any]:
     import numpy as np
 
     feat = dataset.inter_feat
-    u = feat[config["USER_ID_FIELD"]].numpy()
-    i = feat[config["ITEM_ID_FIELD"]].numpy()
-    t = feat[config["TIME_FIELD"]].numpy()
+
+    def column(name: str) -> Any:
+        """A column as numpy, whether the features are still a DataFrame or already tensors."""
+        col = feat[config[name]]
+        return col.to_numpy() if hasattr(col, "to_numpy") else col.numpy()
+
+    u, i, t = column("USER_ID_FIELD"), column("ITEM_ID_FIELD"), column("TIME_FIELD")
     order = np.lexsort((np.arange(len(u)), t, u))  # by user, then time, then file order
     u, i = u[order], i[order]
     starts = np.r_[0, np.flatnonzero(u[1:] != u[:-1]) + 1]
