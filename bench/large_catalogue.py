@@ -84,6 +84,11 @@ def sequence_set(seqs: np.ndarray, upto: int) -> Any:
     )
 
 
+def say(msg: str) -> None:
+    """A stage message on stderr, so a long run shows where it is."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def run(cfg: dict[str, int]) -> dict[str, Any]:
     import torch
 
@@ -96,6 +101,7 @@ def run(cfg: dict[str, int]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"config": {**cfg, "seq_len": SEQ_LEN, "topics": TOPICS}}
     out["params"], out["train"], out["chunk_items"] = PARAMS, TRAIN, CHUNK
+    say(f"data: {cfg['users']:,} users, {cfg['items']:,} items")
     t0 = time.perf_counter()
     seqs = synthetic(cfg["items"], cfg["users"])["seqs"]
     train_set = sequence_set(seqs[:, :-1], SEQ_LEN - 1)  # targets up to the validation one
@@ -116,13 +122,14 @@ def run(cfg: dict[str, int]) -> dict[str, Any]:
         device="cpu",
         eval_batch_size=TRAIN["eval_batch_size"],
     )
+    say(f"train: one epoch of gpt2, loss {PARAMS['loss']}")
     t0 = time.perf_counter()
     result = train(
         model,
         train_set.tensors(with_targets=True),
         lambda m, device: {"ndcg@10": 0.0},  # evaluated below, timed on its own
         settings,
-        progress=False,
+        progress=True,  # the trainer's progress bar (stderr)
     )
     out["train_epoch"] = {
         "seconds": round(time.perf_counter() - t0, 1),
@@ -132,6 +139,7 @@ def run(cfg: dict[str, int]) -> dict[str, Any]:
     }
 
     cpu = torch.device("cpu")
+    say(f"evaluate: {len(test):,} users over {cfg['items']:,} items, chunks of {CHUNK:,}")
     t0 = time.perf_counter()
     ranked = rank_next_items(
         model, test, device=cpu, batch_size=TRAIN["eval_batch_size"], topk=K, chunk_items=CHUNK
@@ -155,10 +163,12 @@ def run(cfg: dict[str, int]) -> dict[str, Any]:
         rows = model.next_item_factors(Batch(*(torch.zeros(1, 1, dtype=torch.long),) * 3))
         assert rows is not None
         items, bias = rows.items.detach().clone(), rows.bias
+        say("FAISS HNSW index over the item embeddings")
         t0 = time.perf_counter()
         index = AnnIndex(items, bias, kind="hnsw", search=128)
         build_s = time.perf_counter() - t0
         n_lat = cfg["latency_users"]
+        say(f"latency: exact and FAISS top-{K} for {n_lat} users, one at a time")
         exact_ms, ann_ms, hits = [], [], 0
         for u in range(n_lat):
             b = Batch(
