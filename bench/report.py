@@ -12,6 +12,7 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -102,3 +103,30 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def publish(
+    name: str,
+    machine: dict[str, Any],
+    results: Any,
+    render: Callable[[Any, dict[str, Any]], str],
+    quick: bool,
+    page_when_quick: bool = False,
+) -> None:
+    """Save ``results`` as bench/results/NAME.json and write its page section; a quick
+    (smoke) run only prints the payload (and the section with ``page_when_quick``)."""
+    payload = {"machine": machine, "results": results}
+    if quick:
+        print(json.dumps(payload, indent=2, default=str))
+        if page_when_quick:
+            print(render(results, machine))
+        return
+    save_json(name, payload)
+    write_section(name, render(results, machine))
+    print(render(results, machine))
+
+
+def republish(name: str, render: Callable[[Any, dict[str, Any]], str]) -> None:
+    """Rewrite NAME's page section from bench/results/NAME.json (``--report-only``)."""
+    saved = json.loads((RESULTS / f"{name}.json").read_text())
+    write_section(name, render(saved["results"], saved["machine"]))

@@ -441,8 +441,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the page from JSON")
     args = ap.parse_args()
     if args.report_only:
-        saved = json.loads((report.RESULTS / f"{NAME}.json").read_text())
-        report.write_section(NAME, markdown(saved["results"], saved["machine"]))
+        report.republish(NAME, markdown)
         return
     import torch
 
@@ -471,13 +470,7 @@ def main() -> None:
         results.append(res)
         if args.quick:
             break
-    payload = {"machine": machine, "results": results}
-    if args.quick:
-        print(json.dumps(payload, indent=2, default=str))
-        return
-    report.save_json(NAME, payload)
-    report.write_section(NAME, markdown(results, machine))
-    print(markdown(results, machine))
+    report.publish(NAME, machine, results, markdown, args.quick)
 
 
 if __name__ == "__main__":

@@ -251,19 +251,11 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="rewrite the page from JSON")
     args = ap.parse_args()
     if args.report_only:
-        saved = json.loads((report.RESULTS / f"{NAME}.json").read_text())
-        report.write_section(NAME, markdown(saved["results"], saved["machine"]))
+        report.republish(NAME, markdown)
         return
     machine = report.machine()
     results = run(QUICK if args.quick else FULL)
-    payload = {"machine": machine, "results": results}
-    if args.quick:  # a smoke run: nothing written
-        print(json.dumps(payload, indent=2, default=str))
-        print(markdown(results, machine))
-        return
-    report.save_json(NAME, payload)
-    report.write_section(NAME, markdown(results, machine))
-    print(markdown(results, machine))
+    report.publish(NAME, machine, results, markdown, args.quick, page_when_quick=True)
 
 
 if __name__ == "__main__":
