@@ -52,6 +52,9 @@ VARIANTS: dict[str, dict[str, Any]] = {"id-only": {}, "text": {"item_text": True
 HELD_OUT_SHARE, HELD_OUT_SEED = 0.10, 0
 STRIDE = ml100k.STRIDE
 RUNS = report.RESULTS / "text_ml100k_runs.jsonl"
+#: (b) is also measured with this many of the top 10's places for cold-start items
+#: (``seqrec evaluate --new-item-slots N``, ``[serve] new_item_slots``)
+SLOTS = (1, 2)
 
 
 def fetch_item_file() -> Path:
@@ -226,7 +229,49 @@ def run_one(
         "examples": test["users"],
         "epochs_to_best": out.best_epoch,
         "train_seconds": round(train_s, 1),
+        **({"slots": slot_metrics(ws, out.tag, data, warm_test(cache))} if part == "b" else {}),
     }
+
+
+def warm_test(b_cache: Path) -> Any:
+    """The cold-start data with the *other* test examples: targets that are not held out
+    (what new-item slots cost the recommendations of known items)."""
+    from dataclasses import replace
+
+    full = pickle.loads(b_cache.with_name("data-next-item.pkl").read_bytes())
+    data = pickle.loads(b_cache.read_bytes())
+    return replace(data, test=_without(full.test, held_out_items(full.n_items), "drop"))
+
+
+def slot_metrics(ws: Any, tag: str, data: Any, warm: Any) -> dict[str, dict[str, float]]:
+    """Recall@10 and NDCG@10 of ``tag`` with each of :data:`SLOTS` new-item slots (places of
+    the top 10 for items without training events, the best by the model's score), on the
+    cold-start targets and (``warm_``) on the test examples whose target is a known item."""
+    from seqrec.pipeline import evaluate_model
+
+    out = {}
+    for n in (0, *SLOTS):
+        res = evaluate_model(
+            ws, tag, ks=(10,), data=data, progress=False, ci=False, new_item_slots=n
+        )
+        warm_res = evaluate_model(
+            ws, tag, ks=(10,), data=warm, progress=False, ci=False, new_item_slots=n
+        )
+        out[str(n)] = {
+            "recall@10": res["recall@10"],
+            "ndcg@10": res["ndcg@10"],
+            "warm_ndcg@10": warm_res["ndcg@10"],
+            "warm_examples": warm_res["users"],
+        }
+    return out
+
+
+def slots_worker(ws_dir: Path, cache: Path, tag: str) -> dict[str, Any]:
+    """:func:`slot_metrics` of a stored model (a run finished before slots were measured)."""
+    from seqrec.config import load_workspace
+
+    data = pickle.loads(cache.read_bytes())
+    return slot_metrics(load_workspace(ws_dir), tag, data, warm_test(cache))
 
 
 def jobs(parts: list[str], models: list[str], seeds: list[int]) -> list[tuple[str, str, int, str]]:
@@ -246,6 +291,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = np.array([r[key] for r in rs], dtype=float)
             row[key] = float(vals.mean())
             row[key + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        for n in (0, *SLOTS):
+            if all(str(n) in (r.get("slots") or {}) for r in rs):
+                for m in ("recall@10", "ndcg@10", "warm_ndcg@10"):
+                    vals = np.array([r["slots"][str(n)].get(m, np.nan) for r in rs], dtype=float)
+                    row[f"slots{n}_{m}"] = float(vals.mean())
+                    row[f"slots{n}_{m}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
         rows.append(row)
     for row in rows:
         if row["variant"] == "text":
@@ -376,6 +427,64 @@ def page(payload: dict[str, Any]) -> str:
             ),
             "",
         ]
+    s_rows = []
+    for m in payload["models"]:
+        ido, txt = get("b", m, "id-only"), get("b", m, "text")
+        if ido is None or txt is None:
+            continue
+        for n in SLOTS:
+            key = f"slots{n}_recall@10"
+            if key not in txt or key not in ido:
+                continue
+            hits_t = round(txt[key] * txt["examples"] * txt["seeds"])
+            hits_i = round(ido[key] * ido["examples"] * ido["seeds"])
+            ratio_s = (
+                f"{txt[key] / ido[key]:.1f}x"
+                if ido[key] > 0
+                else ("no id-only hit" if hits_t else "n/a (no hit)")
+            )
+            pop_s = f"{pop[key]:.4f}" if pop and key in pop else "-"
+            warm = (
+                f"{txt[f'slots{n}_warm_ndcg@10']:.4f} (0 slots: {txt['slots0_warm_ndcg@10']:.4f})"
+                if "slots0_warm_ndcg@10" in txt
+                else "-"
+            )
+            s_rows.append(
+                [
+                    m,
+                    str(n),
+                    f"{_fmt(txt, key)} ({hits_t} hits)",
+                    _fmt(txt, f"slots{n}_ndcg@10"),
+                    f"{_fmt(ido, key)} ({hits_i} hits)",
+                    pop_s,
+                    ratio_s,
+                    warm,
+                ]
+            )
+    if s_rows:
+        md += [
+            "With new-item slots (`seqrec evaluate --new-item-slots N`, served with `[serve] "
+            "new_item_slots = N`): of every top 10, up to N places go to the items without "
+            "training events, the best of them by the model's score (for a text-aware model: "
+            "by their text). Same models, same examples; hits summed over seeds. The last column is "
+            "what the places cost: the text-aware model's NDCG@10 on the test examples whose "
+            "target is a known item:",
+            "",
+            report.table(
+                [
+                    "model",
+                    "slots",
+                    "Recall@10 text-aware",
+                    "NDCG@10 text-aware",
+                    "Recall@10 id-only",
+                    "Recall@10 popularity",
+                    "ratio (Recall)",
+                    "NDCG@10 text-aware, known-item targets",
+                ],
+                s_rows,
+            ),
+            "",
+        ]
     return "\n".join(md)
 
 
@@ -386,8 +495,19 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--quick", action="store_true", help="a tiny slice, 1 epoch, in-process")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    ap.add_argument("--slots-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
     ws_dir, a_cache, b_cache = prepare(args.quick)
+    if args.slots_of:
+        from seqrec import model_store
+        from seqrec.config import load_workspace
+
+        try:
+            model_store.load(args.slots_of, store=load_workspace(ws_dir).model_store)
+        except Exception:
+            sys.exit(3)
+        print(json.dumps(slots_worker(ws_dir, b_cache, args.slots_of)))
+        return
     if args.worker:
         part, model, seed, variant = args.worker
         cache = a_cache if part == "a" else b_cache
@@ -404,6 +524,22 @@ def main() -> None:
     runs = []
     for part, model, seed, variant in jobs(parts, models, seeds):
         key = (part, model, seed, variant)
+        if key in done and part == "b" and "0" not in done[key].get("slots", {}):
+            # finished before slots were measured: evaluate its stored model again
+            proc = subprocess.run(
+                [sys.executable, __file__, "--slots-of", done[key]["tag"]],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode == 0:
+                done[key]["slots"] = json.loads(proc.stdout.strip().splitlines()[-1])
+                with RUNS.open("a") as fh:
+                    fh.write(json.dumps(done[key]) + "\n")
+            elif proc.returncode == 3:  # its model is gone: train it again
+                print(f"{key}: stored model not found, training again", file=sys.stderr)
+                del done[key]
+            else:
+                sys.exit(f"{key}: evaluating with slots failed:\n{proc.stderr[-3000:]}")
         if key in done:
             runs.append(done[key])
             continue

@@ -315,6 +315,14 @@ class ServeConfig(_Section):
         "newer than it (imported with text, embedded and materialized online) and rank them "
         "by their text without a restart; 0 = only at startup and reload",
     )
+    new_item_slots: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="serving a text-aware model: of every top-k list, up to this many places go "
+        "to cold-start items (no events in its training data, or newer than it), the best by "
+        "their text; 0 = the model's own ranking (see docs/items.md for what it costs)",
+    )
     admin_token_env: str = Field(
         "SEQREC_ADMIN_TOKEN",
         min_length=1,

@@ -17,7 +17,7 @@ import torch
 from seqrec.config import Workspace
 from seqrec.evaluation.classification import best_threshold, classification_metrics
 from seqrec.evaluation.metrics import ranking_metrics
-from seqrec.evaluation.ranking import rank_next_items
+from seqrec.evaluation.ranking import rank_next_items, slotted_ranks
 from seqrec.evaluation.topk import DEFAULT_CHUNK_ITEMS, pad_indices
 from seqrec.features.sql import drop_unknown, event_positions
 from seqrec.models import ItemText, ModelContext, ModelSpec, SeqModel, get_spec
@@ -168,6 +168,12 @@ def item_text_for(ws: Workspace, data: Data, engine: Any = None) -> ItemText:
             hint="import item text with `seqrec items import FILE`, then encode it with "
             "`seqrec items embed`",
         )
+    return ItemText(text.matrix, trained_items(data))
+
+
+def trained_items(data: Data) -> np.ndarray:
+    """[n_items] bool: the items with events in ``data``'s training split (inputs, or targets
+    of next-item data); padding (0) counts as trained. The others are cold-start items."""
     trained = np.zeros(data.n_items, dtype=bool)
     if data.train_stream:
         stats = data.train_stream.stats()
@@ -179,7 +185,7 @@ def item_text_for(ws: Workspace, data: Data, engine: Any = None) -> ItemText:
     if isinstance(data, NextItemData):
         trained[data.train.labels[data.train.labels < data.n_items]] = True
     trained[0] = True
-    return ItemText(text.matrix, trained)
+    return trained
 
 
 def build_model(
@@ -453,14 +459,28 @@ def evaluate_model(
     dump_topk: Path | None = None,
     ci: bool = True,
     per_user: bool = False,
+    new_item_slots: int = 0,
 ) -> dict[str, Any]:
     """Metrics of a stored model on the test (or valid) split of the current events.
+
+    ``new_item_slots`` (next-item): of every top-k list, up to that many places go to
+    cold-start items (no events in the training split), the best of them by the model's
+    score (:mod:`seqrec.evaluation.slots`); recall, NDCG and MRR are of those lists.
 
     With ``per_user``, ``out["per_user"]`` holds numpy arrays per example (not JSON): the
     ``user_ids`` and, next-item, the ``ranks`` and ``topk`` items; classification, the
     ``labels`` and class ``probs``."""
     from seqrec import model_store
+    from seqrec.errors import SeqrecError
 
+    if new_item_slots and dump_topk is not None:
+        raise SeqrecError(
+            "--dump-topk writes the model's own lists: run it without --new-item-slots"
+        )
+    if not 0 <= new_item_slots <= min(ks):
+        raise SeqrecError(
+            f"new-item slots must be between 0 and the smallest k ({min(ks)}), got {new_item_slots}"
+        )
     device = pick_device(ws.config.train.device)
     stored = model_store.load(ref, device=device, store=ws.model_store)
     task = stored.info.get("task", "next-item")
@@ -502,13 +522,29 @@ def evaluate_model(
         # no example left (every target newer than the model): nothing ranked, all misses
         ranks = res.get("ranks", np.zeros(0, dtype=np.int64))
         topk = res.get("topk", np.zeros((0, max(ks)), dtype=np.int64))
-        out = dict(ranking_metrics(ranks, ks))
+        by_k = {k: ranks for k in ks}  # per cutoff: each target's place (>= k: not listed)
+        if new_item_slots > 0:
+            cold = ~trained_items(data)[:n_model]
+            by_k = slotted_ranks(
+                stored.model,
+                examples,
+                device=device,
+                cold=cold,
+                ks=ks,
+                slots=new_item_slots,
+                batch_size=ws.config.train.eval_batch_size,
+                exclude=exclude,
+                progress=progress,
+            )
+        out = {}
+        for k in ks:
+            out.update(ranking_metrics(by_k[k], [k]))
         intervals: dict[str, tuple[float, float]] = {}
         for k in ks:
             out[f"coverage@{k}"] = float(len(np.unique(topk[:, :k])) / max(1, n_model - 1))
             if ci:
-                hit = ranks < k
-                ndcg = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
+                hit = by_k[k] < k
+                ndcg = np.where(hit, 1.0 / np.log2(by_k[k] + 2.0), 0.0)
                 intervals[f"ndcg@{k}_ci95"] = bootstrap_ci(ndcg)
                 intervals[f"recall@{k}_ci95"] = bootstrap_ci(hit.astype(np.float64))
         out.update(intervals)
@@ -531,6 +567,7 @@ def evaluate_model(
             "task": task,
             "split": split,
             "exclude_seen": exclude_seen,
+            **({"new_item_slots": new_item_slots} if new_item_slots else {}),
             "seconds": round(time.perf_counter() - t0, 3),
         }
     )

@@ -235,6 +235,14 @@ class Recommender:
         if self.text_aware:
             with torch.inference_mode():  # the fused item table, cached before tracing
                 self.model.score(Batch(*self._example(1, 1, 0)))
+        #: ``[serve] new_item_slots`` (text-aware models): places of every list for cold items
+        #: (:mod:`seqrec.evaluation.slots`); the model's own cold rows: no training events
+        self.new_item_slots = ws.config.serve.new_item_slots if self.text_aware else 0
+        self._cold_rows = (
+            torch.nonzero(~self.model.text_fusion.id_known.bool()).flatten().to(self.device)
+            if self.new_item_slots
+            else None
+        )
         self._init_ranking(ws)
         if ws.config.serve.trace and type(self.model).traceable and not self.chunked:
             self._traced = self._trace()
@@ -610,7 +618,52 @@ class Recommender:
             scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
         kmax = min(max(q.k for q in queries), scores.shape[1] - 1)
         top = torch.topk(scores, kmax, dim=1)
+        if self.new_item_slots:
+            assert self._cold_rows is not None
+            cold = torch.cat(
+                [
+                    self._cold_rows,
+                    torch.arange(self.n_items, scores.shape[1], device=scores.device),
+                ]
+            )
+            return self._slotted(top.values, top.indices, scores[:, cold], cold, queries, extra)
         return self._answers(top.values, top.indices, queries, extra)
+
+    def _slotted(
+        self,
+        values: torch.Tensor,
+        indices: torch.Tensor,
+        cold_scores: torch.Tensor,
+        cold: torch.Tensor,
+        queries: Sequence[Query],
+        extra: ExtraItems | None,
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`_answers` with ``new_item_slots`` places of each query's k for cold items:
+        ``cold`` [C] their columns (the model's untrained rows, then the extra items),
+        ``cold_scores`` [B, C] their scores with exclusions at -inf."""
+        from seqrec.evaluation.slots import slotted_lists
+
+        n = self.new_item_slots
+        cv, cpos = cold_scores.topk(min(n, cold_scores.shape[1]), dim=1)
+        ci = cold[cpos]
+        is_cold = indices >= self.n_items
+        if len(self._cold_rows):  # type: ignore[arg-type]
+            is_cold |= torch.isin(indices, self._cold_rows)  # type: ignore[arg-type]
+        out_v = torch.full_like(values, -torch.inf)
+        out_i = torch.zeros_like(indices)
+        for r, q in enumerate(queries):
+            k = min(q.k, values.shape[1])
+            v, i = slotted_lists(
+                values[r : r + 1],
+                indices[r : r + 1],
+                cv[r : r + 1],
+                ci[r : r + 1],
+                is_cold[r : r + 1],
+                k,
+                n,
+            )
+            out_v[r, :k], out_i[r, :k] = v[0], i[0]
+        return self._answers(out_v, out_i, queries, extra)
 
     def _rank_factored(
         self,
@@ -678,6 +731,27 @@ class Recommender:
             both = torch.cat([vals, v2], 1)
             vals, pos = both.topk(min(kmax, both.shape[1]), dim=1)
             idxs = torch.cat([idxs, i2 + self.n_items], 1).gather(1, pos)
+        if self.new_item_slots:
+            assert self._cold_rows is not None
+            own = f.hidden.float() @ rows[self._cold_rows].float().T  # the untrained rows
+            if bias is not None:
+                own = own + bias[self._cold_rows].float()
+            col = {int(c): j for j, c in enumerate(self._cold_rows.tolist())}
+            hit = [(r, col[i]) for r, ex in enumerate(excluded) for i in ex if i in col]
+            if hit:
+                own[
+                    torch.tensor([h[0] for h in hit]), torch.tensor([h[1] for h in hit])
+                ] = -torch.inf
+            cold_scores, cold = own, self._cold_rows
+            if extra:
+                cold_scores = torch.cat([own, more.float()], 1)
+                cold = torch.cat(
+                    [
+                        cold,
+                        torch.arange(self.n_items, self.n_items + len(extra), device=cold.device),
+                    ]
+                )
+            return self._slotted(vals, idxs, cold_scores, cold, queries, extra)
         return self._answers(vals, idxs, queries, extra)
 
     def _answers(

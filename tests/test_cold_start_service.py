@@ -196,3 +196,41 @@ def test_an_id_only_model_reads_no_extra_items(served: Served) -> None:
         "last_error": None,
     }
     assert len(rec.recommend(JAZZ_FAN, k=3)["items"]) == 3
+
+
+def test_new_item_slots_give_cold_items_places_in_every_list(served: Served) -> None:
+    """``[serve] new_item_slots = 2``: a jazz fan's top 3 keeps the jazz item it ranks itself
+    and gets the metal item in the last place (the best cold item left); without slots, the
+    model's own list. Both ranking paths (full scores; item factors in chunks) agree."""
+    from seqrec.config import Workspace
+    from seqrec.recommend import Query, Recommender
+
+    srv, ws = served.server, served.ws
+    if extra_status(srv)["count"] < 2:  # run on its own: import the new items here
+        (ws.root / "new-items.csv").write_text(NEW_ITEMS)
+        cli(ws, "items", "import", str(ws.root / "new-items.csv"))
+        cli(ws, "items", "embed")
+        cli(ws, "features", "materialize", "--incremental")
+    wait_for("ranking the new items", lambda: extra_status(srv)["count"] == 2, srv)
+
+    def rec(slots: int, chunk: int | None = None) -> Recommender:
+        serve = ws.config.serve.model_copy(update={"new_item_slots": slots})
+        if chunk is not None:
+            serve = serve.model_copy(update={"topk_chunk_items": chunk})
+        config = ws.config.model_copy(update={"serve": serve})
+        return Recommender(Workspace(ws.root, config), served.tag, device="cpu")
+
+    own = ids(rec(0).recommend(JAZZ_FAN, k=3)["items"])
+    assert "jazz-new" in own and "metal-new" not in own, own
+    slotted = rec(2).recommend(JAZZ_FAN, k=3)["items"]
+    assert ids(slotted)[-1] == "metal-new" and "jazz-new" in ids(slotted), slotted
+    assert [r["score"] for r in slotted] == sorted((r["score"] for r in slotted), reverse=True)
+    chunked = rec(2, chunk=4)
+    assert chunked.chunked
+    assert ids(chunked.recommend(JAZZ_FAN, k=3)["items"]) == ids(slotted)
+    # an excluded cold item gives its place to no one else cold: there is none left
+    ex = ids(rec(2).recommend_many([Query(JAZZ_FAN, 3, True, ("metal-new",))])[0]["items"])
+    assert "metal-new" not in ex and len(ex) == 3
+    # k larger than the catalogue: every item is listed anyway, exactly once
+    everything = ids(rec(2).recommend(METAL_FAN, k=ALL)["items"])
+    assert len(everything) == len(set(everything)) and {"jazz-new", "metal-new"} <= set(everything)

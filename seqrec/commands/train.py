@@ -53,6 +53,8 @@ def _print_ranking(res: dict[str, Any], ks: tuple[int, ...], split: str) -> None
     title = f"{res['tag']} on {res['users']:,} {split} users"
     if res["exclude_seen"]:
         title += " (seen items excluded)"
+    if res.get("new_item_slots"):
+        title += f" ({res['new_item_slots']} new-item slots)"
     table = Table(title=title)
     table.add_column("K")
     metrics = ("recall", "ndcg", "mrr", "coverage")
@@ -261,6 +263,14 @@ def register(cli: click.Group) -> None:
         type=click.Path(dir_okay=False, path_type=Path),
         help="Write JSONL {user_id, target, topk} lines so anyone can recompute the metrics.",
     )
+    @click.option(
+        "--new-item-slots",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="Of every top-k list, up to N places go to cold-start items (no training "
+        "events), the best by the model's score, as `[serve] new_item_slots` serves them.",
+    )
     @click.option("--json", "as_json", is_flag=True)
     def evaluate(
         project: Path | None,
@@ -269,6 +279,7 @@ def register(cli: click.Group) -> None:
         exclude_seen: bool,
         split: str,
         dump_topk: Path | None,
+        new_item_slots: int,
         as_json: bool,
     ) -> None:
         """Score a stored model (default: latest of the default model) on the held-out split.
@@ -289,6 +300,7 @@ def register(cli: click.Group) -> None:
             split=split,
             progress=not as_json,
             dump_topk=dump_topk,
+            new_item_slots=new_item_slots,
         )
         if as_json:
             emit_json(res)

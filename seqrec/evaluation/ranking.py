@@ -100,3 +100,48 @@ def rank_next_items(
     if tops:
         out["topk"] = np.concatenate(tops)
     return out
+
+
+@torch.no_grad()
+def slotted_ranks(
+    model: SeqModel,
+    data: SequenceSet,
+    *,
+    device: torch.device,
+    cold: np.ndarray,
+    ks: tuple[int, ...],
+    slots: int,
+    batch_size: int = 512,
+    exclude: Exclude | None = None,
+    progress: bool = False,
+) -> dict[int, np.ndarray]:
+    """Per cutoff k, each example's 0-based position in its top-k list with ``slots`` places
+    for the ``cold`` [n_items] items (:mod:`seqrec.evaluation.slots`), or k when the target is
+    not in it. Works from full scores: memory is batch x catalogue."""
+    from seqrec.evaluation.slots import slotted_positions
+
+    model.eval()
+    cold_t = torch.from_numpy(np.asarray(cold, dtype=bool)).to(device)
+    tensors = data.tensors(with_targets=False)
+    out: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+    offset = 0
+    for batch in bar(
+        iter_batches(tensors, batch_size),
+        total=math.ceil(len(data) / batch_size),
+        desc="evaluate (new-item slots)",
+        disable=not progress,
+        leave=False,
+    ):
+        n = len(batch.items)
+        assert batch.labels is not None
+        batch = batch.to(device)
+        with autocast_for(device):
+            scores = model.score(batch).float().clone()  # a model may return a view
+        scores[:, 0] = -torch.inf
+        if exclude is not None:
+            ex = exclude(np.arange(offset, offset + n)).to(device)
+            scores.scatter_(1, ex, -torch.inf)  # index 0 pads the rows: padding, -inf anyway
+        for k in ks:
+            out[k].append(slotted_positions(scores, batch.labels, cold_t, k, slots).cpu().numpy())
+        offset += n
+    return {k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for k, v in out.items()}

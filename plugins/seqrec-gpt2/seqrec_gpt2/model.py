@@ -77,6 +77,17 @@ class GPT2NextItem(SeqModel):
         self.classifier = nn.Linear(p["d_model"], ctx.n_classes) if ctx.task == "classify" else None
         if p.get("item_text", False):
             self.text_fusion = TextFusion(ctx, p["d_model"], self.config.initializer_range)
+        # transition=true: FPMC's first-order term (Rendle et al., WWW 2010), a per-item vector
+        # added to the final hidden state of the position that item sits at, so "what follows
+        # item i" has its own row instead of being squeezed through the feed-forward layers;
+        # zero at the start (the plain model). Off by default: docs/benchmarks.md has the runs
+        self.transition = (
+            nn.Embedding(ctx.n_items, p["d_model"], padding_idx=0)
+            if p.get("transition", False)
+            else None
+        )
+        if self.transition is not None:
+            nn.init.zeros_(self.transition.weight)
 
     def item_table(self) -> Tensor:
         """[n_items, d] item representations: input embeddings = tied output rows."""
@@ -101,7 +112,10 @@ class GPT2NextItem(SeqModel):
         emb, positions = self._inputs(batch)
         mask = batch.mask.long()
         out = self.backbone(inputs_embeds=emb, attention_mask=mask, position_ids=positions)
-        return out.last_hidden_state
+        h = out.last_hidden_state
+        if self.transition is not None:
+            h = h + self.transition(batch.items)
+        return h
 
     def newest_hidden(self, batch: Batch) -> Tensor:
         """[B, d]: ``hidden(batch)[:, -1]`` in eval mode, with the last block computed for the
@@ -119,7 +133,10 @@ class GPT2NextItem(SeqModel):
         for block in blocks[:-1]:
             x = _block(block, x, seen[:, None], newest_only=False)
         x = _block(blocks[-1], x, mask[:, None, None, :], newest_only=True)
-        return self.backbone.ln_f(x[:, -1])
+        h = self.backbone.ln_f(x[:, -1])
+        if self.transition is not None:
+            h = h + self.transition(batch.items[:, -1])
+        return h
 
     def _newest(self, batch: Batch) -> Tensor:
         return self.hidden(batch)[:, -1] if self.training else self.newest_hidden(batch)

@@ -99,3 +99,30 @@ def test_gpt2_vocab_growth_keeps_known_rows() -> None:
 def test_gpt2_scores_do_not_depend_on_the_batch() -> None:
     check_batch_independence("gpt2")
     check_batch_independence("gpt2", {"use_time_gaps": True, "n_layer": 3, "repeat_bias": True})
+
+
+def test_transition_term_is_the_same_in_the_newest_only_path_and_grows_with_the_vocab() -> None:
+    """``transition=true`` (FPMC's first-order term) adds the newest item's row to its hidden
+    state: the eval-mode newest-only path adds the same row as the full forward, the model
+    passes the contract, and a grown vocabulary keeps the known rows."""
+    check_model_contract("gpt2", {"transition": True})
+    torch.manual_seed(3)
+    ctx = ModelContext(n_items=40, n_event_types=3, max_len=6, params={"transition": True})
+    model = get_spec("gpt2").make(ctx).eval()
+    assert model.transition is not None
+    with torch.no_grad():
+        assert not model.transition.weight.any()  # starts as the plain model
+        model.transition.weight.normal_()
+        model.transition.weight[0] = 0  # padding
+    items = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 9]])
+    batch = Batch(items=items, types=(items > 0).long(), times=torch.zeros_like(items))
+    with torch.no_grad():
+        full, newest = model.hidden(batch)[:, -1], model.newest_hidden(batch)
+        plain = model.backbone(
+            inputs_embeds=model._inputs(batch)[0],
+            attention_mask=batch.mask.long(),
+            position_ids=model._inputs(batch)[1],
+        ).last_hidden_state[:, -1]
+    assert torch.allclose(full, newest, atol=1e-5)
+    assert torch.allclose(full - plain, model.transition.weight[items[:, -1]], atol=1e-5)
+    check_vocab_growth("gpt2", {"transition": True})
