@@ -155,8 +155,9 @@ def check_model_contract(name: str, params: dict[str, Any] | None = None) -> Non
     """The contract every model plugin must pass (call it from the plugin's own tests).
 
     For each task the model declares: it is registered and builds; scores have the right shape
-    and are finite; a few optimiser steps on a learnable pattern reduce the loss; save/load
-    through safetensors gives identical scores.
+    and are finite; a next-item model that gives item factors (``next_item_factors``) gives
+    factors whose scores are its scores; a few optimiser steps on a learnable pattern reduce
+    the loss; save/load through safetensors gives identical scores.
     """
     from seqrec.models import get_spec
 
@@ -174,6 +175,20 @@ def check_model_contract(name: str, params: dict[str, Any] | None = None) -> Non
             f"{name}/{task}: score shape {tuple(scores.shape)}"
         )
         assert torch.isfinite(scores[:, 1:]).all(), f"{name}/{task}: non-finite scores"
+        if task == "next-item":
+            with torch.no_grad():
+                factors = model.next_item_factors(batch)
+            if factors is not None:  # chunked top-k and ANN rank by these, not by the scores
+                torch.testing.assert_close(
+                    factors.scores()[:, 1:].float(),
+                    scores[:, 1:].float(),
+                    rtol=1e-4,
+                    atol=1e-4,
+                    msg=lambda m: (
+                        f"{name}/next-item: next_item_factors(batch).scores() are not "
+                        f"next_item_scores(batch): {m}"
+                    ),
+                )
         if model.trainable:
             losses = _train_steps(model, batch)
             assert losses[-1] < 0.7 * losses[0], (

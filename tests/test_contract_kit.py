@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
 from seqrec.hookspecs import hookimpl
-from seqrec.models import Batch, ModelContext, ModelSpec, SeqModel
+from seqrec.models import Batch, ItemFactors, ModelContext, ModelSpec, SeqModel
 from seqrec.plugins import get_plugin_manager
 from seqrec.testing import (
     check_batch_independence,
@@ -187,6 +187,14 @@ class NextItemOnly(Bigram):
     class_logits = SeqModel.class_logits
 
 
+class FactorsWithoutTheOutputRows(Bigram):
+    """Broken factors: ``next_item_factors`` hands out the input embeddings as the item rows,
+    so chunked top-k and ANN would rank by other scores than ``next_item_scores``."""
+
+    def next_item_factors(self, batch: Batch) -> ItemFactors:
+        return ItemFactors(self.inp(batch.items[:, -1]), self.inp.weight)
+
+
 BOTH = ("next-item", "classify")
 MODELS: dict[str, tuple[Callable[[ModelContext], SeqModel], tuple[str, ...]]] = {
     "good": (Bigram, BOTH),
@@ -201,6 +209,7 @@ MODELS: dict[str, tuple[Callable[[ModelContext], SeqModel], tuple[str, ...]]] = 
     "next-item-only": (NextItemOnly, BOTH),
     "column-positions": (ColumnPositions, ("next-item",)),
     "packed-gru": (PackedGRU, ("next-item",)),
+    "wrong-factors": (FactorsWithoutTheOutputRows, ("next-item",)),
 }
 
 
@@ -246,6 +255,11 @@ def test_traceable_passes_a_model_declared_not_traceable() -> None:
 def test_round_trip_fails_for_state_outside_parameters_and_buffers() -> None:
     with pytest.raises(AssertionError, match="save/load round trip changes the scores"):
         check_model_contract("unsaved")
+
+
+def test_contract_fails_for_item_factors_that_do_not_give_the_scores() -> None:
+    with pytest.raises(AssertionError, match=r"next_item_factors.*are not"):
+        check_model_contract("wrong-factors")
 
 
 def test_deterministic_fails_for_numpy_initialisation() -> None:
