@@ -122,13 +122,18 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL mode and their directory created."""
+    """An engine for ``url``; SQLite files get WAL mode and their directory created.
+
+    A server database's pooled connections are checked before each use (``pool_pre_ping``):
+    after the server restarted or dropped them, a job or the service reconnects instead of
+    failing once per dead connection."""
+    sqlite = url.startswith("sqlite")
     if url.startswith("sqlite:///") and not url.endswith(":memory:"):
         from pathlib import Path
 
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(url)
+        engine = create_engine(url) if sqlite else create_engine(url, pool_pre_ping=True)
     except Exception as exc:  # bad URL or missing driver
         raise SeqrecError(f"cannot use events database URL {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
