@@ -737,6 +737,11 @@ class Recommender:
             if bias is not None:
                 own = own + bias[self._cold_rows].float()
             col = {int(c): j for j, c in enumerate(self._cold_rows.tolist())}
+            if f.history is not None and f.repeat is not None and col:  # as the full scores
+                for r, (hist, rep) in enumerate(zip(f.history.tolist(), f.repeat, strict=True)):
+                    for h, i in enumerate(hist):
+                        if i in col:
+                            own[r, col[i]] += rep[h].float()
             hit = [(r, col[i]) for r, ex in enumerate(excluded) for i in ex if i in col]
             if hit:
                 own[
