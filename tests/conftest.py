@@ -35,6 +35,22 @@ def profile_ws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Works
         drop_pg_redis_workspace(w)
 
 
+@pytest.fixture
+def pg_events_ws(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
+    """A postgres-redis workspace in its own PostgreSQL schema, the events tables created;
+    dropped afterwards."""
+    require_services()
+    from seqrec.data.schema import create_schema
+    from seqrec.testing import drop_pg_redis_workspace, make_pg_redis_workspace
+
+    ws = make_pg_redis_workspace(tmp_path / "ws", unique_name("ev", request))
+    create_schema(ws.engine)
+    try:
+        yield ws
+    finally:
+        drop_pg_redis_workspace(ws)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins() -> Iterator[None]:
     """A fresh plugin manager per test."""

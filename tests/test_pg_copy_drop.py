@@ -4,9 +4,6 @@ nothing of the load is kept."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pandas as pd
 import psycopg
 import pytest
@@ -15,26 +12,9 @@ from sqlalchemy import func, select, text
 
 from seqrec.config import Workspace
 from seqrec.data.bulk import PgBulkLoad
-from seqrec.data.schema import create_schema, events
-from seqrec.testing import (
-    drop_pg_redis_workspace,
-    make_pg_redis_workspace,
-    require_services,
-    unique_name,
-)
+from seqrec.data.schema import events
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pg_ws(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
-    require_services()
-    ws = make_pg_redis_workspace(tmp_path / "ws", unique_name("cd", request))
-    create_schema(ws.engine)
-    try:
-        yield ws
-    finally:
-        drop_pg_redis_workspace(ws)
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -50,14 +30,14 @@ def _frame(n: int) -> pd.DataFrame:
 
 
 def test_a_connection_killed_mid_copy_raises_once_quietly_and_keeps_nothing(
-    pg_ws: Workspace, caplog: pytest.LogCaptureFixture
+    pg_events_ws: Workspace, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG")
     lost = (sqlalchemy.exc.OperationalError, psycopg.OperationalError)
-    autocommit = pg_ws.engine.execution_options(isolation_level="AUTOCOMMIT")
+    autocommit = pg_events_ws.engine.execution_options(isolation_level="AUTOCOMMIT")
     with (
         pytest.raises(lost),
-        pg_ws.engine.connect() as conn,
+        pg_events_ws.engine.connect() as conn,
         conn.begin(),
         PgBulkLoad(conn) as load,
     ):
@@ -68,5 +48,5 @@ def test_a_connection_killed_mid_copy_raises_once_quietly_and_keeps_nothing(
             load.add_frame(_frame(100))
         load.finish()
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
-    with pg_ws.engine.connect() as conn:
+    with pg_events_ws.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == 0

@@ -3,39 +3,20 @@ timeout) are replaced on next use: the engine's next query succeeds instead of f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
 import pytest
 from sqlalchemy import text
 
 from seqrec.config import Workspace
-from seqrec.data.schema import create_schema
-from seqrec.testing import (
-    PG_URL,
-    drop_pg_redis_workspace,
-    make_pg_redis_workspace,
-    require_services,
-    unique_name,
-)
+from seqrec.testing import PG_URL
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def pg_ws(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
-    require_services()
-    ws = make_pg_redis_workspace(tmp_path / "ws", unique_name("rc", request))
-    create_schema(ws.engine)
-    try:
-        yield ws
-    finally:
-        drop_pg_redis_workspace(ws)
-
-
-def test_queries_after_the_server_drops_pooled_connections_reconnect(pg_ws: Workspace) -> None:
-    engine = pg_ws.engine
+def test_queries_after_the_server_drops_pooled_connections_reconnect(
+    pg_events_ws: Workspace,
+) -> None:
+    engine = pg_events_ws.engine
     pids = set()
     conns = [engine.connect() for _ in range(3)]  # three pooled connections
     for c in conns:
