@@ -170,6 +170,14 @@ class TrainConfig(_Section):
     patience: int | None = Field(
         None, ge=1, description="epochs without validation gain before stopping (unset: preset)"
     )
+    warm_start_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="a warm-started retrain (`seqrec retrain` from production) trains this "
+        "share of the from-scratch epochs, with no warmup and the learning rate decaying to "
+        "zero over them (`seqrec retrain --epochs` sets the count outright)",
+    )
     seed: int = Field(42, description="random seed (data order, init, dropout)")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="auto = cuda, then mps, then cpu"

@@ -245,11 +245,13 @@ def train_model(
     data: Data | None = None,
     overrides: dict[str, Any] | None = None,
     preset: str | None = None,
+    extra_info: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Build the data, train ``model_name`` with the shared trainer, store it; returns the tag.
 
     With no ``params``/``overrides``/``preset`` this trains the model's defaults (its tuned
-    preset); see :mod:`seqrec.presets` for what overrides what.
+    preset); see :mod:`seqrec.presets` for what overrides what. ``extra_info`` is stored with
+    the model's training info (what a caller such as retraining needs to read back).
     """
     from seqrec import model_store
     from seqrec.models import load_weights
@@ -336,6 +338,7 @@ def train_model(
             "init_from": str(init_from) if init_from else None,
             "events_max_id": events_max_id,
             **extra,
+            **(extra_info or {}),
         },
     )
     tag = distributed.from_main(lambda: tag)

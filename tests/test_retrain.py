@@ -112,6 +112,36 @@ def test_retrain_without_production_beats_popularity_first(tmp_path: Path) -> No
     assert _labels(ws, rep.candidate)["stage"] == "production"
 
 
+def test_warm_retrain_fine_tunes_a_share_of_the_from_scratch_epochs(tmp_path: Path) -> None:
+    """A warm start trains ``warm_start_share`` of the from-scratch epochs with no warmup, and
+    a retrain of a warm-started production counts from the same from-scratch schedule (the
+    budget does not shrink run after run)."""
+    from seqrec import runs
+    from seqrec.commands.serve import set_labels
+    from seqrec.features.repo import apply
+    from seqrec.pipeline import train_model
+    from seqrec.retrain import retrain
+
+    ws = make_workspace(tmp_path / "ws", "[train]\nwarm_start_share = 0.3\n")
+    load_synth(ws, users=60, items=40)
+    apply(ws)
+    # from scratch: 7 epochs with patience 7 (all of them run)
+    tag = train_model(ws, "gpt2", progress=False, overrides={"epochs": 7, "patience": 7}).tag
+    set_labels(ws, tag, {"stage": "production"})
+    epochs = []
+    for _ in range(2):
+        _new_events(ws, n_users=20)
+        rep = retrain(ws, min_gain=-1.0, progress=False, materialize=False)
+        assert rep.promoted
+        info = model_store.load(rep.candidate, store=ws.model_store).info
+        assert info["settings"]["warmup_ratio"] == 0.0
+        assert info["full_schedule_epochs"] == 7
+        epochs.append(info["epochs_run"])
+        run = runs.get_run(ws, rep.run_id)
+        assert run["config"]["warm_start"] == {"epochs": 3, "of": 7}  # ceil(0.3 * 7)
+    assert epochs == [3, 3]
+
+
 def test_retrain_rejects_bad_requests(prod_ws: tuple[Workspace, str]) -> None:
     from seqrec.retrain import retrain
 
