@@ -86,6 +86,8 @@ class RetrainReport:
     #: the events since production's training against the earlier ones
     #: (seqrec.monitoring.intake); None without a production model that recorded its events
     intake: dict[str, Any] | None = None
+    #: the newest event id when the run began: the next run's intake windows split there
+    events_max_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -250,6 +252,10 @@ def _retrain(
     metric = metric or DEFAULT_METRIC[task]
     # a directory of its own per run: a killed run's checkpoints never meet the next run's
     run_dir = ws.path("runs") / "retrain" / f"{model_name}-run{run_id}"
+    engine = ws.engine
+    from seqrec.monitoring.intake import max_event_id
+
+    newest_event = max_event_id(engine)
     runs.update_run(
         ws,
         run_id,
@@ -259,11 +265,10 @@ def _retrain(
         metric=metric,
         production_tag=production,
         vocab_before=vocab_before,
-        details={"run_dir": str(run_dir)},
+        # the newest event this run judges: the next run's intake windows start after it
+        details={"run_dir": str(run_dir), "events_max_id": newest_event},
     )
-
-    engine = ws.engine
-    intake = _intake(engine, prod_events_max_id, min_intake_agreement)
+    intake = _intake(ws, engine, prod_events_max_id, min_intake_agreement, run_id)
     data = build_data(ws, task, label, engine)
     runs.update_run(ws, run_id, vocab_after=data.n_items - 1, **data_stats(data, engine))
     warm: dict[str, Any] | None = None
@@ -393,6 +398,7 @@ def _retrain(
         run_dir=str(run_dir),
         drift=drift,
         intake=None if intake is None else intake.to_dict(),
+        events_max_id=newest_event,
     )
     path = ws.path("runs") / "retrain" / f"report-{started.replace(':', '')}-run{run_id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -413,13 +419,23 @@ def warm_schedule(full_epochs: int, share: float) -> dict[str, Any]:
     return {"epochs": max(1, math.ceil(share * full_epochs)), "warmup_ratio": 0.0}
 
 
-def _intake(engine: Any, since: int | None, limit: float | None) -> Any:
-    """The intake check against production's events (None: production recorded none)."""
+def _intake(ws: Workspace, engine: Any, since: int | None, limit: float | None, run_id: int) -> Any:
+    """The intake check of the events since production's (None: production recorded none),
+    in the windows that the earlier retrain runs since then each looked at."""
+    from seqrec import runs
     from seqrec.monitoring.intake import DEFAULT_MIN_AGREEMENT, check_intake
 
     if since is None:
         return None
-    return check_intake(engine, int(since), DEFAULT_MIN_AGREEMENT if limit is None else limit)
+    cuts = [
+        int(seen)
+        for r in runs.find_runs(ws, kind="retrain")
+        if r["id"] != run_id
+        and isinstance(seen := (r.get("details") or {}).get("events_max_id"), int)
+        and seen > since
+    ]
+    limit = DEFAULT_MIN_AGREEMENT if limit is None else limit
+    return check_intake(engine, int(since), limit, cuts=cuts)
 
 
 def _drift(

@@ -130,3 +130,83 @@ def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> 
     rep2 = retrain(ws, epochs=1, min_gain=-1.0, min_intake_agreement=0, progress=False)
     assert rep2.promoted
     assert production_tag(ws, "stage=production") == rep2.candidate
+
+
+def test_a_shuffled_import_after_a_clean_one_is_refused_in_its_own_window(
+    tmp_path: Path,
+) -> None:
+    """Clean events, then a shuffled import: judged as one window since production, the clean
+    half dilutes the agreement; cut where the earlier run looked, the shuffled window fails."""
+    from seqrec.data.schema import make_engine
+    from seqrec.monitoring.intake import max_event_id
+
+    log = _log()
+    a, b, c = (int(x * len(log)) for x in (0.6, 0.75, 0.9))
+    ws = make_workspace(tmp_path / "ws")
+    import_rows(ws, log[:a], "base")
+    engine = make_engine(ws.events_url)
+    since = max_event_id(engine)
+    import_rows(ws, log[a:b], "clean")
+    cut = max_event_id(engine)
+    import_rows(ws, _shuffled(log[b:c]), "shuffled")
+    engine.dispose()
+
+    whole = _check(ws, since)
+    assert len(whole.windows) == 1
+
+    engine = make_engine(ws.events_url)
+    try:
+        from seqrec.monitoring.intake import check_intake
+
+        split = check_intake(engine, since, 0.5, cuts=[cut])
+    finally:
+        engine.dispose()
+    assert [(w.after_event_id, w.upto_event_id) for w in split.windows] == [
+        (since, cut),
+        (cut, max(w.upto_event_id for w in split.windows)),
+    ]
+    clean, shuffled = split.windows
+    assert clean.agreement is not None and clean.agreement > 0.8
+    assert shuffled.agreement is not None and shuffled.agreement < 0.3
+    assert split.refused and split.agreement == shuffled.agreement
+    assert whole.agreement is not None and whole.agreement > split.agreement
+    assert f"ids {cut + 1}-" in split.describe()
+
+
+def test_retrain_refuses_a_shuffled_import_after_a_kept_run_and_keeps_refusing(
+    tmp_path: Path,
+) -> None:
+    """A run that keeps production, then a shuffled import: the next run judges the events
+    since the kept run on their own and rejects; a clean import after that does not wash the
+    shuffled one out."""
+    from seqrec.features.materialize import materialize
+    from seqrec.features.repo import apply
+    from seqrec.pipeline import train_model
+    from seqrec.promotion import production_tag, promote
+    from seqrec.retrain import retrain
+
+    log = _log()
+    a, b, c = (int(x * len(log)) for x in (0.6, 0.75, 0.9))
+    ws = make_workspace(tmp_path / "ws")
+    import_rows(ws, log[:a], "base")
+    apply(ws)
+    materialize(ws)
+    prod = train_model(ws, "gpt2", epochs=1, progress=False).tag
+    promote(ws, prod, "stage=production")
+
+    import_rows(ws, log[a:b], "clean")
+    kept = retrain(ws, epochs=1, min_gain=1.0, progress=False)  # NDCG cannot gain 1.0
+    assert not kept.promoted and kept.intake is not None and not kept.intake["refused"]
+
+    import_rows(ws, _shuffled(log[b:c]), "shuffled")
+    rejected = retrain(ws, epochs=1, min_gain=-1.0, progress=False)
+    assert not rejected.promoted
+    assert rejected.intake is not None and rejected.intake["refused"]
+    assert len(rejected.intake["windows"]) == 2
+    assert rejected.intake["windows"][0]["after_event_id"] == kept.intake["since_event_id"]
+    assert rejected.intake["windows"][1]["after_event_id"] == kept.events_max_id
+
+    import_rows(ws, log[c:], "clean again")
+    again = retrain(ws, epochs=1, min_gain=-1.0, progress=False)
+    assert not again.promoted and again.intake is not None and again.intake["refused"]
+    assert production_tag(ws, "stage=production") == prod

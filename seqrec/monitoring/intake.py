@@ -17,6 +17,14 @@ data whose ids no longer mean what they meant scores near 0. Below ``min_agreeme
 tests): clean 10% slices 0.98-1.16 on the synthetic log, ml-100k and small synthetic logs;
 the same slices with item ids shuffled 0.01-0.24.
 
+**Windows.** The new events are judged import window by import window: earlier retrain runs
+that found production in place (kept, rejected or not promoted) recorded the newest event id
+they saw, and those ids cut the new events into the windows each run looked at. Each window is
+judged against everything before it, and the check refuses when any window fails. One
+corrupted import is then refused however many clean events arrived since production's
+training, and it is still refused by the runs after it, until it is removed or the check is
+overridden. A window with too few transitions to judge joins the next one.
+
 **Item-popularity PSI** is reported beside it (shares over the popularity deciles of the
 earlier events, items never seen before left out): it flags a shift, but a real shift of the
 audience moves it too (0.58 on a clean slice of a 160-user log), so it does not refuse.
@@ -24,7 +32,8 @@ audience moves it too (0.58 on a clean slice of a 160-user log), so it does not 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,36 +50,62 @@ N_BINS = 10
 
 
 @dataclass
+class IntakeWindow:
+    """One window of new events, judged against every event before it."""
+
+    after_event_id: int  # the window holds the events with ids in (after, upto]
+    upto_event_id: int
+    events: int
+    transitions: int  # its transitions between items known before it
+    agreement_new: float | None  # share of them seen before
+    agreement: float | None  # agreement_new / the baseline; None: too few to judge
+
+
+@dataclass
 class IntakeCheck:
-    """What the check saw and decided."""
+    """What the check saw and decided. The headline agreement is the worst window's."""
 
     since_event_id: int
     new_events: int
     new_item_share: float  # of the new events, the share on items never seen before
     new_transitions: int  # new transitions between known items (what agreement is over)
-    agreement_new: float | None  # share of them seen before
+    agreement_new: float | None  # share of them seen before (in the worst window)
     agreement_baseline: float | None  # the same share within the earlier events
-    agreement: float | None  # new / baseline; None: too few to judge
+    agreement: float | None  # new / baseline of the worst window; None: too few to judge
     popularity_psi: float | None
     min_agreement: float
     refused: bool
+    windows: list[IntakeWindow] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def worst(self) -> IntakeWindow | None:
+        """The judged window with the lowest agreement (None: none could be judged)."""
+        judged = [w for w in self.windows if w.agreement is not None]
+        return min(judged, key=lambda w: w.agreement or 0.0) if judged else None
+
     def describe(self) -> str:
-        if self.agreement is None:
+        worst = self.worst()
+        if self.agreement is None or worst is None:
             return (
                 f"intake check skipped: {self.new_transitions} new transitions between known "
                 f"items (needs {MIN_TRANSITIONS})"
             )
         verdict = "refused" if self.refused else "ok"
         psi = "-" if self.popularity_psi is None else f"{self.popularity_psi:.2f}"
+        where = f"of the {self.new_events:,} events since production's training"
+        if len(self.windows) > 1:
+            where = (
+                f"of the {worst.events:,} events with ids {worst.after_event_id + 1}-"
+                f"{worst.upto_event_id} (the worst of {len(self.windows)} windows since "
+                f"production's training, {self.new_events:,} events)"
+            )
         return (
-            f"intake check {verdict}: of the {self.new_events:,} events since production's "
-            f"training, {self.agreement_new:.0%} of the item-to-item transitions were seen "
-            f"before (the earlier events: {self.agreement_baseline:.0%}), agreement "
-            f"{self.agreement:.2f} (min {self.min_agreement:g}); item-popularity PSI {psi}"
+            f"intake check {verdict}: {where}, {self.agreement_new:.0%} of the item-to-item "
+            f"transitions were seen before (the earlier events: {self.agreement_baseline:.0%}), "
+            f"agreement {self.agreement:.2f} (min {self.min_agreement:g}); "
+            f"item-popularity PSI {psi}"
         )
 
 
@@ -140,8 +175,10 @@ def check_intake(
     since_event_id: int,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     min_transitions: int = MIN_TRANSITIONS,
+    cuts: Iterable[int] = (),
 ) -> IntakeCheck:
     """Judge the events after ``since_event_id`` against those up to it (see the module doc);
+    ``cuts``: event ids after it that split the new events into windows judged one by one.
     ``min_agreement`` <= 0 turns refusal off (everything is still measured)."""
     users, items, ids = _stream(engine)
     since = int(since_event_id)
@@ -155,24 +192,51 @@ def check_intake(
     same_user = users[1:] == users[:-1]
     step = same_user & (items[1:] != items[:-1])
     prev, cur, second = items[:-1][step], items[1:][step], ids[1:][step]
-    n_trans, a_new = _agreement(prev, cur, second, first_id, since, np.iinfo(np.int64).max)
     earlier = np.sort(ids[~new])
     a_base = None
     if len(earlier):
         base_cut = int(earlier[int((1 - BASELINE_SHARE) * (len(earlier) - 1))])
         _, a_base = _agreement(prev, cur, second, first_id, base_cut, since)
-    agreement = None
-    if n_trans >= min_transitions and a_new is not None and a_base:
-        agreement = round(a_new / a_base, 4)
-    return IntakeCheck(
+    newest = int(ids.max(initial=since))
+    edges = [*sorted({int(c) for c in cuts if since < int(c) < newest}), max(newest, since)]
+    windows: list[IntakeWindow] = []
+    start = since
+    for end in edges:
+        n, a_new = _agreement(prev, cur, second, first_id, start, end)
+        if n < min_transitions and end != edges[-1]:
+            continue  # too few to judge alone: the window runs on into the next one
+        judged = n >= min_transitions and a_new is not None and bool(a_base)
+        n_events = int(((ids > start) & (ids <= end)).sum())
+        windows.append(
+            IntakeWindow(
+                after_event_id=start,
+                upto_event_id=end,
+                events=n_events,
+                transitions=n,
+                agreement_new=None if a_new is None else round(a_new, 4),
+                agreement=round(a_new / a_base, 4)
+                if judged and a_new is not None and a_base
+                else None,
+            )
+        )
+        start = end
+    check = IntakeCheck(
         since_event_id=since,
         new_events=n_new,
         new_item_share=round(new_item_share, 4),
-        new_transitions=n_trans,
-        agreement_new=None if a_new is None else round(a_new, 4),
+        new_transitions=sum(w.transitions for w in windows),
+        agreement_new=None,
         agreement_baseline=None if a_base is None else round(a_base, 4),
-        agreement=agreement,
+        agreement=None,
         popularity_psi=_popularity_psi(items, ids, since),
         min_agreement=min_agreement,
-        refused=bool(agreement is not None and min_agreement > 0 and agreement < min_agreement),
+        refused=False,
+        windows=windows,
     )
+    worst = check.worst()
+    if worst is not None:
+        check.agreement, check.agreement_new = worst.agreement, worst.agreement_new
+        check.refused = bool(min_agreement > 0 and (worst.agreement or 0.0) < min_agreement)
+    elif len(windows) == 1:
+        check.agreement_new = windows[0].agreement_new
+    return check
