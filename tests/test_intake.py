@@ -99,23 +99,31 @@ def test_too_few_new_events_are_not_judged(split_log: tuple) -> None:
     assert "skipped" in check.describe()
 
 
-def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> None:
-    """Even a run told to promote anything (min_gain -1) does not promote past the check;
-    with the check off (0) the same run promotes."""
+def _production_on(tmp_path: Path, rows: list[RawEvent]) -> tuple[Workspace, str]:
+    """A workspace holding ``rows``, online, with gpt2 (1 epoch) as stage=production."""
     from seqrec.features.materialize import materialize
     from seqrec.features.repo import apply
     from seqrec.pipeline import train_model
-    from seqrec.promotion import production_tag, promote
-    from seqrec.retrain import retrain
+    from seqrec.promotion import promote
 
-    log = _log()
-    a, b = int(0.7 * len(log)), int(0.85 * len(log))
     ws = make_workspace(tmp_path / "ws")
-    import_rows(ws, log[:a], "base")
+    import_rows(ws, rows, "base")
     apply(ws)
     materialize(ws)
     prod = train_model(ws, "gpt2", epochs=1, progress=False).tag
     promote(ws, prod, "stage=production")
+    return ws, prod
+
+
+def test_retrain_rejects_a_candidate_trained_on_shuffled_ids(tmp_path: Path) -> None:
+    """Even a run told to promote anything (min_gain -1) does not promote past the check;
+    with the check off (0) the same run promotes."""
+    from seqrec.promotion import production_tag
+    from seqrec.retrain import retrain
+
+    log = _log()
+    a, b = int(0.7 * len(log)), int(0.85 * len(log))
+    ws, prod = _production_on(tmp_path, log[:a])
     import_rows(ws, _shuffled(log[a:b]), "shuffled")
 
     rep = retrain(ws, epochs=1, min_gain=-1.0, progress=False)
@@ -179,20 +187,12 @@ def test_retrain_refuses_a_shuffled_import_after_a_kept_run_and_keeps_refusing(
     """A run that keeps production, then a shuffled import: the next run judges the events
     since the kept run on their own and rejects; a clean import after that does not wash the
     shuffled one out."""
-    from seqrec.features.materialize import materialize
-    from seqrec.features.repo import apply
-    from seqrec.pipeline import train_model
-    from seqrec.promotion import production_tag, promote
+    from seqrec.promotion import production_tag
     from seqrec.retrain import retrain
 
     log = _log()
     a, b, c = (int(x * len(log)) for x in (0.6, 0.75, 0.9))
-    ws = make_workspace(tmp_path / "ws")
-    import_rows(ws, log[:a], "base")
-    apply(ws)
-    materialize(ws)
-    prod = train_model(ws, "gpt2", epochs=1, progress=False).tag
-    promote(ws, prod, "stage=production")
+    ws, prod = _production_on(tmp_path, log[:a])
 
     import_rows(ws, log[a:b], "clean")
     kept = retrain(ws, epochs=1, min_gain=1.0, progress=False)  # NDCG cannot gain 1.0
