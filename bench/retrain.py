@@ -235,7 +235,8 @@ def replay(
                     evaluate_model(ws, t, data=data, progress=False, ci=False)["ndcg@10"]
                     for t in tags
                 ]
-                sec = [trained(ws, t)["seconds"] for t in tags]
+                infos = [trained(ws, t) for t in tags]
+                sec = [i["seconds"] for i in infos]
                 row[side] |= {
                     "seeds": len(tags),
                     "ndcg@10_seeds": nd,
@@ -243,7 +244,7 @@ def replay(
                     "ndcg@10": _mean(nd),
                     "ndcg@10_sd": _sd(nd),
                     "seconds": _mean(sec),
-                    "epochs_run": round(_mean([trained(ws, t)["epochs_run"] for t in tags]), 1),
+                    "epochs_run": round(_mean([i["epochs_run"] for i in infos]), 1),
                 }
             w, c = row["warm"], row["cold"]
             row["ndcg_ratio"] = round(w["ndcg@10"] / c["ndcg@10"], 3) if c["ndcg@10"] else None
