@@ -44,6 +44,7 @@ linearly). Per profile and stage, a least-squares line through ``log(cost)`` aga
     python bench/scale.py --sizes 1000000,5000000
     python bench/scale.py --quick                # 20k, 60k events: prints, nothing written
     python bench/scale.py --report-only          # docs section and plot from the JSON
+    python bench/scale.py --sizes 10000000 --add # one more size beside the saved ones
 """
 
 from __future__ import annotations
@@ -285,6 +286,12 @@ def markdown(res: dict[str, Any], machine: dict[str, Any], img: str | None) -> s
     if img:
         lines += [f"![cost against events, log-log]({img})", ""]
     lines.append(report.machine_line(machine))
+    for b in machine.get("earlier", []):
+        sizes = ", ".join(f"{n:,}" for n in b["events"])
+        lines[-1] += (
+            f"  \n{sizes} events: measured by an earlier invocation on the same machine, "
+            f"`{b['command']}` (commit {b['commit']}, {b['date']})."
+        )
     return "\n".join(lines)
 
 
@@ -518,11 +525,26 @@ def _mem_total_mb() -> float:
     return float("inf")
 
 
+def stage_memory_mb(stage: dict[str, Any], scale: float, child_cap_mb: float) -> float:
+    """A stage's peak memory at ``scale`` times its measured size: its own RSS and the
+    PostgreSQL backends' grown linearly; its children's (the Spark JVM, whose heap
+    ``driver_memory`` bounds) grown linearly up to ``child_cap_mb``."""
+    own = stage.get("peak_rss_mb", 0.0)
+    children = max(stage.get("tree_peak_mb", 0.0) - own, 0.0)
+    grown = own * scale + min(children * scale, max(children, child_cap_mb))
+    return max(grown, stage.get("postgres_peak_mb", 0.0) * scale)
+
+
 def skip_reason(
-    events: int, done: list[dict[str, Any]], data_dir: Path, seconds_left: float
+    events: int,
+    done: list[dict[str, Any]],
+    data_dir: Path,
+    seconds_left: float,
+    child_cap_mb: float = math.inf,
 ) -> str | None:
     """Why a log of ``events`` events would not fit this machine (None: it fits), judged from
-    the largest size measured so far, extrapolated linearly."""
+    the largest size measured so far, extrapolated linearly (a stage's child processes up to
+    ``child_cap_mb``: :func:`stage_memory_mb`)."""
     prev = [e for e in done if "profiles" in e]
     last = prev[-1] if prev else None
     scale = events / last["events"] if last else 1.0
@@ -538,11 +560,11 @@ def skip_reason(
         return f"needs about {need_mb:,.0f} MB of disk, {free_mb:,.0f} MB free"
     if last:
         peaks = [
-            max(s.get("tree_peak_mb", 0.0), s.get("postgres_peak_mb", 0.0))
+            stage_memory_mb(s, scale, child_cap_mb)
             for p in last["profiles"].values()
             for s in p["stages"].values()
         ]
-        need_mem = max(peaks, default=0.0) * scale
+        need_mem = max(peaks, default=0.0)
         total = _mem_total_mb()
         if need_mem > 0.8 * total:
             return f"a stage would peak at about {need_mem:,.0f} MB, {total:,.0f} MB of memory"
@@ -558,6 +580,15 @@ def skip_reason(
     return None
 
 
+def memory_mb(text: str) -> float:
+    """MB of a JVM memory setting such as ``4g`` or ``512m``."""
+    units = {"k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0**2}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text) / 2**20
+
+
 def run(
     sizes: list[int],
     profiles: list[str],
@@ -565,7 +596,11 @@ def run(
     max_hours: float,
     data_dir: Path,
     keep_data: bool,
+    child_cap_mb: float = math.inf,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Measure each size in turn; ``earlier``: sizes measured by an earlier invocation (kept
+    unless measured again, and used to judge whether the next size fits)."""
     out: dict[str, Any] = {
         "config": {
             "profiles": profiles,
@@ -577,11 +612,13 @@ def run(
             "train": TRAIN,
             "sample_s": SAMPLE_S,
         },
-        "sizes": [],
+        "sizes": [e for e in earlier or [] if e["events"] not in sizes and "profiles" in e],
     }
     deadline = time.monotonic() + max_hours * 3600
     for events in sorted(sizes):
-        reason = skip_reason(events, out["sizes"], data_dir, deadline - time.monotonic())
+        measured = sorted(out["sizes"], key=lambda e: e["events"])
+        left = deadline - time.monotonic()
+        reason = skip_reason(events, measured, data_dir, left, child_cap_mb)
         if reason:
             out["sizes"].append({"events": events, "skipped": reason})
             print(f"== {events:,} events: skipped, {reason}", file=sys.stderr)
@@ -593,6 +630,7 @@ def run(
         if not keep_data:
             csv_path.unlink()
         out["sizes"].append(entry)
+    out["sizes"].sort(key=lambda e: e["events"])
     out["fits"] = fits(out)
     return out
 
@@ -610,6 +648,11 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=DATA, help="logs and workspaces")
     ap.add_argument("--keep-data", action="store_true", help="keep the CSV logs for reruns")
     ap.add_argument("--report-only", action="store_true", help="page and plot from the JSON")
+    ap.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the sizes of the saved JSON that this run does not measure again",
+    )
     args = ap.parse_args()
     if args.report_only:
         saved = json.loads((report.RESULTS / f"{NAME}.json").read_text())
@@ -626,7 +669,21 @@ def main() -> None:
         ap.error(f"--profiles: one of {PROFILES}; --sizes: 1000 events or more")
     machine = report.machine()
     settings = workspace_settings(args.threads, args.driver_memory)
-    results = run(sizes, profiles, settings, args.max_hours, args.data_dir, args.keep_data)
+    earlier = None
+    if args.add:
+        saved = json.loads((report.RESULTS / f"{NAME}.json").read_text())
+        earlier = saved["results"]["sizes"]
+        before = saved["machine"].get("earlier", [])
+        kept = {e["events"] for e in earlier if "profiles" in e and e["events"] not in sizes}
+        was = {k: saved["machine"].get(k) for k in ("commit", "date", "command")}
+        inherited = [b for b in before if set(b["events"]) & kept]
+        fresh = sorted(kept - {n for b in inherited for n in b["events"]})
+        machine["earlier"] = [*inherited, *([{"events": fresh, **was}] if fresh else [])]
+    # the Spark JVM's heap is bounded by driver_memory: its extrapolation stops at 1.5x that
+    cap = 1.5 * memory_mb(args.driver_memory) if "spark-redis" in profiles else math.inf
+    results = run(
+        sizes, profiles, settings, args.max_hours, args.data_dir, args.keep_data, cap, earlier
+    )
     payload = {"machine": machine, "results": results}
     if args.quick:  # a smoke run: the plot into a temporary file, nothing else written
         img = plot(results, Path(tempfile.mkdtemp(prefix="scale-")) / IMG_NAME)

@@ -126,3 +126,37 @@ def test_a_size_past_the_disk_memory_or_time_left_is_skipped(
     assert "of memory" in scale.skip_reason(10_000_000, done, tmp_path, seconds_left=1e9)
     # before any size was measured, the disk is judged by DISK_PER_EVENT
     assert "of disk" in scale.skip_reason(10**14, [], tmp_path, seconds_left=1e9)
+
+
+def test_a_spark_jvm_is_extrapolated_only_up_to_its_heap_cap(scale: ModuleType) -> None:
+    """The process's own RSS and PostgreSQL's grow with the data; the child JVM's heap is
+    bounded by driver_memory, so its share grows only up to the cap."""
+    stage = {"peak_rss_mb": 1000.0, "tree_peak_mb": 5000.0, "postgres_peak_mb": 200.0}
+    assert scale.stage_memory_mb(stage, 10.0, child_cap_mb=6144.0) == 10_000.0 + 6144.0
+    assert scale.stage_memory_mb(stage, 10.0, child_cap_mb=float("inf")) == 50_000.0
+    # a child already past the cap is not shrunk to it
+    assert scale.stage_memory_mb(stage, 2.0, child_cap_mb=1000.0) == 2000.0 + 4000.0
+    # PostgreSQL's backends, when they are the largest
+    assert scale.stage_memory_mb({"postgres_peak_mb": 3000.0}, 3.0, 0.0) == 9000.0
+    assert scale.memory_mb("4g") == 4096.0 and scale.memory_mb("512m") == 512.0
+
+
+def test_added_sizes_keep_the_earlier_ones_and_name_their_invocation(
+    scale: ModuleType, tmp_path: Path
+) -> None:
+    earlier = made_up(scale)["sizes"]
+    out = scale.run([], list(scale.PROFILES), "", 1.0, tmp_path, False, earlier=earlier)
+    assert [e["events"] for e in out["sizes"]] == [1_000_000, 10_000_000, 50_000_000]
+    assert out["fits"]["postgres-redis"]["build"]["seconds"]["exponent"] == pytest.approx(1.2)
+    machine = {
+        "cpu": "cpu",
+        "cores": 2,
+        "python": "3",
+        "versions": {"torch": "t", "transformers": "x", "feast": "f"},
+        "commit": "new",
+        "date": "today",
+        "command": "python bench/scale.py --sizes 50000000 --add",
+        "earlier": [{"events": [1_000_000], "commit": "abc", "date": "d", "command": "c"}],
+    }
+    md = scale.markdown(out, machine, None)
+    assert "1,000,000 events: measured by an earlier invocation" in md and "commit abc" in md
