@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,32 @@ def test_leave_one_out_covers_every_training_target_once(
         assert data.valid.labels[vi] == seq[n - 2] and data.test.labels[ti] == seq[n - 1]
         assert [v for v in data.test.items[ti] if v] == seq[max(0, n - 1 - L) : n - 1]
     assert data.summary()["test_users"] == pos["user_id"].nunique()
+
+
+@pytest.mark.parametrize("stride", [1, 3, 7, 50])
+def test_the_database_keeps_exactly_the_events_that_end_a_leave_one_out_example(
+    profile_ws: Workspace, stride: int
+) -> None:
+    """The SQL-side cut (``event_positions(engine, stride)``) gives the same entities as
+    every event's position cut in pandas, with far fewer rows at a large stride."""
+    ws = profile_ws
+    load_synth(ws, users=30, items=20)
+    engine = make_engine(ws.events_url)
+    full = event_positions(engine)
+    cut = event_positions(engine, stride)
+    L = 50
+
+    def key(ent: pd.DataFrame) -> list[tuple[Any, ...]]:
+        cols = ["user_id", "event_timestamp", "label", "split", "loss_from"]
+        return sorted(map(tuple, ent[cols].astype(str).to_numpy().tolist()))
+
+    assert key(leave_one_out_entities(cut, L, stride)) == key(
+        leave_one_out_entities(full, L, stride)
+    )
+    if stride == 50:  # about 3 rows a user (train, valid, test) against 20 events a user
+        assert 4 * len(cut) < len(full)
+    with pytest.raises(ValueError, match="stride"):
+        event_positions(engine, 0)
 
 
 def test_leave_one_out_entities_short_users() -> None:

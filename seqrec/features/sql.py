@@ -140,11 +140,31 @@ EVENT_POSITIONS_SQL = (
 )
 
 
-def event_positions(engine: Engine) -> pd.DataFrame:
-    """Every event with its per-user position: user_id, item_idx, order_us, pos, n."""
+def leave_one_out_positions_sql(stride: int) -> str:
+    """:data:`EVENT_POSITIONS_SQL` cut to the events that end a leave-one-out example (the
+    rows :func:`seqrec.training.data.leave_one_out_entities` keeps): each user's last two
+    (test, valid; users with 3 or more events) and every ``stride``-th before them, from the
+    third event on. The database filters, so the client holds about ``events / stride + 2 *
+    users`` rows, not one per event."""
+    stride = int(stride)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    last_train = "(CASE WHEN n >= 3 THEN n - 2 ELSE n END)"
+    return (
+        f"WITH {ordered_cte()} SELECT user_id, item_idx, order_us, pos, n FROM ordered "
+        f"WHERE (n >= 3 AND pos >= n - 1) OR "
+        f"(pos >= 2 AND {last_train} >= pos AND ({last_train} - pos) % {stride} = 0)"
+    )
+
+
+def event_positions(engine: Engine, stride: int | None = None) -> pd.DataFrame:
+    """Every event with its per-user position: user_id, item_idx, order_us, pos, n. With
+    ``stride``, only the events that end a leave-one-out example
+    (:func:`leave_one_out_positions_sql`)."""
     require_schema(engine)
+    sql = EVENT_POSITIONS_SQL if stride is None else leave_one_out_positions_sql(stride)
     with engine.connect() as conn:
-        return positions_frame(pd.read_sql_query(text(EVENT_POSITIONS_SQL), conn))
+        return positions_frame(pd.read_sql_query(text(sql), conn))
 
 
 def positions_frame(df: pd.DataFrame) -> pd.DataFrame:

@@ -202,6 +202,20 @@ def _to_set(df: pd.DataFrame, max_len: int) -> SequenceSet:
     )
 
 
+def concat_sets(sets: list[SequenceSet]) -> SequenceSet:
+    """One SequenceSet of ``sets``' rows, in order (at least one set)."""
+    if len(sets) == 1:
+        return sets[0]
+
+    def cat(name: str) -> Any:
+        cols = [getattr(x, name) for x in sets]
+        return None if any(c is None for c in cols) else np.concatenate(cols)
+
+    return SequenceSet(
+        *(cat(f) for f in ("user_ids", "items", "types", "times", "labels", "loss_from", "now"))
+    )
+
+
 def _epoch_seconds(ts: pd.Series) -> np.ndarray:
     """Entity times (UTC, one microsecond before the cutoff) -> [N] int64 epoch seconds of the
     cutoff, floored like the event times of ``ts_seq``."""
@@ -245,9 +259,15 @@ def join_sets(
         return joined
 
     is_train = entities["split"] == "train"
-    joined = join(entities if stream is None else entities[~is_train])
     splits = ("train", "valid", "test")
-    parts = {s: _to_set(joined[joined["split"] == s], max_len) for s in splits}
+    pieces: dict[str, list[SequenceSet]] = {s: [] for s in splits}
+    in_memory = entities if stream is None else entities[~is_train]
+    for start in range(0, max(len(in_memory), 1), STREAM_CHUNK_ROWS):
+        # a chunk at a time: the join's list columns never hold every row at once
+        joined = join(in_memory.iloc[start : start + STREAM_CHUNK_ROWS])
+        for s in splits:
+            pieces[s].append(_to_set(joined[joined["split"] == s], max_len))
+    parts = {s: concat_sets(pieces[s]) for s in splits}
     if stream is None:
         return parts, None
     read: dict[str, Any] = {"with_targets": with_targets, "shuffle_buffer": stream.shuffle_buffer}
@@ -271,13 +291,13 @@ def build_next_item_data(
     engine = engine or ws.engine
     ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
-    stride = stride or ws.config.train.window_stride or max_len
+    stride = min(stride or ws.config.train.window_stride or max_len, max_len)
     if ws.is_spark:  # positions computed by Spark over the exported events
         from seqrec.features.spark.training import event_positions as spark_positions
 
-        positions = spark_positions(ws)
+        positions = spark_positions(ws, stride)
     else:
-        positions = event_positions(engine)
+        positions = event_positions(engine, stride)
     entities = leave_one_out_entities(positions, max_len, stride)
     if not (entities["split"] == "train").any():
         raise SeqrecError(

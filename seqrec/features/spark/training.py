@@ -11,15 +11,22 @@ from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
 from seqrec.features.spark.features import events_view
 from seqrec.features.spark.session import get_session, to_pandas
-from seqrec.features.sql import EVENT_POSITIONS_SQL, positions_frame
+from seqrec.features.sql import (
+    EVENT_POSITIONS_SQL,
+    leave_one_out_positions_sql,
+    positions_frame,
+)
 from seqrec.training.labels import LabelDef, by_user, split_cutoffs
 
 
-def event_positions(ws: Workspace) -> pd.DataFrame:
-    """Every event with its per-user position: user_id, item_idx, order_us, pos, n."""
+def event_positions(ws: Workspace, stride: int | None = None) -> pd.DataFrame:
+    """Every event with its per-user position: user_id, item_idx, order_us, pos, n; with
+    ``stride``, only those that end a leave-one-out example (the same SQL as
+    :func:`seqrec.features.sql.event_positions`)."""
     spark = get_session(ws)
     events_view(spark, ws.snapshot_dir)
-    return positions_frame(to_pandas(spark.sql(EVENT_POSITIONS_SQL)))
+    sql = EVENT_POSITIONS_SQL if stride is None else leave_one_out_positions_sql(stride)
+    return positions_frame(to_pandas(spark.sql(sql)))
 
 
 def labels_at(ws: Workspace, label: LabelDef, cutoff_ms: int, purchase: int) -> pd.DataFrame:
