@@ -70,9 +70,11 @@ def build_data(
     label: str | None,
     engine: Any = None,
     stream: StreamTarget | None = None,
+    splits: tuple[str, ...] | None = None,
 ) -> Data:
     """The training data for ``task`` (``label`` is required for classification); with
-    ``stream``, the training set is written to Parquet and streamed back."""
+    ``stream``, the training set is written to Parquet and streamed back. ``splits``
+    (next-item): build only these, the others empty."""
     from seqrec.errors import SeqrecError
 
     if task == "classify":
@@ -82,7 +84,7 @@ def build_data(
                 hint="e.g. purchase-within:7d, churn:30d, next-event-type",
             )
         return build_classification_data(ws, label, engine, stream=stream)
-    return build_next_item_data(ws, engine, stream=stream)
+    return build_next_item_data(ws, engine, stream=stream, splits=splits)
 
 
 def stream_target(ws: Workspace, run_dir: Path) -> StreamTarget | None:
@@ -463,8 +465,13 @@ def evaluate_model(
     ci: bool = True,
     per_user: bool = False,
     new_item_slots: int = 0,
+    sample_users: int | None = None,
 ) -> dict[str, Any]:
     """Metrics of a stored model on the test (or valid) split of the current events.
+
+    ``sample_users``: evaluate a uniform random sample of that many examples (seeded: the same
+    sample for the same data), every one still ranked over the whole catalogue; the metrics
+    then estimate the full split's, and ``out["sampled_from"]`` says of how many.
 
     ``new_item_slots`` (next-item): of every top-k list, up to that many places go to
     cold-start items (no events in the training split), the best of them by the model's
@@ -487,9 +494,18 @@ def evaluate_model(
     device = pick_device(ws.config.train.device)
     stored = model_store.load(ref, device=device, store=ws.model_store)
     task = stored.info.get("task", "next-item")
-    if data is None:
-        data = build_data(ws, task, stored.info.get("label"))
+    if data is None:  # the split evaluated (and the training split, to find cold items)
+        needed = (split, "train") if new_item_slots else (split,)
+        data = build_data(ws, task, stored.info.get("label"), splits=needed)
     examples = data.test if split == "test" else data.valid
+    sampled_from = None
+    if sample_users is not None:
+        if sample_users < 1:
+            raise SeqrecError(f"--sample-users must be at least 1, got {sample_users}")
+        if len(examples) > sample_users:
+            sampled_from = len(examples)
+            pick = np.random.default_rng(0).choice(len(examples), sample_users, replace=False)
+            examples = examples.subset(np.sort(pick))
     t0 = time.perf_counter()
     out: dict[str, Any]
     if task == "classify":
@@ -571,6 +587,7 @@ def evaluate_model(
             "split": split,
             "exclude_seen": exclude_seen,
             **({"new_item_slots": new_item_slots} if new_item_slots else {}),
+            **({"sampled_from": sampled_from} if sampled_from is not None else {}),
             "seconds": round(time.perf_counter() - t0, 3),
         }
     )

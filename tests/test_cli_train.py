@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
@@ -211,3 +212,58 @@ def test_an_unreachable_events_database_is_one_error_line_without_sqlalchemy_lin
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "events database unreachable" in lines[0] and "Connection refused" in lines[0]
     assert "sqlalche.me" not in result.output and "Traceback" not in result.output
+
+
+def test_evaluate_on_a_sample_of_users_ranks_them_as_the_full_evaluation_does(
+    trained_ws: Workspace,
+) -> None:
+    from seqrec.pipeline import evaluate_model
+
+    full = evaluate_model(trained_ws, "popularity", ks=(10,), progress=False, per_user=True)
+    part = evaluate_model(
+        trained_ws, "popularity", ks=(10,), progress=False, per_user=True, sample_users=50
+    )
+    assert part["users"] == 50 and part["sampled_from"] == full["users"] == 120
+    where = {u: i for i, u in enumerate(full["per_user"]["user_ids"])}
+    picked = [where[u] for u in part["per_user"]["user_ids"]]
+    assert len(set(picked)) == 50
+    assert np.array_equal(part["per_user"]["ranks"], full["per_user"]["ranks"][picked])
+    result = invoke(
+        "evaluate",
+        "popularity",
+        "--json",
+        "--k",
+        "10",
+        "--sample-users",
+        "50",
+        "-p",
+        trained_ws.root,
+    )
+    assert result.exit_code == 0, result.output
+    res = json.loads(result.stdout)
+    assert res["sampled_from"] == 120 and res["ndcg@10"] == pytest.approx(part["ndcg@10"])
+    # more than there are: every user, no "sampled_from"
+    assert "sampled_from" not in evaluate_model(
+        trained_ws, "popularity", ks=(10,), progress=False, sample_users=500
+    )
+    bad = invoke("evaluate", "popularity", "--sample-users", "0", "-p", trained_ws.root)
+    assert bad.exit_code == 2 and "--sample-users" in bad.output
+
+
+def test_evaluation_builds_only_the_split_it_scores_and_gets_the_same_metrics(
+    trained_ws: Workspace,
+) -> None:
+    from seqrec.pipeline import build_data, evaluate_model
+
+    part = build_data(trained_ws, "next-item", None, splits=("test",))
+    assert len(part.train) == 0 and len(part.valid) == 0 and len(part.test) == 120
+    full = build_data(trained_ws, "next-item", None)
+    assert np.array_equal(part.test.items, full.test.items)
+    for split in ("test", "valid"):
+        own = evaluate_model(trained_ws, "gpt2", ks=(10,), split=split, progress=False, ci=False)
+        given = evaluate_model(
+            trained_ws, "gpt2", ks=(10,), split=split, progress=False, ci=False, data=full
+        )
+        assert own["users"] == given["users"] > 0
+        for key in ("ndcg@10", "recall@10", "mrr@10"):
+            assert own[key] == pytest.approx(given[key], abs=1e-9), (split, key)

@@ -160,3 +160,11 @@ def test_added_sizes_keep_the_earlier_ones_and_name_their_invocation(
     }
     md = scale.markdown(out, machine, None)
     assert "1,000,000 events: measured by an earlier invocation" in md and "commit abc" in md
+
+
+def test_the_all_users_ranking_estimate_scales_the_sample_up(scale: ModuleType) -> None:
+    ev = {"rank_seconds": 10.0, "users": 20_000, "sampled_from": 200_000}
+    assert scale._all_users_rank_s(ev) == 100.0
+    assert scale._all_users_rank_s({"rank_seconds": 3.0, "users": 500}) == 3.0  # no sample
+    assert scale._all_users_rank_s({"rank_seconds": 3.0, "users": 5, "sampled_from": None}) == 3.0
+    assert scale._all_users_rank_s({}) is None

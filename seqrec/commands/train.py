@@ -51,6 +51,8 @@ def _print_classification(res: dict[str, Any], split: str) -> None:
 
 def _print_ranking(res: dict[str, Any], ks: tuple[int, ...], split: str) -> None:
     title = f"{res['tag']} on {res['users']:,} {split} users"
+    if res.get("sampled_from"):
+        title += f" (a sample of {res['sampled_from']:,})"
     if res["exclude_seen"]:
         title += " (seen items excluded)"
     if res.get("new_item_slots"):
@@ -271,6 +273,14 @@ def register(cli: click.Group) -> None:
         help="Of every top-k list, up to N places go to cold-start items (no training "
         "events), the best by the model's score, as `[serve] new_item_slots` serves them.",
     )
+    @click.option(
+        "--sample-users",
+        type=click.IntRange(1),
+        default=None,
+        help="Evaluate a seeded random sample of N users (each still ranked over the whole "
+        "catalogue): the metrics estimate the full split's, at a cost that does not grow "
+        "with the number of users.",
+    )
     @click.option("--json", "as_json", is_flag=True)
     def evaluate(
         project: Path | None,
@@ -280,6 +290,7 @@ def register(cli: click.Group) -> None:
         split: str,
         dump_topk: Path | None,
         new_item_slots: int,
+        sample_users: int | None,
         as_json: bool,
     ) -> None:
         """Score a stored model (default: latest of the default model) on the held-out split.
@@ -301,6 +312,7 @@ def register(cli: click.Group) -> None:
             progress=not as_json,
             dump_topk=dump_topk,
             new_item_slots=new_item_slots,
+            sample_users=sample_users,
         )
         if as_json:
             emit_json(res)

@@ -285,9 +285,11 @@ def build_next_item_data(
     engine: Engine | None = None,
     stride: int | None = None,
     stream: StreamTarget | None = None,
+    splits: tuple[str, ...] | None = None,
 ) -> NextItemData:
     """Leave-one-out train/valid/test sets through Feast's point-in-time join; with
-    ``stream``, the training set goes to Parquet (:func:`join_sets`)."""
+    ``stream``, the training set goes to Parquet (:func:`join_sets`). ``splits``: build only
+    these (the others are empty), e.g. ``("test",)`` to evaluate."""
     engine = engine or ws.engine
     ensure_snapshot(ws, engine)
     max_len = ws.config.features.max_len
@@ -299,7 +301,9 @@ def build_next_item_data(
     else:
         positions = event_positions(engine, stride)
     entities = leave_one_out_entities(positions, max_len, stride)
-    if not (entities["split"] == "train").any():
+    if splits is not None:
+        entities = entities[entities["split"].isin(splits)]
+    if (splits is None or "train" in splits) and not (entities["split"] == "train").any():
         raise SeqrecError(
             "not enough events to train: every user needs at least 3 events for leave-one-out"
         )
