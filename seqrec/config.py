@@ -276,7 +276,9 @@ class ServeConfig(_Section):
         "exclusions and the repeat bias hold; false = exact top-k",
     )
     ann_index: Literal["hnsw", "ivf"] = Field(
-        "hnsw", description="the FAISS index of ann: hnsw (HNSW, inner product) or ivf (IVF-Flat)"
+        "hnsw",
+        description="the FAISS index of ann: hnsw (HNSW over the rows made Euclidean, so its "
+        "order is the inner product's) or ivf (IVF-Flat, inner product)",
     )
     ann_search: int = Field(
         128,

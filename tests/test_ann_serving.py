@@ -44,6 +44,27 @@ def test_ann_recall_at_10_against_exact_topk_is_at_least_095(kind: str) -> None:
     assert _recall(approx.indices, exact.indices) >= 0.95
 
 
+def test_ann_hnsw_finds_the_inner_product_top_k_of_rows_with_very_different_norms() -> None:
+    """Learned item rows are long for popular items and short for the rest; the HNSW index
+    orders by inner product through the Euclidean reduction, so the long-tailed norms do
+    not hide the true top 10 (exact with a search as wide as a small catalogue)."""
+    c = _catalogue(seed=4, v=20_000)
+    g = torch.Generator().manual_seed(5)
+    norms = torch.exp(torch.randn(20_000, 1, generator=g))  # log-normal lengths
+    items = c["items"] * norms
+    exact = chunked_topk(c["hidden"], items, 10, bias=c["bias"])
+    approx = AnnIndex(items, c["bias"], search=128).topk(
+        c["hidden"], 10, items=items, bias=c["bias"]
+    )
+    assert _recall(approx.indices, exact.indices) >= 0.95
+    small = _catalogue(seed=6, v=2000)
+    rows = small["items"] * torch.exp(torch.randn(2000, 1, generator=g))
+    want = chunked_topk(small["hidden"], rows, 10, bias=small["bias"])
+    index = AnnIndex(rows, small["bias"], search=4096)
+    got = index.topk(small["hidden"], 10, items=rows, bias=small["bias"])
+    assert torch.equal(got.indices, want.indices)
+
+
 def test_ann_ivf_index_is_exact_when_it_probes_every_list() -> None:
     c = _catalogue(seed=1, v=3000)
     exact = chunked_topk(c["hidden"], c["items"], 10, bias=c["bias"])

@@ -3,7 +3,8 @@
 Built once when a model is loaded (``[serve] ann = true``) from its
 :class:`~seqrec.models.ItemFactors`: item rows 1..V-1 with the output bias as one more
 dimension (queries get a 1 there), so the inner product is the model's score. A request's
-candidates are the index's ``k + E`` nearest items (``E``: the row's exclusions) plus the
+candidates are the index's ``CANDIDATES_PER_K * k + E`` nearest items (``E``: the row's
+exclusions) plus the
 items in its history (the learned repeat offset may lift them); every candidate is re-scored
 exactly, padding, excluded and duplicate candidates are dropped, and the best ``k`` returned.
 So exclusions and the repeat bias hold exactly; only an item the index misses can be missed.
@@ -28,6 +29,8 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 #: IVF: at most this many training vectors for the coarse quantizer
 IVF_TRAIN_MAX = 200_000
+#: candidates fetched from the index per place of the top k, all re-scored exactly
+CANDIDATES_PER_K = 4
 
 
 def import_faiss() -> Any:
@@ -84,6 +87,13 @@ class AnnIndex:
         self.index = index
         self.has_bias = bias is not None
 
+    def set_search(self, search: int) -> None:
+        """Change the search breadth (HNSW efSearch or IVF nprobe) of the built index."""
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(search)
+        else:
+            self.index.nprobe = min(int(search), self.index.nlist)
+
     @staticmethod
     def _rows(items: Tensor, bias: Tensor | None) -> np.ndarray:
         """Item rows 1.. as float32 [V-1, d (+1)]: the bias as the last column."""
@@ -116,7 +126,7 @@ class AnnIndex:
         :func:`seqrec.evaluation.topk.chunked_topk` scores them (same arguments)."""
         device = hidden.device
         n_excluded = 0 if exclude is None or not len(exclude) else int((exclude > 0).sum(1).max())
-        n = min(len(items) - 1, k + n_excluded)
+        n = min(len(items) - 1, CANDIDATES_PER_K * k + n_excluded)
         cand = self.search(hidden, n).to(device)  # [B, n]
         if history is not None and repeat is not None:
             cand = torch.cat([cand, history.to(device)], dim=1)  # repeat offsets may lift them
