@@ -103,12 +103,16 @@ def test_text_aware_model_trains_saves_and_loads_with_its_text_matrix(
         assert torch.equal(model.score(batch), loaded.score(batch))
 
 
+@pytest.mark.parametrize("neighbours", [0, 3])
 @pytest.mark.parametrize("name", NAMES)
-def test_text_only_scoring_is_the_models_own_score_of_an_untrained_item(name: str) -> None:
-    """What the service does for an item newer than the model (``state @ W text + bias``)
-    is exactly how the model scores an item of its own vocabulary it never trained on."""
+def test_text_only_scoring_is_the_models_own_score_of_an_untrained_item(
+    name: str, neighbours: int
+) -> None:
+    """What the service does for an item newer than the model (``state @ W text + bias``,
+    plus its text neighbours' id rows) is exactly how the model scores an item of its own
+    vocabulary it never trained on."""
     torch.manual_seed(0)
-    model = _steps(_model(name))
+    model = _steps(_model(name, text_neighbours=neighbours))
     batch = random_batch(model.ctx, batch_size=5, seed=2)
     with torch.no_grad():
         scores, state = model.next_item_scores_and_state(batch)
@@ -323,3 +327,64 @@ def test_text_id_dropout_trains_some_items_on_text_alone_and_never_those_without
     assert fusion._known().all()  # serving and evaluation: every trained item's id counts
     with pytest.raises(SeqrecError, match="text_id_dropout"):
         TextFusion(replace(ctx, params={"text_id_dropout": 1.0}), d, init_std=0.02)
+
+
+def _neighbour_fusion(k: int, with_bias: bool = False) -> Any:
+    """A fusion over 8 items: 1-4 trained, 5-6 cold (5's text is 2's, 6's is between 3 and
+    4), 7 cold without text."""
+    from seqrec.text.fusion import TextFusion
+
+    eye = np.eye(DIM, dtype=np.float32)
+    matrix = np.zeros((8, DIM), dtype=np.float32)
+    matrix[1:5] = eye[:4]
+    matrix[5] = eye[1]
+    matrix[6] = (eye[2] + eye[3]) / np.sqrt(2)
+    trained = np.array([True, True, True, True, True, False, False, False])
+    params = {"text_neighbours": k, "text_neighbour_temperature": 0.05}
+    ctx = ModelContext(8, 2, 5, params=params, text_dim=DIM, item_text=ItemText(matrix, trained))
+    torch.manual_seed(0)
+    return TextFusion(ctx, 4, init_std=0.1, with_bias=with_bias)
+
+
+def test_a_cold_item_borrows_the_id_rows_of_its_nearest_trained_items_by_text() -> None:
+    ids = torch.randn(8, 4)
+    off, on = _neighbour_fusion(0).eval(), _neighbour_fusion(2).eval()
+    with torch.no_grad():
+        base, lent = off.table(ids), on.table(ids)
+    text = on.proj(on.text_table)
+    # trained items, and the cold item without text, are as without neighbours
+    for i in (0, 1, 2, 3, 4, 7):
+        torch.testing.assert_close(lent[i], base[i])
+    # item 5's text is item 2's (cosine 1, the other neighbour at 0): it borrows id row 2
+    torch.testing.assert_close(lent[5], text[5] + ids[2], rtol=1e-5, atol=1e-5)
+    # item 6 sits between 3 and 4 (equal cosines): half of each
+    torch.testing.assert_close(lent[6], text[6] + (ids[3] + ids[4]) / 2, rtol=1e-5, atol=1e-5)
+    # training leaves cold items to their text: no gradient reaches the lenders through them
+    on.train()
+    torch.testing.assert_close(on.table(ids)[5], text[5])
+
+
+def test_an_item_newer_than_the_model_borrows_like_one_of_its_own_cold_items() -> None:
+    """The service's path (``vectors``, items past the vocabulary) equals the model's own
+    scoring of a cold item with the same text, bias included."""
+    fusion = _neighbour_fusion(3, with_bias=True).eval()
+    ids, out_bias = torch.randn(8, 4), torch.randn(8)
+    with torch.no_grad():
+        table, bias = fusion.table(ids), fusion.bias(out_bias)
+        vecs, vbias = fusion.vectors(fusion.text_table[[5, 6]])
+    assert vbias is not None
+    torch.testing.assert_close(vecs, table[[5, 6]], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vbias, bias[[5, 6]], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(bias[5], fusion.text_bias(fusion.text_table[5]).squeeze())
+
+
+def test_text_neighbours_rejects_a_negative_count_or_temperature() -> None:
+    from seqrec.text.fusion import TextFusion
+
+    ctx = ModelContext(8, 2, 5, params={"text_neighbours": -1}, text_dim=DIM, item_text=_text(8))
+    with pytest.raises(SeqrecError, match="text_neighbours"):
+        TextFusion(ctx, 4, init_std=0.1)
+    bad_t = {"text_neighbours": 5, "text_neighbour_temperature": 0.0}
+    ctx = ModelContext(8, 2, 5, params=bad_t, text_dim=DIM, item_text=_text(8))
+    with pytest.raises(SeqrecError, match="temperature"):
+        TextFusion(ctx, 4, init_std=0.1)

@@ -22,4 +22,8 @@ DEFAULTS: dict[str, Any] = {
     # item_text: in training, this share of items is represented by its text alone at each
     # step (for cold-start items; off by default: on ml-100k 0.25 cost 15% NDCG@10)
     "text_id_dropout": 0.0,
+    # item_text: outside training, an item without events also borrows the id rows of its
+    # nearest trained items by text (seqrec.text.fusion); softmax temperature of the cosines
+    "text_neighbours": 0,
+    "text_neighbour_temperature": 0.05,
 }
