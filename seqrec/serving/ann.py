@@ -4,10 +4,11 @@ Built once when a model is loaded (``[serve] ann = true``) from its
 :class:`~seqrec.models.ItemFactors`: item rows 1..V-1 with the output bias as one more
 dimension (queries get a 1 there), so the inner product is the model's score. A request's
 candidates are the index's ``CANDIDATES_PER_K * k + E`` nearest items (``E``: the row's
-exclusions) plus the
-items in its history (the learned repeat offset may lift them); every candidate is re-scored
-exactly, padding, excluded and duplicate candidates are dropped, and the best ``k`` returned.
-So exclusions and the repeat bias hold exactly; only an item the index misses can be missed.
+exclusions) plus the items in its history (the learned repeat offset may lift them); every
+candidate is re-scored exactly, padding, excluded and duplicate candidates are dropped, and the
+best ``k`` returned. So exclusions and the repeat bias hold exactly; only an item the index
+misses can be missed. On a 1M-item gpt2 (bench/large_catalogue.py), IVF-Flat with nprobe 256
+finds 0.998 of the exact top 10; HNSW, built on inner product (not a distance), 0.83-0.86.
 
 FAISS is an optional extra: ``pip install seqrec[ann]`` (``faiss-cpu``).
 """
