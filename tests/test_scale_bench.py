@@ -49,6 +49,20 @@ def made_up(scale: ModuleType) -> dict[str, Any]:
     return {"config": {"profiles": list(scale.PROFILES), **made_up_config(scale)}, "sizes": sizes}
 
 
+def machine(**extra: Any) -> dict[str, Any]:
+    """A made-up machine record, as report.machine() writes it."""
+    return {
+        "cpu": "test cpu",
+        "cores": 2,
+        "python": "3.11",
+        "versions": {"torch": "x", "transformers": "y", "feast": "z"},
+        "commit": "abc1234",
+        "date": "2026-01-01",
+        "command": "python bench/scale.py",
+        **extra,
+    }
+
+
 def made_up_config(scale: ModuleType) -> dict[str, Any]:
     return {
         "events_per_user": scale.EVENTS_PER_USER,
@@ -91,16 +105,7 @@ def test_fits_give_each_stage_its_exponent(scale: ModuleType) -> None:
 def test_markdown_shows_costs_exponents_and_skipped_sizes(scale: ModuleType) -> None:
     res = made_up(scale)
     res["sizes"][0]["profiles"]["spark-redis"]["stages"]["train"] = {"failed": "out of memory"}
-    machine = {
-        "cpu": "test cpu",
-        "cores": 2,
-        "python": "3.11",
-        "versions": {"torch": "x", "transformers": "y", "feast": "z"},
-        "commit": "abc1234",
-        "date": "2026-01-01",
-        "command": "python bench/scale.py",
-    }
-    md = scale.markdown(res, machine, "img/scale.png")
+    md = scale.markdown(res, machine(), "img/scale.png")
     assert md.startswith("## Cost growth with data size")
     assert "| postgres-redis | build | 1.20 | 0.30 |" in md
     assert "| spark-redis | evaluate | 0.50 | 0.20 |" in md
@@ -148,18 +153,9 @@ def test_added_sizes_keep_the_earlier_ones_and_name_their_invocation(
     out = scale.run([], list(scale.PROFILES), "", 1.0, tmp_path, False, earlier=earlier)
     assert [e["events"] for e in out["sizes"]] == [1_000_000, 10_000_000, 50_000_000]
     assert out["fits"]["postgres-redis"]["build"]["seconds"]["exponent"] == pytest.approx(1.2)
-    machine = {
-        "cpu": "cpu",
-        "cores": 2,
-        "python": "3",
-        "versions": {"torch": "t", "transformers": "x", "feast": "f"},
-        "commit": "new",
-        "date": "today",
-        "command": "python bench/scale.py --sizes 50000000 --add",
-        "earlier": [{"events": [1_000_000], "commit": "abc", "date": "d", "command": "c"}],
-    }
-    md = scale.markdown(out, machine, None)
-    assert "1,000,000 events: measured by an earlier invocation" in md and "commit abc" in md
+    earlier_run = [{"events": [1_000_000], "commit": "0ld0ne", "date": "d", "command": "c"}]
+    md = scale.markdown(out, machine(earlier=earlier_run), None)
+    assert "1,000,000 events: measured by an earlier invocation" in md and "commit 0ld0ne" in md
 
 
 def test_the_all_users_ranking_estimate_scales_the_sample_up(scale: ModuleType) -> None:
