@@ -151,8 +151,7 @@ def leave_one_out_positions_sql(stride: int) -> str:
         raise ValueError(f"stride must be >= 1, got {stride}")
     last_train = "(CASE WHEN n >= 3 THEN n - 2 ELSE n END)"
     return (
-        f"WITH {ordered_cte()} SELECT user_id, item_idx, order_us, pos, n FROM ordered "
-        f"WHERE (n >= 3 AND pos >= n - 1) OR "
+        f"{EVENT_POSITIONS_SQL} WHERE (n >= 3 AND pos >= n - 1) OR "
         f"(pos >= 2 AND {last_train} >= pos AND ({last_train} - pos) % {stride} = 0)"
     )
 
