@@ -274,8 +274,21 @@ def slots_worker(ws_dir: Path, cache: Path, tag: str) -> dict[str, Any]:
     return slot_metrics(load_workspace(ws_dir), tag, data, warm_test(cache))
 
 
-def jobs(parts: list[str], models: list[str], seeds: list[int]) -> list[tuple[str, str, int, str]]:
-    out = [(p, m, s, v) for p in parts for m in models for s in seeds for v in VARIANTS]
+def jobs(
+    parts: list[str],
+    models: list[str],
+    seeds: list[int],
+    cold_seeds: list[int] | None = None,
+    cold_models: tuple[str, ...] = (),
+) -> list[tuple[str, str, int, str]]:
+    """(part, model, seed, variant) to run; (b) runs ``cold_seeds`` for ``cold_models``."""
+    out = [
+        (p, m, s, v)
+        for p in parts
+        for m in models
+        for s in (cold_seeds if p == "b" and m in cold_models and cold_seeds else seeds)
+        for v in VARIANTS
+    ]
     if "b" in parts:
         out.append(("b", "popularity", seeds[0], "id-only"))  # deterministic: one run
     return out
@@ -343,9 +356,14 @@ def page(payload: dict[str, Any]) -> str:
         ("**QUICK RUN (tiny slice, 1 epoch): not for comparison.** " if payload["quick"] else "")
         + "Text: ml-100k's titles and genres, embedded with the packaged all-MiniLM-L6-v2. "
         "Every model trains with its plugin's defaults, id-only or with `--param "
-        f"item_text=true`; mean ± sample sd over seeds {payload['seeds']}.",
+        f"item_text=true`; mean ± sample sd over seeds {payload['seeds']}"
+        + "".join(
+            f"; (b) for {m}: seeds {seeds}" for m, seeds in payload.get("cold_seeds", {}).items()
+        )
+        + ".",
         "",
     ]
+    cold_items = payload["held_out"].get("cold_items")
     a_rows = []
     for m in payload["models"]:
         ido, txt = get("a", m, "id-only"), get("a", m, "text")
@@ -444,6 +462,7 @@ def page(payload: dict[str, Any]) -> str:
                 else ("no id-only hit" if hits_t else "n/a (no hit)")
             )
             pop_s = f"{pop[key]:.4f}" if pop and key in pop else "-"
+            chance = min(n, cold_items) / cold_items if cold_items else None
             warm = (
                 f"{txt[f'slots{n}_warm_ndcg@10']:.4f} (0 slots: {txt['slots0_warm_ndcg@10']:.4f})"
                 if "slots0_warm_ndcg@10" in txt
@@ -453,11 +472,14 @@ def page(payload: dict[str, Any]) -> str:
                 [
                     m,
                     str(n),
+                    str(txt["seeds"]),
                     f"{_fmt(txt, key)} ({hits_t} hits)",
                     _fmt(txt, f"slots{n}_ndcg@10"),
                     f"{_fmt(ido, key)} ({hits_i} hits)",
                     pop_s,
+                    "-" if chance is None else f"{chance:.4f}",
                     ratio_s,
+                    "-" if chance is None else f"{txt[key] / chance:.1f}x",
                     warm,
                 ]
             )
@@ -466,19 +488,25 @@ def page(payload: dict[str, Any]) -> str:
             "With new-item slots (`seqrec evaluate --new-item-slots N`, served with `[serve] "
             "new_item_slots = N`): of every top 10, up to N places go to the items without "
             "training events, the best of them by the model's score (for a text-aware model: "
-            "by their text). Same models, same examples; hits summed over seeds. The last column is "
-            "what the places cost: the text-aware model's NDCG@10 on the test examples whose "
-            "target is a known item:",
+            "by their text). Same models, same examples; hits summed over seeds. Chance: the "
+            "Recall@10 of N places filled at random from the "
+            f"{cold_items} items without training events (the held-out ones, and any whose "
+            "events all fall after the training split). The last column is what the places "
+            "cost: the text-aware model's NDCG@10 on the test examples whose target is a known "
+            "item:",
             "",
             report.table(
                 [
                     "model",
                     "slots",
+                    "seeds",
                     "Recall@10 text-aware",
                     "NDCG@10 text-aware",
                     "Recall@10 id-only",
                     "Recall@10 popularity",
-                    "ratio (Recall)",
+                    "Recall@10 chance",
+                    "ratio to id-only (Recall)",
+                    "ratio to chance",
                     "NDCG@10 text-aware, known-item targets",
                 ],
                 s_rows,
@@ -493,6 +521,13 @@ def main() -> None:
     ap.add_argument("--parts", default="a,b", help="a (next item), b (cold start) or both")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument(
+        "--cold-seeds",
+        default="",
+        help="(b): these seeds instead for the models of --cold-models (its hit counts are "
+        "small, so more seeds narrow the ratio), e.g. 0,1,2,3,4,5,6,7,8,9",
+    )
+    ap.add_argument("--cold-models", default="gpt2", help="the models --cold-seeds applies to")
     ap.add_argument("--quick", action="store_true", help="a tiny slice, 1 epoch, in-process")
     ap.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--slots-of", help=argparse.SUPPRESS)
@@ -522,7 +557,9 @@ def main() -> None:
             r = json.loads(line)
             done[(r["part"], r["model"], r["seed"], r["variant"])] = r
     runs = []
-    for part, model, seed, variant in jobs(parts, models, seeds):
+    cold_seeds = [int(x) for x in args.cold_seeds.split(",") if x.strip()]
+    cold_models = tuple(m.strip() for m in args.cold_models.split(",") if m.strip())
+    for part, model, seed, variant in jobs(parts, models, seeds, cold_seeds, cold_models):
         key = (part, model, seed, variant)
         if key in done and part == "b" and "0" not in done[key].get("slots", {}):
             # finished before slots were measured: evaluate its stored model again
@@ -564,13 +601,23 @@ def main() -> None:
             f"recall@10 {run['recall@10']:.4f} on {run['examples']} examples",
             file=sys.stderr,
         )
+    from seqrec.pipeline import trained_items
+
+    cold_data = pickle.loads(b_cache.read_bytes())
     payload = {
         "machine": report.machine(),
         "quick": args.quick,
         "parts": parts,
         "models": models,
         "seeds": seeds,
-        "held_out": {"share": HELD_OUT_SHARE, "seed": HELD_OUT_SEED},
+        "cold_seeds": {m: cold_seeds for m in cold_models} if cold_seeds else {},
+        "held_out": {
+            "share": HELD_OUT_SHARE,
+            "seed": HELD_OUT_SEED,
+            "items": int(held_out_items(cold_data.n_items).sum()),
+            # what an evaluation with slots treats as cold: no event in the training split
+            "cold_items": int((~trained_items(cold_data)).sum()),
+        },
         "runs": runs,
         "summary": summarize(runs),
     }

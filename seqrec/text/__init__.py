@@ -8,5 +8,7 @@
   and the vocabulary-aligned ``[n_items, dim]`` matrix for training;
 * :mod:`seqrec.text.titles`: item display titles aligned with the vocabulary, and
   :mod:`seqrec.text.render`: a sequence rendered as text ("viewed Toy Story (1995) [Animation]
-  3 days ago; ..."), for models that read behaviour as text (the ``text-bert`` plugin).
+  3 days ago; ..."), for models that read behaviour as text (the ``text-bert`` plugin);
+* :mod:`seqrec.text.fusion`: ids fused with text in next-item models (``item_text=true``),
+  whose hyperparameters and defaults are :data:`seqrec.text.params.TEXT_DEFAULTS`.
 """

@@ -26,6 +26,7 @@ from seqrec.models import (
     time_gap_buckets,
 )
 from seqrec.text.fusion import TextFusion
+from seqrec.text.params import TEXT_DEFAULTS
 
 __all__ = ["DEFAULTS", "GAP_BUCKETS", "LSTMNextItem", "roll_rows", "time_gap_buckets"]
 
@@ -37,14 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "use_event_types": True,
     "use_time_gaps": True,
     "label_smoothing": 0.0,
-    "item_text": False,  # fuse item text embeddings into the item representations
-    # item_text: in training, this share of items is represented by its text alone at each
-    # step (for cold-start items; off by default: on ml-100k 0.25 cost 15% NDCG@10)
-    "text_id_dropout": 0.0,
-    # item_text: outside training, an item without events also borrows the id rows of its
-    # nearest trained items by text (seqrec.text.fusion); softmax temperature of the cosines
-    "text_neighbours": 0,
-    "text_neighbour_temperature": 0.05,
+    **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
 
 
