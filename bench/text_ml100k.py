@@ -324,7 +324,31 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             )
             if base is not None:
                 row["ratio_ndcg@10"] = _ratio(row["ndcg@10"], base["ndcg@10"])
+            if base is not None and row["part"] == "b":
+                for n in SLOTS:
+                    ci = slot_ratio_interval(runs, row["model"], n)
+                    if ci is not None:
+                        row[f"slots{n}_ratio_ci"] = ci
     return rows
+
+
+def slot_ratio_interval(
+    runs: list[dict[str, Any]], model: str, n: int, draws: int = 10_000
+) -> list[float] | None:
+    """95% interval of (b)'s text-aware / id-only Recall@10 with ``n`` slots: seeds resampled
+    with replacement, each seed's two runs kept together (a percentile bootstrap over seeds)."""
+    key = str(n)
+    per_seed: dict[int, dict[str, float]] = {}
+    for r in runs:
+        if (r["part"], r["model"]) == ("b", model) and key in (r.get("slots") or {}):
+            per_seed.setdefault(r["seed"], {})[r["variant"]] = r["slots"][key]["recall@10"]
+    pairs = np.array([[v["text"], v["id-only"]] for v in per_seed.values() if len(v) == 2])
+    if len(pairs) < 5:  # with fewer seeds a resample often has no id-only hit at all
+        return None
+    idx = np.random.default_rng(0).integers(0, len(pairs), (draws, len(pairs)))
+    sums = pairs[idx].sum(axis=1)  # [draws, 2]
+    ratios = sums[:, 0] / np.maximum(sums[:, 1], 1e-12)
+    return [float(x) for x in np.percentile(ratios, [2.5, 97.5])]
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -461,6 +485,9 @@ def page(payload: dict[str, Any]) -> str:
                 if ido[key] > 0
                 else ("no id-only hit" if hits_t else "n/a (no hit)")
             )
+            ci = txt.get(f"slots{n}_ratio_ci")
+            if ci is not None and ido[key] > 0:
+                ratio_s += f" ({ci[0]:.1f}-{ci[1]:.1f})"
             pop_s = f"{pop[key]:.4f}" if pop and key in pop else "-"
             chance = min(n, cold_items) / cold_items if cold_items else None
             warm = (
@@ -488,7 +515,8 @@ def page(payload: dict[str, Any]) -> str:
             "With new-item slots (`seqrec evaluate --new-item-slots N`, served with `[serve] "
             "new_item_slots = N`): of every top 10, up to N places go to the items without "
             "training events, the best of them by the model's score (for a text-aware model: "
-            "by their text). Same models, same examples; hits summed over seeds. Chance: the "
+            "by their text). Same models, same examples; hits summed over seeds; the ratio's 95% "
+            "interval resamples seeds. Chance: the "
             "Recall@10 of N places filled at random from the "
             f"{cold_items} items without training events (the held-out ones, and any whose "
             "events all fall after the training split). The last column is what the places "
