@@ -352,7 +352,9 @@ def main() -> None:
         out = workspace_dir(True)
         (out / "text_classify.json").write_text(json.dumps(payload, indent=2, default=str))
     else:
-        report.save_json("text_classify", payload)
+        # a run at another length is kept beside the default one, not over it
+        tokens = payload["text_tokens"]
+        report.save_json("text_classify" + ("" if tokens == 512 else f"_tokens{tokens}"), payload)
         report.write_section("text_classify", md)
     print(md)
 
