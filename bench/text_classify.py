@@ -49,6 +49,8 @@ LABELS = ("churn:30d", "next-event-type:30d")
 #: quick runs: the first users of ml-100k (by id), and text-bert on its newest 64 tokens
 QUICK_USERS = 60
 QUICK_TEXT_PARAMS = {"max_length": 48}
+#: text-bert's own ``max_length`` (the MiniLM tokenizer's limit)
+DEFAULT_TEXT_TOKENS = 512
 QUICK_LABELS = ("churn:30d",)
 
 
@@ -249,9 +251,9 @@ def page(payload: dict[str, Any]) -> str:
             f"{payload['text_tokens']} tokens) and fine-tunes the packaged all-MiniLM-L6-v2 with its plugin's defaults"
             + (
                 ""
-                if payload["quick"] or payload["text_tokens"] == 512
+                if payload["quick"] or payload["text_tokens"] == DEFAULT_TEXT_TOKENS
                 else f" except `max_length` ({payload['text_tokens']}, set by `--text-max-length`; "
-                "the default is 512)"
+                f"the default is {DEFAULT_TEXT_TOKENS})"
             )
             + " "
             "(lr 5e-5, batch 16, at most 4 epochs, 10% warmup); lstm, bert and gpt2 read item "
@@ -341,7 +343,9 @@ def main() -> None:
         "machine": report.machine(),
         "quick": args.quick,
         "epochs": epochs,
-        "text_tokens": (text_params(args.quick, args.text_max_length) or {}).get("max_length", 512),
+        "text_tokens": (text_params(args.quick, args.text_max_length) or {}).get(
+            "max_length", DEFAULT_TEXT_TOKENS
+        ),
         "seed": args.seed,
         "prepared": prepared,
         "results": results,
@@ -354,7 +358,9 @@ def main() -> None:
     else:
         # a run at another length is kept beside the default one, not over it
         tokens = payload["text_tokens"]
-        report.save_json("text_classify" + ("" if tokens == 512 else f"_tokens{tokens}"), payload)
+        report.save_json(
+            "text_classify" + ("" if tokens == DEFAULT_TEXT_TOKENS else f"_tokens{tokens}"), payload
+        )
         report.write_section("text_classify", md)
     print(md)
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
 from seqrec.models import ModelContext
+from seqrec.text.params import TEXT_DEFAULTS
 
 
 class TextFusion(nn.Module):
@@ -75,14 +76,15 @@ class TextFusion(nn.Module):
                     no_text = ~self.text_table.any(dim=1)
                     self.id_known.copy_(torch.from_numpy(given.trained) | no_text)
                 self.id_known[0] = True  # padding keeps its own row
-        self.id_dropout = float(ctx.params.get("text_id_dropout", 0.0))
+        params = {**TEXT_DEFAULTS, **ctx.params}  # a third-party plugin may leave them out
+        self.id_dropout = float(params["text_id_dropout"])
         if not 0.0 <= self.id_dropout < 1.0:
             raise SeqrecError(
                 f"text_id_dropout must be in [0, 1), got {self.id_dropout}",
                 hint="the share of items trained on their text alone at each step, e.g. 0.25",
             )
-        self.neighbours = int(ctx.params.get("text_neighbours", 0))
-        self.temperature = float(ctx.params.get("text_neighbour_temperature", 0.05))
+        self.neighbours = int(params["text_neighbours"])
+        self.temperature = float(params["text_neighbour_temperature"])
         if self.neighbours < 0 or self.temperature <= 0:
             raise SeqrecError(
                 f"text_neighbours must be >= 0 and text_neighbour_temperature > 0, got "
