@@ -170,6 +170,13 @@ class TrainConfig(_Section):
     patience: int | None = Field(
         None, ge=1, description="epochs without validation gain before stopping (unset: preset)"
     )
+    ema_decay: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="0 = off; else an exponential moving average of the weights, updated "
+        "every step with this decay, is what is validated, kept and shipped (unset: preset)",
+    )
     warm_start_share: float = Field(
         0.2,
         gt=0,

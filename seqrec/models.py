@@ -43,6 +43,7 @@ PRESET_TRAIN_KEYS = (
     "warmup_ratio",
     "grad_clip",
     "patience",
+    "ema_decay",
 )
 #: the preset ``seqrec train`` uses when none is named
 DEFAULT_PRESET = "default"

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from seqrec.errors import SeqrecError
 from seqrec.models import Batch, ModelContext, SeqModel
 from seqrec.training.trainer import (
+    AVERAGED_WEIGHTS,
+    BEST_WEIGHTS,
     CHECKPOINT_DIR,
     LAST_WEIGHTS,
     LOG_FILE,
@@ -71,10 +73,16 @@ def _data() -> dict[str, Tensor]:
     }
 
 
-def _run(run_dir: Path, resume: bool = False) -> dict[str, Tensor]:
+def _run(run_dir: Path, resume: bool = False, ema_decay: float = 0.0) -> dict[str, Tensor]:
     """Train a fresh TiedBag for EPOCHS epochs in ``run_dir``; its final (best) weights."""
     torch.manual_seed(0)
     model = TiedBag(ModelContext(n_items=20, n_event_types=2, max_len=6))
+    return _train(model, run_dir, resume, ema_decay, EPOCHS)
+
+
+def _train(
+    model: TiedBag, run_dir: Path | None, resume: bool, ema_decay: float, epochs: int
+) -> dict[str, Tensor]:
     tensors = _data()
     probe = Batch(
         items=tensors["items"][:8], types=tensors["types"][:8], times=tensors["times"][:8]
@@ -84,7 +92,9 @@ def _run(run_dir: Path, resume: bool = False) -> dict[str, Tensor]:
         with torch.no_grad():  # changes every epoch: the best epoch is not always the last
             return {"ndcg@10": float(m.score(probe)[:, 1].sin().sum())}
 
-    settings = TrainSettings(epochs=EPOCHS, batch_size=16, patience=10, seed=3, device="cpu")
+    settings = TrainSettings(
+        epochs=epochs, batch_size=16, patience=10, seed=3, device="cpu", ema_decay=ema_decay
+    )
     train(model, tensors, validate, settings, progress=False, run_dir=run_dir, resume=resume)
     assert model.out.weight is model.emb.weight  # still tied after loading
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -125,11 +135,12 @@ def file_ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int | None],
     yield kill_at
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["raw-weights", "weight-average"])
 def test_a_kill_at_any_step_of_a_checkpoint_resumes_to_the_uninterrupted_result(
-    tmp_path: Path, file_ops: Callable[[int | None], list[str]]
+    tmp_path: Path, file_ops: Callable[[int | None], list[str]], ema_decay: float
 ) -> None:
     ops = file_ops(None)
-    want = _run(tmp_path / "straight")
+    want = _run(tmp_path / "straight", ema_decay=ema_decay)
     steps = list(ops)
     # first epoch: write, rename into place; later ones also rename the old one away, remove it
     assert steps[:2] == ["torch.save checkpoint.tmp", "replace checkpoint.tmp"]
@@ -143,9 +154,9 @@ def test_a_kill_at_any_step_of_a_checkpoint_resumes_to_the_uninterrupted_result(
         run_dir = tmp_path / f"killed-{n}"
         file_ops(n)
         with pytest.raises(Killed):
-            _run(run_dir)
+            _run(run_dir, ema_decay=ema_decay)
         file_ops(None)
-        got = _run(run_dir, resume=True)
+        got = _run(run_dir, resume=True, ema_decay=ema_decay)
         assert got.keys() == want.keys()
         for k in want:
             assert torch.equal(got[k], want[k]), f"killed at {steps[n - 1]} (step {n}): {k}"
@@ -179,4 +190,50 @@ def test_a_checkpoint_with_a_missing_or_unexpected_weight_is_refused(tmp_path: P
         _run(run_dir, resume=True)
     save_file({**weights, "mix.bias": torch.zeros(3)}, str(path))
     with pytest.raises(SeqrecError, match=r"shape differs: mix\.bias"):
+        _run(run_dir, resume=True)
+
+
+class Recording(TiedBag):
+    """TiedBag that records its weights each time the trainer asks for a loss (the weights
+    after the previous optimizer step)."""
+
+    def __init__(self, ctx: ModelContext):
+        super().__init__(ctx)
+        self.seen: list[dict[str, Tensor]] = []
+
+    def next_item_loss(self, batch: Batch) -> Tensor:
+        self.seen.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+        return super().next_item_loss(batch)
+
+
+def test_with_ema_decay_the_kept_weights_are_the_moving_average_of_the_steps(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = Recording(ModelContext(n_items=20, n_event_types=2, max_len=6))
+    decay = 0.9
+    got = _train(model, tmp_path / "run", resume=False, ema_decay=decay, epochs=1)
+    # 48 sequences in batches of 16: 3 steps; the weights after steps 1 and 2 are what the
+    # next loss saw, after step 3 the checkpoint's last weights
+    assert len(model.seen) == 3
+    last = load_file(str(tmp_path / "run" / CHECKPOINT_DIR / LAST_WEIGHTS))
+    after = [model.seen[1], model.seen[2], {**model.seen[0], **last}]
+    for k in ("emb.weight", "mix.weight", "mix.bias"):
+        want = after[0][k]  # the average starts as a copy of the first step's weights
+        for step in after[1:]:
+            want = decay * want + (1 - decay) * step[k]
+        assert torch.allclose(got[k], want, atol=1e-6), k
+        assert not torch.allclose(got[k], after[-1][k], atol=1e-4), f"{k} is the last step's"
+    best = load_file(str(tmp_path / "run" / CHECKPOINT_DIR / BEST_WEIGHTS))
+    averaged = load_file(str(tmp_path / "run" / CHECKPOINT_DIR / AVERAGED_WEIGHTS))
+    assert all(torch.equal(best[k], averaged[k]) for k in averaged)
+
+
+def test_a_run_with_a_weight_average_does_not_resume_one_without(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _run(run_dir)
+    with pytest.raises(SeqrecError, match="other settings"):
+        _run(run_dir, resume=True, ema_decay=0.9)
+    _run(run_dir, ema_decay=0.9)
+    with pytest.raises(SeqrecError, match="other settings"):
         _run(run_dir, resume=True)

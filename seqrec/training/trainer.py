@@ -11,6 +11,7 @@ from which ``resume=True`` continues an interrupted run to the same result.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -20,11 +21,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.metrics import mask_scores, target_ranks
@@ -37,6 +39,8 @@ from seqrec.training.data import SequenceSet, iter_batches
 from seqrec.training.stream import StreamedSet
 
 STATE_FILE = "trainer_state.pt"
+#: in a checkpoint with ``ema_decay`` set: the weight average, which is validated and kept as best
+AVERAGED_WEIGHTS = "averaged.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 LOG_FILE = "log.jsonl"
@@ -55,6 +59,9 @@ class TrainSettings:
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
     patience: int = 5
+    #: 0: off; else validate, keep and ship an exponential moving average of the weights,
+    #: updated after every step with this decay (the trained weights go on training)
+    ema_decay: float = 0.0
     seed: int = 42
     device: str = "auto"
     num_threads: int = 0
@@ -68,6 +75,8 @@ class TrainSettings:
         d.pop("device")
         d.pop("num_threads")
         d.pop("eval_batch_size")
+        if not d["ema_decay"]:  # checkpoints written before the setting existed resume
+            d.pop("ema_decay")
         return d
 
 
@@ -296,17 +305,28 @@ class Checkpointer:
         if self.current.exists():
             shutil.rmtree(self.current)
 
-    def save(self, model: SeqModel, state: dict[str, Any], best_changed: bool) -> None:
+    def save(
+        self,
+        model: SeqModel,
+        state: dict[str, Any],
+        best_changed: bool,
+        averaged: SeqModel | None = None,
+    ) -> None:
+        """Write the checkpoint: ``model``'s weights (to resume from), ``averaged``'s where
+        the run keeps a weight average (then the best weights are the average's)."""
         writing = self.dir / WRITING_DIR
         if writing.exists():
             shutil.rmtree(writing)
         writing.mkdir()
         last, best = writing / LAST_WEIGHTS, writing / BEST_WEIGHTS
-        weights = {k: v.detach().cpu().contiguous() for k, v in _state_dict(model).items()}
-        save_file(weights, str(last))
+        save_file(_cpu_weights(model), str(last))
+        scored = last
+        if averaged is not None:
+            scored = writing / AVERAGED_WEIGHTS
+            save_file(_cpu_weights(averaged), str(scored))
         kill_point("checkpoint.write")
         if best_changed:
-            _link_or_copy(last, best)
+            _link_or_copy(scored, best)
         elif (self.current / BEST_WEIGHTS).is_file():
             _link_or_copy(self.current / BEST_WEIGHTS, best)
         torch.save(state, writing / STATE_FILE)
@@ -321,6 +341,11 @@ class Checkpointer:
         if previous:
             shutil.rmtree(replaced)
 
+    def averaged(self) -> dict[str, torch.Tensor] | None:
+        """The weight average of the newest checkpoint, if the run keeps one."""
+        path = self.current / AVERAGED_WEIGHTS
+        return read_weights(path) if path.is_file() else None
+
     def load(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(last weights, trainer state); a damaged file is a SeqrecError naming it."""
         state = read_state(self.current / STATE_FILE)
@@ -332,6 +357,27 @@ class Checkpointer:
 
     def best(self) -> dict[str, torch.Tensor] | None:
         return read_weights(self.best_path) if self.best_path.is_file() else None
+
+
+def _cpu_weights(model: SeqModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in _state_dict(model).items()}
+
+
+def weight_average(model: SeqModel, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s parameters (torch's AveragedModel), or
+    None for ``decay`` 0. Buffers are not averaged: :func:`averaged_for_scoring` copies them."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def averaged_for_scoring(averaged: AveragedModel, model: SeqModel) -> SeqModel:
+    """The averaged model, with ``model``'s current buffers (statistics, not weights)."""
+    module = cast(SeqModel, averaged.module)
+    with torch.no_grad():
+        for mine, theirs in zip(module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+    return module
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -425,6 +471,7 @@ def train(
         n = len(train_tensors["items"])
     steps_per_epoch = math.ceil(n / settings.batch_size)
     total = steps_per_epoch * settings.epochs
+    averaged = weight_average(model, settings.ema_decay)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
@@ -455,10 +502,20 @@ def train(
             )
         _check_world_size(state, world, run_dir)
         _load_state(model, weights, ckpt.current / LAST_WEIGHTS)
+        if averaged is not None:
+            saved = ckpt.averaged()
+            if saved is None:
+                raise SeqrecError(
+                    f"cannot resume: the checkpoint in {run_dir} has no weight average",
+                    hint="rerun without --resume to start over",
+                )
+            _load_state(cast(SeqModel, averaged.module), saved, ckpt.current / AVERAGED_WEIGHTS)
     if world:  # rank 0's checkpoint, for every rank
         state = distributed.from_main(lambda: state)
         if state is not None:
             distributed.broadcast_weights(model)
+            if averaged is not None:
+                distributed.broadcast_weights(averaged.module)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -471,6 +528,8 @@ def train(
             state["best_valid"],
         )
         bad_epochs, history = state["bad_epochs"], state["history"]
+        if averaged is not None:
+            averaged.n_averaged.fill_(state["averaged_steps"])
         epoch_seconds = [h["train_seconds"] for h in history]
         start_epoch = state["epoch"] + 1
         if state.get("stopped"):
@@ -525,6 +584,8 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             sched.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             kill_point("train.batch")
             if world:
                 kill_point(f"train.batch.rank{world.rank}")
@@ -541,7 +602,8 @@ def train(
         if world:  # the epoch's loss and examples over all ranks
             sums = distributed.all_sum([total_loss, n_batches, n_seen], device)
             total_loss, n_batches, n_seen = sums[0], int(sums[1]), int(sums[2])
-        valid = distributed.from_main(lambda: validate(model, device))
+        scored = model if averaged is None else averaged_for_scoring(averaged, model)
+        valid = distributed.from_main(functools.partial(validate, scored, device))
         record = {
             "epoch": epoch,
             "loss": total_loss / max(1, n_batches),
@@ -585,13 +647,15 @@ def train(
                     "stopped": stop,
                     "world_size": world.size if world else 1,
                     "rank_rng": rank_rng,
+                    "averaged_steps": int(averaged.n_averaged) if averaged is not None else 0,
                 },
                 best_changed=improved,
+                averaged=None if averaged is None else scored,
             )
         if world and run_dir:
             distributed.barrier()  # the other ranks wait for rank 0's checkpoint
         if improved and not run_dir:
-            best_in_memory = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_in_memory = {k: v.detach().clone() for k, v in scored.state_dict().items()}
         if stop:
             break
     if ckpt:
