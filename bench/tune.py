@@ -150,7 +150,10 @@ def worker(seed: int, epochs: int | None, ws_dir: Path, cache: Path) -> dict[str
         "epochs_to_best": out.best_epoch,
         "seconds_per_epoch": out.seconds_per_epoch,
         "params": out.params,
-        "settings": {k: out.settings.get(k) for k in ("lr", "batch_size", "epochs", "patience")},
+        "settings": {
+            k: out.settings.get(k, 0.0)
+            for k in ("lr", "batch_size", "epochs", "patience", "ema_decay")
+        },
     }
 
 

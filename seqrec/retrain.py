@@ -241,9 +241,10 @@ def _retrain(
         prod_events_max_id = stored.info.get("events_max_id")
         # the candidate is production's configuration (its preset and any options), retrained
         prod_params = _known_params(spec_name, stored.info.get("params") or {})
-        prod_train = {
-            k: v for k, v in (stored.info.get("settings") or {}).items() if k in PRESET_TRAIN_KEYS
-        }
+        stored_settings = stored.info.get("settings") or {}
+        prod_train = {k: v for k, v in stored_settings.items() if k in PRESET_TRAIN_KEYS}
+        if stored_settings:  # a model saved before the weight average existed trained without
+            prod_train.setdefault("ema_decay", 0.0)
         # the from-scratch schedule production descends from (a warm model records it)
         full_epochs = stored.info.get("full_schedule_epochs") or prod_train.get("epochs")
         del stored

@@ -155,13 +155,16 @@ def tune(
     metric = "roc_auc" if task == "classify" else "ndcg@10"
     name = study or study_name(model_name, task, label)
     store = storage(ws)
-    identity = {
+    identity: dict[str, Any] = {
         "model": model_name,
         "task": task,
         "label": label,
         "epochs": epochs,
         "space": spec_space(spec),
     }
+    base_ema = resolve(ws, spec).settings.ema_decay
+    if base_ema:  # trials with and without the weight average are not one study
+        identity["ema_decay"] = base_ema
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         st = optuna.create_study(

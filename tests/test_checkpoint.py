@@ -206,27 +206,36 @@ class Recording(TiedBag):
         return super().next_item_loss(batch)
 
 
-def test_with_ema_decay_the_kept_weights_are_the_moving_average_of_the_steps(
+def test_with_ema_decay_the_kept_weights_are_the_running_mean_then_the_moving_average(
     tmp_path: Path,
 ) -> None:
     torch.manual_seed(0)
     model = Recording(ModelContext(n_items=20, n_event_types=2, max_len=6))
-    decay = 0.9
+    decay = 0.6
     got = _train(model, tmp_path / "run", resume=False, ema_decay=decay, epochs=1)
     # 48 sequences in batches of 16: 3 steps; the weights after steps 1 and 2 are what the
     # next loss saw, after step 3 the checkpoint's last weights
     assert len(model.seen) == 3
     last = load_file(str(tmp_path / "run" / CHECKPOINT_DIR / LAST_WEIGHTS))
-    after = [model.seen[1], model.seen[2], {**model.seen[0], **last}]
+    w1, w2, w3 = model.seen[1], model.seen[2], {**model.seen[0], **last}
     for k in ("emb.weight", "mix.weight", "mix.bias"):
-        want = after[0][k]  # the average starts as a copy of the first step's weights
-        for step in after[1:]:
-            want = decay * want + (1 - decay) * step[k]
+        # the mean of steps 1-2 (1/2 < decay), then the moving average (2/3 > decay)
+        want = decay * (0.5 * w1[k] + 0.5 * w2[k]) + (1 - decay) * w3[k]
         assert torch.allclose(got[k], want, atol=1e-6), k
-        assert not torch.allclose(got[k], after[-1][k], atol=1e-4), f"{k} is the last step's"
+        assert not torch.allclose(got[k], w3[k], atol=1e-4), f"{k} is the last step's"
     best = load_file(str(tmp_path / "run" / CHECKPOINT_DIR / BEST_WEIGHTS))
     averaged = load_file(str(tmp_path / "run" / CHECKPOINT_DIR / AVERAGED_WEIGHTS))
     assert all(torch.equal(best[k], averaged[k]) for k in averaged)
+
+
+def test_with_ema_decay_a_run_without_checkpoints_keeps_the_same_average(
+    tmp_path: Path,
+) -> None:
+    want = _run(tmp_path / "run", ema_decay=0.9)
+    torch.manual_seed(0)
+    model = TiedBag(ModelContext(n_items=20, n_event_types=2, max_len=6))
+    got = _train(model, None, resume=False, ema_decay=0.9, epochs=EPOCHS)
+    assert all(torch.equal(got[k], want[k]) for k in want)
 
 
 def test_a_run_with_a_weight_average_does_not_resume_one_without(tmp_path: Path) -> None:

@@ -28,7 +28,14 @@ from seqrec.faults import KILL_ENV
 from seqrec.features.repo import apply
 from seqrec.testing import load_synth, make_workspace
 from seqrec.training import distributed
-from seqrec.training.trainer import CHECKPOINT_DIR, LAST_WEIGHTS, LOG_FILE, STATE_FILE
+from seqrec.training.trainer import (
+    AVERAGED_WEIGHTS,
+    BEST_WEIGHTS,
+    CHECKPOINT_DIR,
+    LAST_WEIGHTS,
+    LOG_FILE,
+    STATE_FILE,
+)
 
 #: |metric(2 processes) - metric(1 process)| at most this, same effective batch, no dropout
 METRIC_TOLERANCE = 0.02
@@ -234,9 +241,12 @@ def test_a_killed_rank_then_resume_matches_an_uninterrupted_run(
     for key in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "best_epoch", "epochs_run"):
         assert resumed[key] == ref[key], key
     assert [r["loss"] for r in _history(run_dir)] == [r["loss"] for r in _history(ref_dir)]
-    a = load_file(run_dir / CHECKPOINT_DIR / LAST_WEIGHTS)
-    b = load_file(ref_dir / CHECKPOINT_DIR / LAST_WEIGHTS)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # gpt2's defaults keep a weight average: it and the best weights resume exactly too
+    assert (ref_dir / CHECKPOINT_DIR / AVERAGED_WEIGHTS).is_file()
+    for name in (LAST_WEIGHTS, AVERAGED_WEIGHTS, BEST_WEIGHTS):
+        a = load_file(run_dir / CHECKPOINT_DIR / name)
+        b = load_file(ref_dir / CHECKPOINT_DIR / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_nproc_workers_get_every_train_option_but_nproc(

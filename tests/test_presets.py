@@ -87,7 +87,13 @@ def test_workspace_preset_with_unknown_keys_is_refused(ws: Workspace) -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("weight_decay", float("inf")), ("grad_clip", float("nan")), ("lr", -1.0), ("epochs", 0)],
+    [
+        ("weight_decay", float("inf")),
+        ("grad_clip", float("nan")),
+        ("lr", -1.0),
+        ("epochs", 0),
+        ("ema_decay", 1.0),
+    ],
 )
 def test_out_of_range_trainer_setting_in_a_workspace_preset_is_refused_naming_key_and_layer(
     ws: Workspace, key: str, value: float

@@ -142,6 +142,27 @@ def test_warm_retrain_fine_tunes_a_share_of_the_from_scratch_epochs(tmp_path: Pa
     assert epochs == [3, 3]
 
 
+def test_retrain_of_a_model_saved_before_the_weight_average_trains_without_it(
+    prod_ws: tuple[Workspace, str],
+) -> None:
+    """Production's configuration is retrained as it was: a model whose stored settings
+    predate ``ema_decay`` trained without the average, so its candidate does too (not with
+    gpt2's newer default)."""
+    from seqrec.retrain import retrain
+
+    ws, tag = prod_ws
+    stored = model_store.load(tag, store=ws.model_store)
+    assert stored.info["settings"]["ema_decay"] == 0.995  # gpt2's default today
+    info_file = stored.path / "seqrec.json"
+    info = json.loads(info_file.read_text())
+    del info["settings"]["ema_decay"]
+    info_file.write_text(json.dumps(info))
+    _new_events(ws, n_users=20)
+    rep = retrain(ws, min_gain=-1.0, progress=False, materialize=False)
+    candidate = model_store.load(rep.candidate, store=ws.model_store).info
+    assert candidate["settings"]["ema_decay"] == 0.0
+
+
 def test_retrain_rejects_bad_requests(prod_ws: tuple[Workspace, str]) -> None:
     from seqrec.retrain import retrain
 

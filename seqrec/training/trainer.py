@@ -1,7 +1,8 @@
 """The one shared trainer: every plugin's model trains and is evaluated here.
 
 AdamW with linear warmup and linear decay, gradient clipping, early stopping on a validation
-metric (the best epoch's weights are kept), seeded determinism on CPU, device auto-selection
+metric (the best epoch's weights are kept; with ``ema_decay``, a moving average of the weights
+is what is validated and kept), seeded determinism on CPU, device auto-selection
 (cuda, mps, cpu) with bf16/fp16 autocast on cuda, batches sliced from pre-built tensors, a
 progress bar with loss and throughput, a JSONL log of every epoch, and a checkpoint after every
 epoch (weights as safetensors; optimizer, scheduler, RNG and early-stopping state beside them)
@@ -26,7 +27,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.metrics import mask_scores, target_ranks
@@ -44,7 +46,8 @@ AVERAGED_WEIGHTS = "averaged.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 BEST_WEIGHTS = "best.safetensors"
 LOG_FILE = "log.jsonl"
-#: in a run directory: the newest complete checkpoint (the three files above)
+#: in a run directory: the newest complete checkpoint (the files above: the averaged weights
+#: only with ``ema_decay``)
 CHECKPOINT_DIR = "checkpoint"
 WRITING_DIR = "checkpoint.tmp"  # the next checkpoint while it is written
 REPLACED_DIR = "checkpoint.old"  # the previous one while the next takes its place
@@ -272,7 +275,7 @@ def _load_state(model: SeqModel, tensors: dict[str, torch.Tensor], source: Path)
 
 class Checkpointer:
     """Per-epoch checkpoints in ``run_dir``: ``checkpoint/`` holds the newest complete one
-    (last weights, best weights, trainer state).
+    (last weights, best weights, the weight average with ``ema_decay``, trainer state).
 
     A checkpoint is written into ``checkpoint.tmp/``; then the previous one is renamed to
     ``checkpoint.old/``, the new one to ``checkpoint/``, and the old one removed. A kill at any
@@ -363,21 +366,43 @@ def _cpu_weights(model: SeqModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in _state_dict(model).items()}
 
 
+_Tensors = tuple[Tensor, ...] | list[Tensor]
+
+
+def ema_with_warmup(decay: float) -> Callable[[_Tensors, _Tensors, Tensor | int], None]:
+    """AveragedModel's update: after ``n`` averaged steps, ``avg += (1 - d) * (w - avg)`` with
+    ``d = min(decay, n / (n + 1))``, i.e. the plain mean of the steps so far until that
+    reaches ``decay`` (after ``1 / (1 - decay)`` steps), then an exponential moving average. A
+    short run does not ship mostly its first step's weights."""
+
+    @torch.no_grad()
+    def update(averaged: _Tensors, current: _Tensors, n_averaged: Tensor | int) -> None:
+        n = float(n_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, n / (n + 1.0)))
+
+    return update
+
+
 def weight_average(model: SeqModel, decay: float) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s parameters (torch's AveragedModel), or
-    None for ``decay`` 0. Buffers are not averaged: :func:`averaged_for_scoring` copies them."""
+    """A moving average of ``model``'s parameters (torch's AveragedModel, updated with
+    :func:`ema_with_warmup`), or None for ``decay`` 0. Its buffers (statistics and data such
+    as item text, not weights) are ``model``'s own tensors, shared, not copies."""
     if not decay:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    averaged = AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=False)
+    _share_buffers(averaged.module, model)
+    return averaged
 
 
-def averaged_for_scoring(averaged: AveragedModel, model: SeqModel) -> SeqModel:
-    """The averaged model, with ``model``'s current buffers (statistics, not weights)."""
-    module = cast(SeqModel, averaged.module)
-    with torch.no_grad():
-        for mine, theirs in zip(module.buffers(), model.buffers(), strict=True):
-            mine.copy_(theirs)
-    return module
+def _share_buffers(copy: nn.Module, live: nn.Module) -> None:
+    for mine, theirs in zip(copy.modules(), live.modules(), strict=True):
+        for name, buf in theirs._buffers.items():
+            mine._buffers[name] = buf
+
+
+def averaged_module(averaged: AveragedModel) -> SeqModel:
+    """The averaged weights, as a model to validate, checkpoint and ship."""
+    return cast(SeqModel, averaged.module)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -509,13 +534,13 @@ def train(
                     f"cannot resume: the checkpoint in {run_dir} has no weight average",
                     hint="rerun without --resume to start over",
                 )
-            _load_state(cast(SeqModel, averaged.module), saved, ckpt.current / AVERAGED_WEIGHTS)
+            _load_state(averaged_module(averaged), saved, ckpt.current / AVERAGED_WEIGHTS)
     if world:  # rank 0's checkpoint, for every rank
         state = distributed.from_main(lambda: state)
         if state is not None:
             distributed.broadcast_weights(model)
             if averaged is not None:
-                distributed.broadcast_weights(averaged.module)
+                distributed.broadcast_weights(averaged_module(averaged))
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -602,7 +627,7 @@ def train(
         if world:  # the epoch's loss and examples over all ranks
             sums = distributed.all_sum([total_loss, n_batches, n_seen], device)
             total_loss, n_batches, n_seen = sums[0], int(sums[1]), int(sums[2])
-        scored = model if averaged is None else averaged_for_scoring(averaged, model)
+        scored = model if averaged is None else averaged_module(averaged)
         valid = distributed.from_main(functools.partial(validate, scored, device))
         record = {
             "epoch": epoch,

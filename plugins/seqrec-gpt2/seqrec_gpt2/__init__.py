@@ -10,7 +10,7 @@ from seqrec_gpt2.defaults import DEFAULTS
 
 #: trainer settings of the defaults: the best known configuration on MovieLens-100K
 #: (bench/ml100k.py trains exactly these; docs/benchmarks.md has the figures). The weight
-#: average (ema_decay): ml-100k test NDCG@10 0.1015 -> 0.1076 over seeds 0-2.
+#: average (ema_decay): ml-100k test NDCG@10 0.1015 -> 0.1074 over seeds 0-2.
 TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 50, "patience": 8, "ema_decay": 0.995}
 
 PRESETS = {
