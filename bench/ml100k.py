@@ -58,8 +58,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 NON_NEURAL = ("popularity", "markov", "itemknn")
 STRIDE = 50  # training window stride (= max_len: no overlap)
-#: the trainer settings a run is compared and reported by (ema_decay: absent = off)
-TRAIN_KEYS = ("lr", "batch_size", "epochs", "patience", "ema_decay")
 
 #: RecBole 1.2.1 on this kind of machine, same protocol (from the project's design brief).
 RECBOLE_REFERENCE = {
@@ -196,7 +194,9 @@ def matches_current_config(run: dict[str, Any]) -> bool:
     # an option added after the run is absent from it: new options default off (the
     # project's rule), so absent matches an off value
     same_params = all(params[k] == v if k in params else not v for k, v in resolved.params.items())
-    same_train = all(settings.get(k, 0.0) == getattr(resolved.settings, k) for k in TRAIN_KEYS)
+    same_train = all(
+        settings.get(k, 0.0) == getattr(resolved.settings, k) for k in report.TRAIN_KEYS
+    )
     return same_params and same_train
 
 
@@ -626,7 +626,7 @@ def main() -> None:
         if r["variant"] == "defaults" and r["model"] not in configs:
             configs[r["model"]] = {
                 "params": r.get("params"),
-                "train": {k: (r.get("settings") or {}).get(k, 0.0) for k in TRAIN_KEYS},
+                "train": {k: (r.get("settings") or {}).get(k, 0.0) for k in report.TRAIN_KEYS},
             }
     payload = {
         "machine": report.machine(),

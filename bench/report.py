@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the trainer settings a bench run records and is compared by (ema_decay: absent = off)
+TRAIN_KEYS = ("lr", "batch_size", "epochs", "patience", "ema_decay")
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"

@@ -190,10 +190,7 @@ def run_one(
         "best_epoch": out.best_epoch,
         "epochs_run": out.epochs_run,
         "train_device": str(device),
-        "settings": {
-            k: out.settings.get(k, 0.0)
-            for k in ("lr", "batch_size", "epochs", "patience", "ema_decay")
-        },
+        "settings": {k: out.settings.get(k, 0.0) for k in report.TRAIN_KEYS},
         "params": {k: v for k, v in out.params.items() if k in ("max_length", "pooling")},
         "train_seconds": round(train_s, 2),
         "infer_ms_per_1k": round(1000 * infer_s / max(1, len(y)) * 1000, 2),

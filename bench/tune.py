@@ -150,10 +150,7 @@ def worker(seed: int, epochs: int | None, ws_dir: Path, cache: Path) -> dict[str
         "epochs_to_best": out.best_epoch,
         "seconds_per_epoch": out.seconds_per_epoch,
         "params": out.params,
-        "settings": {
-            k: out.settings.get(k, 0.0)
-            for k in ("lr", "batch_size", "epochs", "patience", "ema_decay")
-        },
+        "settings": {k: out.settings.get(k, 0.0) for k in report.TRAIN_KEYS},
     }
 
 
