@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
 from seqrec.losses import NegativeSampler, sampled_logq_loss
+from seqrec.transitions import BUFFERS as TRANSITION_BUFFERS
+from seqrec.transitions import TransitionBias
 
 TASKS = ("next-item", "classify")
 #: the platform's next-item losses (``params["loss"]``): full softmax; sampled softmax over
@@ -51,7 +53,7 @@ DEFAULT_PRESET = "default"
 REPEAT_BUCKETS = 8
 #: buffers that hold data handed to the model (item text), not weights: a warm start never
 #: copies them from the old model, the new model is built with the current data
-DATA_BUFFERS = frozenset({"text_table", "id_known"})
+DATA_BUFFERS = frozenset({"text_table", "id_known", *TRANSITION_BUFFERS})
 WEIGHTS_FILE = "model.safetensors"
 CONTEXT_FILE = "seqrec_model.json"
 
@@ -185,6 +187,11 @@ class SeqModel(nn.Module):
         self.negative_sampler: NegativeSampler | None = None
         if ctx.task == "next-item" and ctx.params.get("repeat_bias", False):
             self.repeat_bias = nn.Parameter(torch.zeros(REPEAT_BUCKETS))
+        #: learned offsets for the counted successors of the newest item
+        #: (``params["transition_bias"]``, causal next-item models; :mod:`seqrec.transitions`)
+        self.transitions: TransitionBias | None = None
+        if ctx.task == "next-item" and ctx.params.get("transition_bias", False):
+            self.transitions = TransitionBias(ctx.n_items)
 
     def loss(self, batch: Batch) -> Tensor:
         """Scalar training loss for ``batch``."""
@@ -270,6 +277,29 @@ class SeqModel(nn.Module):
         bucket = torch.log2(distance.float() + 1).floor().long().clamp(0, REPEAT_BUCKETS - 1)
         return self.repeat_bias[bucket] * (history > 0)
 
+    def score_offsets(self, items: Tensor, distance: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The sparse part of the scores for the item after ``items`` [B, L] (left-padded, the
+        newest at -1): (item indices [B, H], offsets [B, H] or None), for
+        :class:`ItemFactors`' ``history``/``repeat``. The repeat bias of the ``items`` at
+        ``distance`` [B, L], then the transition bias of the newest item's successors."""
+        rep = self.repeat_scores(items, distance)
+        if self.transitions is None:
+            return items, rep
+        joined = _join(
+            None if rep is None else (items, rep), self.transitions.offsets(items[:, -1])
+        )
+        return joined
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters whose gradient norms the trainer clips apart: the model's own, and
+        the transition bias fitted on top of them, so that its gradients never rescale the
+        model's steps."""
+        if self.transitions is None:
+            return [list(self.parameters())]
+        head = {id(p) for p in self.transitions.parameters()}
+        own = [p for p in self.parameters() if id(p) not in head]
+        return [own, list(self.transitions.parameters())]
+
     def add_repeat_bias(self, scores: Tensor, history: Tensor, distance: Tensor) -> Tensor:
         """``scores`` [N, V] (column = item index) plus the repeat offsets of ``history``."""
         vals = self.repeat_scores(history, distance)
@@ -285,6 +315,7 @@ class SeqModel(nn.Module):
         bias: Tensor | None = None,
         history: Tensor | None = None,
         distance: Tensor | None = None,
+        prev: Tensor | None = None,
     ) -> Tensor:
         """Cross-entropy of ``hidden`` [N, d] against item ``targets`` [N] over item
         ``embeddings`` [V, d] (padding row 0 excluded).
@@ -297,12 +328,41 @@ class SeqModel(nn.Module):
         (:mod:`seqrec.losses`). ``ctx.params["label_smoothing"]``
         smooths the full softmax. ``history``/``distance`` [N, H]: the items each row has seen
         and how many events ago, for the learned repeat bias (ignored when it is off).
+        ``prev`` [N]: the item each row predicts the successor of, for the learned transition
+        bias (ignored when it is off; each row's own transition is left out of its counts).
+
+        The transition bias is fitted on top of the model, not with it: its loss is the same
+        cross-entropy of the model's scores with gradients stopped, plus the offsets. The model
+        trains exactly as it would without them (the offsets cannot take over what its
+        embeddings would have learned), and the offsets learn what the model's scores lack.
         """
-        smoothing = float(self.ctx.params.get("label_smoothing", 0.0))
         rep = None
         if history is not None and distance is not None:
             rep = self.repeat_scores(history, distance)
         repeat = None if rep is None or history is None else (history, rep)
+        loss = self._item_loss(hidden, targets, embeddings, bias, repeat)
+        if self.transitions is None or prev is None:
+            return loss
+        frozen = None if repeat is None else (repeat[0], repeat[1].detach())
+        return loss + self._item_loss(
+            hidden.detach(),
+            targets,
+            embeddings.detach(),
+            None if bias is None else bias.detach(),
+            _join(frozen, self.transitions.offsets(prev, targets)),
+        )
+
+    def _item_loss(
+        self,
+        hidden: Tensor,
+        targets: Tensor,
+        embeddings: Tensor,
+        bias: Tensor | None,
+        repeat: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """:meth:`item_loss` with the sparse offsets ``repeat`` (item indices [N, H], offsets
+        [N, H]) given."""
+        smoothing = float(self.ctx.params.get("label_smoothing", 0.0))
         loss = self.ctx.params.get("loss", "full")
         if loss == "sampled_logq":
             sampler = self.negative_sampler
@@ -344,6 +404,8 @@ class SeqModel(nn.Module):
         overrides this calls ``super().fit_statistics(items, targets)``."""
         if self.ctx.params.get("loss") == "sampled_logq":
             self.negative_sampler = NegativeSampler.from_targets(targets, self.ctx.n_items)
+        if self.transitions is not None:
+            self.transitions.fit(items, targets)
 
     def prepare(self, ws: Any) -> None:
         """Optional: read what the model needs from the workspace ``ws`` besides the training
@@ -380,6 +442,13 @@ def time_gap_buckets(times: Tensor, mask: Tensor) -> Tensor:
     bucket = (1 + torch.log2(gap + 1).floor().long()).clamp(max=GAP_BUCKETS - 1)
     bucket = bucket.masked_fill(~(mask[:, 1:] & mask[:, :-1]), 0)
     return F.pad(bucket, (1, 0))  # [B, L]
+
+
+def _join(a: tuple[Tensor, Tensor] | None, b: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Two sets of (item indices [N, *], offsets [N, *]) side by side (offsets add up)."""
+    if a is None:
+        return b
+    return torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1].to(a[1].dtype)], 1)
 
 
 def prefix_history(items: Tensor) -> tuple[Tensor, Tensor]:

@@ -421,11 +421,13 @@ def _sample(train_tensors: dict[str, torch.Tensor] | StreamedSet) -> Batch:
 
 
 def _fit_streamed(model: SeqModel, source: StreamedSet) -> None:
-    """What ``fit_statistics`` / ``fit_classifier`` do, from one streaming pass: the negative
-    sampler of ``loss = "sampled_logq"`` from the target counts. A model that fits its own
+    """What ``fit_statistics`` / ``fit_classifier`` do, from streaming passes: the negative
+    sampler of ``loss = "sampled_logq"`` from the target counts, the transition bias's counts. A model that fits its own
     statistics or classifier from the whole training set (popularity, markov, gbdt) cannot
     be given it without loading it: a SeqrecError."""
     from seqrec.losses import NegativeSampler
+    from seqrec.training.data import next_item_targets
+    from seqrec.transitions import PairCounter
 
     method = "fit_statistics" if source.with_targets else "fit_classifier"
     if getattr(type(model), method) is not getattr(SeqModel, method):
@@ -438,6 +440,13 @@ def _fit_streamed(model: SeqModel, source: StreamedSet) -> None:
     if source.with_targets and model.ctx.params.get("loss") == "sampled_logq":
         counts = torch.from_numpy(source.target_counts(model.ctx.n_items))
         model.negative_sampler = NegativeSampler.from_counts(counts)
+    if source.with_targets and model.transitions is not None:
+        pairs = PairCounter(model.ctx.n_items)
+        for rows in source.chunks():
+            pairs.add(
+                rows["items"], next_item_targets(rows["items"], rows["labels"], rows["loss_from"])
+            )
+        model.transitions.fit_counted(pairs)
 
 
 def train(
@@ -606,7 +615,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                for group in model.clip_groups():
+                    torch.nn.utils.clip_grad_norm_(group, settings.grad_clip)
             opt.step()
             sched.step()
             if averaged is not None:

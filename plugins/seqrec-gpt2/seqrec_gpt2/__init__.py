@@ -31,6 +31,7 @@ SEARCH_SPACE = {
     "n_head": Choice((1, 2, 4)),
     "dropout": Float(0.1, 0.6),
     "use_time_gaps": Choice((True, False)),
+    "transition_bias": Choice((False, True)),
     "lr": Float(5e-4, 5e-3, log=True),
     "batch_size": Choice((32, 64, 128)),
 }

@@ -22,5 +22,6 @@ DEFAULTS: dict[str, Any] = {
     # FPMC's first-order term: a learned "what follows item i" vector per item; synthetic log
     # NDCG@10 0.3123 -> 0.3215, ml-100k 0.1013 -> 0.1020 (seed 0): too small to change defaults
     "transition": False,
+    "transition_bias": False,  # counted successors of the newest item (seqrec.transitions)
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }

@@ -148,15 +148,16 @@ class GPT2NextItem(SeqModel):
         hist = dist = None
         if self.repeat_bias is not None:
             hist, dist = (x[sel] for x in prefix_history(batch.items))
-        return self.item_loss(h, batch.targets[sel], self.item_table(), None, hist, dist)
+        prev = batch.items[sel]
+        return self.item_loss(h, batch.targets[sel], self.item_table(), None, hist, dist, prev)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         return self.next_item_scores_and_state(batch)[0]
 
     def next_item_factors(self, batch: Batch) -> ItemFactors:
         h = self._newest(batch)
-        repeat = self.repeat_scores(batch.items, newest_distance(batch.items))
-        return ItemFactors(h, self.item_table(), None, batch.items, repeat)
+        hist, offsets = self.score_offsets(batch.items, newest_distance(batch.items))
+        return ItemFactors(h, self.item_table(), None, hist, offsets)
 
     def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
         f = self.next_item_factors(batch)

@@ -27,6 +27,7 @@ SEARCH_SPACE = {
     "d_model": Choice((32, 64, 128)),
     "hidden": Choice((64, 128, 256)),
     "dropout": Float(0.1, 0.6),
+    "transition_bias": Choice((False, True)),
     "lr": Float(1e-3, 1e-2, log=True),
     "batch_size": Choice((32, 64, 128)),
 }

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "use_event_types": True,
     "use_time_gaps": True,
     "label_smoothing": 0.0,
+    "transition_bias": False,  # counted successors of the newest item (seqrec.transitions)
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
 
@@ -112,15 +113,16 @@ class LSTMNextItem(SeqModel):
         hist = dist = None
         if self.repeat_bias is not None:
             hist, dist = (x[sel] for x in prefix_history(batch.items))
-        return self.item_loss(h, batch.targets[sel], self.item_table(), None, hist, dist)
+        prev = batch.items[sel]
+        return self.item_loss(h, batch.targets[sel], self.item_table(), None, hist, dist, prev)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         return self.next_item_scores_and_state(batch)[0]
 
     def next_item_factors(self, batch: Batch) -> ItemFactors:
         h = self.hidden(batch)[:, -1]  # [B, d]
-        repeat = self.repeat_scores(batch.items, newest_distance(batch.items))
-        return ItemFactors(h, self.item_table(), None, batch.items, repeat)
+        hist, offsets = self.score_offsets(batch.items, newest_distance(batch.items))
+        return ItemFactors(h, self.item_table(), None, hist, offsets)
 
     def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
         f = self.next_item_factors(batch)
