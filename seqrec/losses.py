@@ -106,3 +106,38 @@ def sampled_logq_loss(
     )
     logits = torch.cat([pos.float(), neg], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def sparse_offset_cross_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    cols: Tensor,
+    offsets: Tensor,
+    valid: Tensor,
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``F.cross_entropy(logits + offsets scattered at cols, targets, label_smoothing)`` without
+    building the offset logits: ``logits`` [N, C] (no gradient flows through them), ``targets``
+    [N], ``cols`` [N, K] and their ``offsets`` [N, K] (the gradient flows to these); ``valid``
+    [N, K] marks the slots that count, whose columns are distinct within a row.
+
+    One forward pass over ``logits`` (their log-sum-exp and mean) and O(N x K) after it, so a
+    sparse correction fitted on top of a full-softmax model costs a fraction of its loss.
+    """
+    z = logits.detach()
+    keep = valid.double()
+    off = offsets.double() * keep
+    # the [N, C] passes in the logits' precision, the [N, K] arithmetic in double
+    lse0 = torch.logsumexp(z, dim=1).double()  # [N]
+    zk = z.gather(1, cols).double()  # [N, K]
+    top = torch.maximum(lse0, (zk + off).max(dim=1).values).detach()
+    # the mass of the columns without an offset, then every column with its offset
+    rest = (torch.exp(lse0 - top) - (torch.exp(zk - top[:, None]) * keep).sum(1)).clamp(min=0.0)
+    lse = top + torch.log(rest + (torch.exp(zk + off - top[:, None]) * keep).sum(1))
+    own = (cols == targets[:, None]) & valid
+    z_target = z.gather(1, targets[:, None]).squeeze(1).double() + (off * own).sum(1)
+    loss = lse - z_target
+    if label_smoothing:
+        mean = z.mean(1).double() + off.sum(1) / z.shape[1]
+        loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean)
+    return loss.mean().to(offsets.dtype)

@@ -23,7 +23,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
-from seqrec.losses import NegativeSampler, sampled_logq_loss
+from seqrec.losses import NegativeSampler, sampled_logq_loss, sparse_offset_cross_entropy
 from seqrec.transitions import BUFFERS as TRANSITION_BUFFERS
 from seqrec.transitions import TransitionBias
 
@@ -340,17 +340,41 @@ class SeqModel(nn.Module):
         if history is not None and distance is not None:
             rep = self.repeat_scores(history, distance)
         repeat = None if rep is None or history is None else (history, rep)
-        loss = self._item_loss(hidden, targets, embeddings, bias, repeat)
         if self.transitions is None or prev is None:
-            return loss
+            return self._item_loss(hidden, targets, embeddings, bias, repeat)
+        cols, offsets = self.transitions.offsets(prev, targets)
+        if self.ctx.params.get("loss", "full") == "full":  # the model's logits, computed once
+            logits = self._full_logits(hidden, embeddings, bias, repeat)
+            smoothing = float(self.ctx.params.get("label_smoothing", 0.0))
+            loss = F.cross_entropy(logits.float(), targets - 1, label_smoothing=smoothing)
+            fitted = sparse_offset_cross_entropy(
+                logits.float(), targets - 1, (cols - 1).clamp(min=0), offsets, cols > 0, smoothing
+            )
+            return loss + fitted
         frozen = None if repeat is None else (repeat[0], repeat[1].detach())
-        return loss + self._item_loss(
+        return self._item_loss(hidden, targets, embeddings, bias, repeat) + self._item_loss(
             hidden.detach(),
             targets,
             embeddings.detach(),
             None if bias is None else bias.detach(),
-            _join(frozen, self.transitions.offsets(prev, targets)),
+            _join(frozen, (cols, offsets)),
         )
+
+    def _full_logits(
+        self,
+        hidden: Tensor,
+        embeddings: Tensor,
+        bias: Tensor | None,
+        repeat: tuple[Tensor, Tensor] | None,
+    ) -> Tensor:
+        """[N, V - 1] full-softmax logits of items 1.. (padding never enters the softmax)."""
+        logits = hidden @ embeddings[1:].T
+        if bias is not None:
+            logits = logits + bias[1:]
+        if repeat is not None:  # padding adds 0 (to column 0)
+            hist, vals = repeat
+            logits = logits.scatter_add(1, (hist - 1).clamp(min=0), vals.to(logits.dtype))
+        return logits
 
     def _item_loss(
         self,
@@ -388,12 +412,7 @@ class SeqModel(nn.Module):
                 int(self.ctx.params.get("num_negatives", 256)),
                 repeat,
             )
-        logits = hidden @ embeddings[1:].T  # padding (row 0) never enters the softmax
-        if bias is not None:
-            logits = logits + bias[1:]
-        if repeat is not None:  # padding adds 0 (to column 0)
-            hist, vals = repeat
-            logits = logits.scatter_add(1, (hist - 1).clamp(min=0), vals.to(logits.dtype))
+        logits = self._full_logits(hidden, embeddings, bias, repeat)
         return F.cross_entropy(logits.float(), targets - 1, label_smoothing=smoothing)
 
     def fit_statistics(self, items: Tensor, targets: Tensor) -> None:

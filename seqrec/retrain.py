@@ -245,6 +245,12 @@ def _retrain(
         prod_train = {k: v for k, v in stored_settings.items() if k in PRESET_TRAIN_KEYS}
         if stored_settings:  # a model saved before the weight average existed trained without
             prod_train.setdefault("ema_decay", 0.0)
+        stored_params = stored.info.get("params") or {}
+        if stored_params and "transition_bias" not in stored_params:  # nor the transition bias
+            from seqrec.models import get_spec
+
+            if "transition_bias" in get_spec(spec_name).defaults:
+                prod_params["transition_bias"] = False
         # the from-scratch schedule production descends from (a warm model records it)
         full_epochs = stored.info.get("full_schedule_epochs") or prod_train.get("epochs")
         del stored

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: successors kept per item (the most frequent, ties by item index)
@@ -160,21 +161,25 @@ class TransitionBias(nn.Module):
         idx = torch.where(idx < 0, idx + self.succ_item.shape[0], idx)  # -1 -> the sentinel
         cols, count = self.succ_item[idx], self.succ_count[idx]
         total = self.succ_total[prev][:, None].expand_as(count)
+        own = torch.zeros_like(cols, dtype=torch.bool)
         if targets is not None:
             own = (cols == targets[:, None]) & (count > 0)
             count = count - own.to(count.dtype)
             total = total - (prev > 0)[:, None].to(total.dtype)
         real = count > 0
-        if targets is None:  # stored most frequent first: the last slot is the one too many
-            real = real & (slot < self.top)
-        else:  # the ``top`` most frequent of the counts left (ties: the lower item index)
-            key = count.long() * (self.n_items + 1) - cols  # larger ranks first; > 0 if real
-            key = torch.where(real, key, torch.full_like(key, -1))
-            above = (key[:, None, :] > key[:, :, None]).sum(-1)  # [N, k] slots ranked above
-            real = real & (above < self.top)
+        shown = slot < self.top  # stored most frequent first: the last slot is one too many
+        if targets is not None:
+            # the ``top`` most frequent of the counts left (ties: the lower item index): only
+            # the target's count fell, so it may drop below the next one, which then comes in
+            key = count.long() * (self.n_items + 1) - cols  # larger ranks first
+            dropped = (own & shown & (key < key[:, -1:]) & real[:, -1:]).any(1, keepdim=True)
+            shown = torch.where(dropped, ~(own & shown), shown)
+        real = real & shown
         safe = torch.where(real, count, torch.ones_like(count))
         log_share = torch.log2(safe / total.clamp(min=1.0))  # <= 0
         cb = torch.log2(safe).floor().long().clamp(0, COUNT_BUCKETS - 1)
-        line = self.table[cb]  # [N, k, 2]: intercept and slope of this count bucket
+        # [N, k, 2]: intercept and slope of each slot's count bucket (a one-hot product: its
+        # gradient is a small matrix product, not an accumulating scatter)
+        line = F.one_hot(cb, COUNT_BUCKETS).to(self.table.dtype) @ self.table
         vals = (line[..., 0] + line[..., 1] * log_share) * real.to(self.table.dtype)
         return torch.where(real, cols, torch.zeros_like(cols)), vals

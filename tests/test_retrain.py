@@ -194,3 +194,23 @@ def test_retrain_command(prod_ws: tuple[Workspace, str], monkeypatch: pytest.Mon
     assert _labels(ws, prod)["stage"] == "production"  # --no-promote: nothing moved
     bad = CliRunner().invoke(build_cli(), ["retrain", "--production", "x", "--project", ws.root])
     assert bad.exit_code == 2 and "bad production label" in bad.output  # a user error
+
+
+def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
+    prod_ws: tuple[Workspace, str],
+) -> None:
+    """A production model whose stored hyperparameters predate ``transition_bias`` had no
+    offsets: its candidate has none either, whatever gpt2's defaults are today."""
+    from seqrec.retrain import retrain
+
+    ws, tag = prod_ws
+    stored = model_store.load(tag, store=ws.model_store)
+    info_file = stored.path / "seqrec.json"
+    info = json.loads(info_file.read_text())
+    info["params"].pop("transition_bias", None)
+    info_file.write_text(json.dumps(info))
+    _new_events(ws, n_users=20)
+    rep = retrain(ws, min_gain=-1.0, progress=False, materialize=False)
+    candidate = model_store.load(rep.candidate, store=ws.model_store)
+    assert candidate.info["params"]["transition_bias"] is False
+    assert candidate.model.transitions is None

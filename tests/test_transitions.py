@@ -306,3 +306,48 @@ def test_the_trainer_steps_the_models_weights_as_if_the_offsets_were_not_there()
     assert ends[0].keys() == ends[1].keys()
     for k in ends[0]:
         assert torch.equal(ends[0][k], ends[1][k]), k
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_sparse_offset_loss_equals_the_dense_cross_entropy_and_its_gradient(
+    smoothing: float,
+) -> None:
+    from seqrec.losses import sparse_offset_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 20, generator=g) * 3
+    targets = torch.randint(0, 20, (6,), generator=g)
+    cols = torch.stack([torch.randperm(20, generator=g)[:5] for _ in range(6)])
+    cols[0, 0] = targets[0]  # a target with an offset
+    valid = torch.ones_like(cols, dtype=torch.bool)
+    valid[1, 3:] = False  # empty slots: they point anywhere (here a repeated column)
+    cols[1, 3:] = cols[1, 0]
+    offsets = (torch.randn(6, 5, generator=g) * 4).requires_grad_()
+    dense = logits.scatter_add(1, cols, offsets * valid)
+    want = torch.nn.functional.cross_entropy(dense, targets, label_smoothing=smoothing)
+    (want_grad,) = torch.autograd.grad(want, offsets)
+    got = sparse_offset_cross_entropy(logits, targets, cols, offsets, valid, smoothing)
+    (got_grad,) = torch.autograd.grad(got, offsets)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.allclose(got_grad, want_grad, atol=1e-6)
+
+
+def test_a_training_position_sees_the_top_successors_of_the_counts_without_its_own() -> None:
+    """top = 1. Item 1 was followed by 3 twice, 5 twice and 4 once: 3 is shown (ties go to the
+    lower index). A position whose own transition is 1 -> 3 sees 5 instead (3 is down to 1);
+    one whose own is 1 -> 5, or 1 -> 4, still sees 3."""
+    bias = TransitionBias(V, top=1)
+    bias.fit(torch.tensor([[1, 1, 1, 1, 1]]), torch.tensor([[3, 5, 3, 5, 4]]))
+    with torch.no_grad():
+        bias.table[:, 0] = 1.0  # every counted successor: offset 1
+        bias.table[:, 1] = 0.0
+
+    def shown(targets: torch.Tensor | None) -> list[list[int]]:
+        cols, vals = bias.offsets(torch.tensor([1, 1, 1]), targets)
+        return [
+            [c for c, v in zip(r, w, strict=True) if v]
+            for r, w in zip(cols.tolist(), vals.tolist(), strict=True)
+        ]
+
+    assert shown(None) == [[3], [3], [3]]
+    assert shown(torch.tensor([3, 5, 4])) == [[5], [3], [3]]
