@@ -15,7 +15,7 @@ excludes those.
 
     python bench/synthetic_ceiling.py
 
-Seconds on 2 cores (markov's fit included). Writes bench/results/synthetic_ceiling.json and the
+It takes seconds (markov's fit included). Writes bench/results/synthetic_ceiling.json and the
 section of docs/benchmarks.md after the synthetic benchmark's.
 """
 
@@ -56,7 +56,7 @@ def generator_scores(ws: Any, test: Any, items: int) -> tuple[np.ndarray, np.nda
         members = np.array(cat.cat_items[cat.category[k]])
         scores[r, to_vocab[members]] += (1 - P_SUCCESSOR) * within[members]
         scores[r, to_vocab[cat.successors[k]]] += P_SUCCESSOR / N_SUCCESSORS
-    # ties (items outside the category) broken by a fixed draw, never in the target's favour
+    # ties (items outside the category) broken by a fixed random draw
     scores += 1e-9 * np.random.default_rng(0).random(scores.shape)
     is_successor = np.array(
         [t in to_vocab[cat.successors[k]] for t, k in zip(test.labels, newest, strict=True)]

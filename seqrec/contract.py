@@ -85,11 +85,11 @@ def _train_steps(model: Any, batch: Any, steps: int = 30) -> list[float]:
 
 def _fit(model: SeqModel, batch: Batch, steps: int) -> None:
     """Train ``model`` a little: gradient steps, or its statistics for a counting model."""
-    if model.trainable:
-        _train_steps(model, batch, steps)
-    elif model.ctx.task == "next-item":
+    if model.ctx.task == "next-item":  # as the trainer does, before any step
         assert batch.targets is not None
         model.fit_statistics(batch.items, batch.targets)
+    if model.trainable:
+        _train_steps(model, batch, steps)
     model.eval()
 
 
@@ -168,8 +168,21 @@ def check_model_contract(name: str, params: dict[str, Any] | None = None) -> Non
         assert model.spec_name == name
         batch = _task_batch(model.ctx)
         model.eval()
+        if task == "next-item":  # as the trainer does first (counts, samplers)
+            assert batch.targets is not None
+            model.fit_statistics(batch.items, batch.targets)
+        offsets = getattr(model, "transitions", None)
+        if offsets is not None:  # the transition bias must reach the scores and the factors
+            with torch.no_grad():
+                plain = model.score(batch)
+                offsets.table.normal_()
         with torch.no_grad():
             scores = model.score(batch)
+        if offsets is not None:
+            assert not torch.equal(plain, scores), (
+                f"{name}/{task}: transition_bias is on but its offsets never reach the scores; "
+                "build them with self.score_offsets(batch.items, newest_distance(batch.items))"
+            )
         width = N_CLASSES if task == "classify" else N_ITEMS
         assert tuple(scores.shape) == (8, width), (
             f"{name}/{task}: score shape {tuple(scores.shape)}"
@@ -332,6 +345,7 @@ def check_vocab_growth(name: str, params: dict[str, Any] | None = None) -> None:
     (padding row 0 among them) while the new items' rows keep the fresh initialisation; the
     grown model scores new items. Rows after the items (special tokens) are the plugin's to
     test."""
+    from seqrec import models
     from seqrec.models import get_spec
 
     spec = get_spec(name)
@@ -341,6 +355,9 @@ def check_vocab_growth(name: str, params: dict[str, Any] | None = None) -> None:
         old = spec.make(_ctx(task, params, n_old))
         batch = _task_batch(old.ctx)
         if old.trainable:  # weights unlike any fresh initialisation
+            if task == "next-item":  # data buffers too (the transition bias's counts)
+                assert batch.targets is not None
+                old.fit_statistics(batch.items, batch.targets)
             _train_steps(old, batch, steps=3)
         torch.manual_seed(1)
         new = spec.make(_ctx(task, params, n_new))
@@ -349,6 +366,9 @@ def check_vocab_growth(name: str, params: dict[str, Any] | None = None) -> None:
         got = new.state_dict()
         for k, v in old.state_dict().items():
             where = f"{name}/{task}: {k}"
+            if k.rsplit(".", 1)[-1] in models.DATA_BUFFERS:  # the current data's: not copied
+                assert torch.equal(got[k], fresh[k]), f"{where}: a data buffer was copied"
+                continue
             if got[k].shape == v.shape:
                 assert torch.equal(got[k], v), f"{where} not kept"
             else:

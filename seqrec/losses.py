@@ -124,20 +124,17 @@ def sparse_offset_cross_entropy(
     One forward pass over ``logits`` (their log-sum-exp and mean) and O(N x K) after it, so a
     sparse correction fitted on top of a full-softmax model costs a fraction of its loss.
     """
-    z = logits.detach()
-    keep = valid.double()
-    off = offsets.double() * keep
-    # the [N, C] passes in the logits' precision, the [N, K] arithmetic in double
-    lse0 = torch.logsumexp(z, dim=1).double()  # [N]
-    zk = z.gather(1, cols).double()  # [N, K]
-    top = torch.maximum(lse0, (zk + off).max(dim=1).values).detach()
-    # the mass of the columns without an offset, then every column with its offset
-    rest = (torch.exp(lse0 - top) - (torch.exp(zk - top[:, None]) * keep).sum(1)).clamp(min=0.0)
-    lse = top + torch.log(rest + (torch.exp(zk + off - top[:, None]) * keep).sum(1))
+    z = logits.detach().float()
+    keep = valid.float()
+    off = offsets.float() * keep
+    lse0 = torch.logsumexp(z, dim=1)  # [N]
+    p = torch.exp(z.gather(1, cols) - lse0[:, None]) * keep  # [N, K] the slots' probabilities
+    # log(sum of exp(z + offsets)) = lse0 + log(1 + sum_k p_k (e^{o_k} - 1)); the sum is > -1
+    lse = lse0 + torch.log1p((p * torch.expm1(off.clamp(max=80.0))).sum(1).clamp(min=-1 + 1e-7))
     own = (cols == targets[:, None]) & valid
-    z_target = z.gather(1, targets[:, None]).squeeze(1).double() + (off * own).sum(1)
+    z_target = z.gather(1, targets[:, None]).squeeze(1) + (off * own).sum(1)
     loss = lse - z_target
     if label_smoothing:
-        mean = z.mean(1).double() + off.sum(1) / z.shape[1]
+        mean = z.mean(1) + off.sum(1) / z.shape[1]
         loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean)
     return loss.mean().to(offsets.dtype)

@@ -96,7 +96,9 @@ class ItemFactors:
     (:func:`seqrec.evaluation.topk.chunked_topk`) or with an approximate index.
 
     ``scores = hidden @ items.T + bias``, plus ``repeat`` [B, H] added at the ``history`` item
-    indices [B, H] (a learned offset per seen item; both None without a repeat bias).
+    indices [B, H]: sparse learned offsets (the repeat bias of seen items, the transition bias
+    of the newest item's counted successors; an index may appear more than once, the offsets
+    add up); ``repeat`` is None without either.
     ``hidden`` [B, d], ``items`` [V, d] (row = item index, row 0 padding), ``bias`` [V].
     """
 
@@ -332,9 +334,10 @@ class SeqModel(nn.Module):
         bias (ignored when it is off; each row's own transition is left out of its counts).
 
         The transition bias is fitted on top of the model, not with it: its loss is the same
-        cross-entropy of the model's scores with gradients stopped, plus the offsets. The model
-        trains exactly as it would without them (the offsets cannot take over what its
-        embeddings would have learned), and the offsets learn what the model's scores lack.
+        cross-entropy of the model's scores with gradients stopped, plus the offsets. With the
+        full softmax the model trains exactly as it would without them (the offsets cannot take
+        over what its embeddings would have learned), and the offsets learn what the model's
+        scores lack. The value returned is the model's own loss.
         """
         rep = None
         if history is not None and distance is not None:
@@ -344,21 +347,27 @@ class SeqModel(nn.Module):
             return self._item_loss(hidden, targets, embeddings, bias, repeat)
         cols, offsets = self.transitions.offsets(prev, targets)
         if self.ctx.params.get("loss", "full") == "full":  # the model's logits, computed once
-            logits = self._full_logits(hidden, embeddings, bias, repeat)
+            logits = self._full_logits(hidden, embeddings, bias, repeat).float()
             smoothing = float(self.ctx.params.get("label_smoothing", 0.0))
-            loss = F.cross_entropy(logits.float(), targets - 1, label_smoothing=smoothing)
+            loss = F.cross_entropy(logits, targets - 1, label_smoothing=smoothing)
             fitted = sparse_offset_cross_entropy(
-                logits.float(), targets - 1, (cols - 1).clamp(min=0), offsets, cols > 0, smoothing
+                logits, targets - 1, (cols - 1).clamp(min=0), offsets, cols > 0, smoothing
             )
-            return loss + fitted
+            # the value is the model's loss (logs compare with runs without the offsets); the
+            # gradient is both
+            return loss + (fitted - fitted.detach())
+        # sampled losses: the offsets get their own draw of negatives (so the model's steps
+        # follow another random stream than without them)
         frozen = None if repeat is None else (repeat[0], repeat[1].detach())
-        return self._item_loss(hidden, targets, embeddings, bias, repeat) + self._item_loss(
+        loss = self._item_loss(hidden, targets, embeddings, bias, repeat)
+        fitted = self._item_loss(
             hidden.detach(),
             targets,
             embeddings.detach(),
             None if bias is None else bias.detach(),
             _join(frozen, (cols, offsets)),
         )
+        return loss + (fitted - fitted.detach())
 
     def _full_logits(
         self,

@@ -153,7 +153,7 @@ class TransitionBias(nn.Module):
         whose transition was never counted, would see.
         """
         k = self.top + 1
-        prev = prev.clamp(0, self.n_items - 1)
+        prev = torch.where((prev > 0) & (prev < self.n_items), prev, torch.zeros_like(prev))
         start = self.succ_ptr[prev]
         n = self.succ_ptr[prev + 1] - start
         slot = torch.arange(k, device=prev.device)
@@ -180,6 +180,7 @@ class TransitionBias(nn.Module):
         cb = torch.log2(safe).floor().long().clamp(0, COUNT_BUCKETS - 1)
         # [N, k, 2]: intercept and slope of each slot's count bucket (a one-hot product: its
         # gradient is a small matrix product, not an accumulating scatter)
-        line = F.one_hot(cb, COUNT_BUCKETS).to(self.table.dtype) @ self.table
+        with torch.autocast(prev.device.type, enabled=False):  # as served: full precision
+            line = F.one_hot(cb, COUNT_BUCKETS).to(self.table.dtype) @ self.table
         vals = (line[..., 0] + line[..., 1] * log_share) * real.to(self.table.dtype)
         return torch.where(real, cols, torch.zeros_like(cols)), vals

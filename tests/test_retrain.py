@@ -200,7 +200,9 @@ def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
     prod_ws: tuple[Workspace, str],
 ) -> None:
     """A production model whose stored hyperparameters predate ``transition_bias`` had no
-    offsets: its candidate has none either, whatever gpt2's defaults are today."""
+    offsets: its candidate has none either, even where the workspace now turns it on for gpt2
+    (``[hyperparams.gpt2]``); production's own configuration wins."""
+    from seqrec.config import load_workspace
     from seqrec.retrain import retrain
 
     ws, tag = prod_ws
@@ -209,8 +211,12 @@ def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
     info = json.loads(info_file.read_text())
     info["params"].pop("transition_bias", None)
     info_file.write_text(json.dumps(info))
+    toml = ws.root / "seqrec.toml"
+    toml.write_text(toml.read_text() + "\n[hyperparams.gpt2]\ntransition_bias = true\n")
+    ws = load_workspace(ws.root)
+    assert ws.config.hyperparams["gpt2"]["transition_bias"] is True
     _new_events(ws, n_users=20)
-    rep = retrain(ws, min_gain=-1.0, progress=False, materialize=False)
+    rep = retrain(ws, min_gain=-1.0, epochs=1, progress=False, materialize=False)
     candidate = model_store.load(rep.candidate, store=ws.model_store)
     assert candidate.info["params"]["transition_bias"] is False
     assert candidate.model.transitions is None

@@ -15,7 +15,14 @@ import torch
 
 from seqrec.errors import SeqrecError
 from seqrec.evaluation.topk import chunked_topk
-from seqrec.models import Batch, ModelContext, get_spec, load_weights, save_weights
+from seqrec.models import (
+    Batch,
+    ModelContext,
+    get_spec,
+    load_weights,
+    newest_distance,
+    save_weights,
+)
 from seqrec.training.data import SequenceSet
 from seqrec.training.stream import write_stream
 from seqrec.training.trainer import TrainSettings, train
@@ -112,6 +119,7 @@ def test_scores_factors_and_chunked_topk_agree_with_the_transition_offsets() -> 
     model.fit_statistics(batch.items, batch.targets)
     with torch.no_grad():
         model.transitions.table.normal_()
+        model.repeat_bias.normal_()  # an item may be both seen and a successor: both add
     model.eval()
     with torch.no_grad():
         full = model.score(batch)
@@ -120,7 +128,9 @@ def test_scores_factors_and_chunked_topk_agree_with_the_transition_offsets() -> 
         top = chunked_topk(f.hidden, f.items, 5, history=f.history, repeat=f.repeat, chunk_items=4)
     # the offsets land on the newest item's counted successors, and only there
     cols, vals = model.transitions.offsets(batch.items[:, -1])
-    rep = model.repeat_scores(batch.items, torch.zeros_like(batch.items))
+    rep = model.repeat_scores(batch.items, newest_distance(batch.items))
+    both = (cols[:, :, None] == batch.items[:, None, :]) & (cols[:, :, None] > 0)
+    assert both.any()  # the case is there
     expected = plain.scatter_add(1, cols, vals).scatter_add(1, batch.items, rep)
     assert torch.allclose(full[:, 1:], expected[:, 1:], atol=1e-5)
     assert torch.allclose(top.scores, full.topk(5).values, atol=1e-5)

@@ -50,8 +50,8 @@ def chunked_topk(
     """Top-``k`` items of ``hidden`` [B, d] over ``items`` [V, d] (+ ``bias`` [V]), computed
     ``chunk_items`` items at a time.
 
-    ``history``/``repeat`` [B, H]: items already seen and the learned offsets added to their
-    scores (a history item seen twice gets both). ``exclude`` [B, E]: item indices scored -inf
+    ``history``/``repeat`` [B, H]: items with sparse learned offsets added to their scores
+    (seen items, the newest item's counted successors; an item listed twice gets both). ``exclude`` [B, E]: item indices scored -inf
     (0 = none). ``targets`` [B]: items whose rank to count.
     """
     if chunk_items < 1:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from seqrec.errors import SeqrecError
-from seqrec.models import Batch, SeqModel
+from seqrec.models import DATA_BUFFERS, Batch, SeqModel
 
 T = TypeVar("T")
 
@@ -235,8 +235,14 @@ def wrap(model: SeqModel, on: torch.device, sample: Batch) -> Callable[[Batch], 
     ``sample``, a batch on ``on``) are allowed."""
     from torch.nn.parallel import DistributedDataParallel
 
+    module = _Loss(model)
+    # data buffers (item text, the transition bias's counts) are fitted alike on every rank
+    # from the same data: never re-sent from rank 0 on each step (they grow with the data)
+    data = [name for name, _ in module.named_buffers() if name.rsplit(".", 1)[-1] in DATA_BUFFERS]
+    if data:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, data)
     ddp = DistributedDataParallel(
-        _Loss(model),
+        module,
         device_ids=[on.index] if on.type == "cuda" else None,
         find_unused_parameters=bool(unused_parameters(model, sample)),
     )

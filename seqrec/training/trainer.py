@@ -510,7 +510,9 @@ def train(
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            # offset tables (the transition bias) are fitted, not regularised, like repeat_bias
+            plain = p.ndim < 2 or "norm" in name.lower() or name.startswith("transitions.")
+            (no_decay if plain else decay).append(p)
     opt = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": settings.weight_decay},
