@@ -147,7 +147,7 @@ def page(p: dict[str, Any]) -> str:
             "view's 3 successors (probability 0.6, uniformly), else an item of the user's "
             "interest category by popularity. The generator's scorer ranks every item by that "
             "probability given the newest item (it does not see the rare interest drifts), on "
-            "the same test split and protocol as the table above (items already in the "
+            "the same test split and protocol as `bench/synthetic_nextitem.py` (items already in the "
             "history excluded, ties against).",
             "",
             report.table(["scorer", "NDCG@10", "Recall@10", "of the generator's"], rows),
