@@ -112,13 +112,20 @@ def _batch(seed: int = 0) -> Batch:
     return Batch(items, torch.ones_like(items), times * (items > 0), targets)
 
 
-def test_scores_factors_and_chunked_topk_agree_with_the_transition_offsets() -> None:
+def _fitted() -> tuple[torch.nn.Module, Batch]:
+    """A gpt2 with the transition bias, its counts fitted on ``_batch()``, a random table."""
     torch.manual_seed(0)
     model, _ = _model()
     batch = _batch()
     model.fit_statistics(batch.items, batch.targets)
     with torch.no_grad():
         model.transitions.table.normal_()
+    return model, batch
+
+
+def test_scores_factors_and_chunked_topk_agree_with_the_transition_offsets() -> None:
+    model, batch = _fitted()
+    with torch.no_grad():
         model.repeat_bias.normal_()  # an item may be both seen and a successor: both add
     model.eval()
     with torch.no_grad():
@@ -137,12 +144,7 @@ def test_scores_factors_and_chunked_topk_agree_with_the_transition_offsets() -> 
 
 
 def test_a_saved_model_loads_its_counts_whatever_their_size(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model, _ = _model()
-    batch = _batch()
-    model.fit_statistics(batch.items, batch.targets)
-    with torch.no_grad():
-        model.transitions.table.normal_()
+    model, batch = _fitted()
     model.eval()
     save_weights(model, tmp_path / "m")
     loaded = load_weights(tmp_path / "m")
@@ -239,12 +241,7 @@ def test_models_with_the_transition_bias_pass_every_check_of_the_plugin_kit(mode
 def test_a_fitted_model_traces_to_the_same_scores_on_other_batches() -> None:
     """The service traces ``score`` once at startup: the successor lookup must not be baked in
     for the batch it was traced on."""
-    torch.manual_seed(0)
-    model, _ = _model()
-    batch = _batch()
-    model.fit_statistics(batch.items, batch.targets)
-    with torch.no_grad():
-        model.transitions.table.normal_()
+    model, batch = _fitted()
     model.eval()
 
     class Score(torch.nn.Module):
