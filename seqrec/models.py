@@ -287,10 +287,7 @@ class SeqModel(nn.Module):
         rep = self.repeat_scores(items, distance)
         if self.transitions is None:
             return items, rep
-        joined = _join(
-            None if rep is None else (items, rep), self.transitions.offsets(items[:, -1])
-        )
-        return joined
+        return _join(None if rep is None else (items, rep), self.transitions.offsets(items[:, -1]))
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """The parameters whose gradient norms the trainer clips apart: the model's own, and

@@ -87,18 +87,27 @@ class PairCounter:
         keys, counts = self._merge()
         row, item = keys // n, keys % n
         total = np.bincount(row, weights=counts, minlength=n).astype(np.float32)
-        order = np.lexsort((item, -counts, row))  # per row: most frequent first, ties by index
-        row, item, counts = row[order], item[order], counts[order]
-        starts = np.searchsorted(row, row, side="left")
-        keep = np.arange(len(row)) - starts < top
-        row, item, counts = row[keep], item[keep], counts[keep]
-        ptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n))])
+        ptr, item, counts = top_per_row(row, item, counts, n, top)
         return (
-            ptr.astype(np.int64),
+            ptr,
             np.concatenate([item, [0]]).astype(np.int64),
             np.concatenate([counts, [0]]).astype(np.float32),
             total,
         )
+
+
+def top_per_row(
+    row: np.ndarray, item: np.ndarray, count: np.ndarray, n_rows: int, top: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse (row, item, count) entries, distinct per row, as CSR with each row's ``top``
+    most frequent items first (ties by item index): row pointers [n_rows + 1], items, counts."""
+    order = np.lexsort((item, -count, row))
+    row, item, count = row[order], item[order], count[order]
+    starts = np.searchsorted(row, row, side="left")
+    keep = np.arange(len(row)) - starts < top
+    row, item, count = row[keep], item[keep], count[keep]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_rows))]).astype(np.int64)
+    return ptr, item, count
 
 
 class TransitionBias(nn.Module):

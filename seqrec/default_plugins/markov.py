@@ -32,6 +32,7 @@ from torch import Tensor
 from seqrec.errors import SeqrecError
 from seqrec.hookspecs import hookimpl
 from seqrec.models import Batch, ModelContext, ModelSpec, SeqModel
+from seqrec.transitions import top_per_row
 
 DEFAULTS: dict[str, Any] = {
     "order": 1,  # 1: the newest item; 2: the newest two, backing off to 1
@@ -76,17 +77,13 @@ def _successor_table(
     if len(rows):
         width = int(nxt.max()) + 1
         pair, count = np.unique(rows * width + nxt, return_counts=True)
-        row, item = pair // width, pair % width
-        order = np.lexsort((item, -count, row))  # per row: most frequent first, ties by index
-        row, item, count = row[order], item[order], count[order]
-        starts = np.searchsorted(row, row, side="left")
-        keep = np.arange(len(row)) - starts < top
-        row, item, count = row[keep], item[keep], count[keep]
+        ptr, item, count = top_per_row(pair // width, pair % width, count, n_rows, top)
+        row = np.repeat(np.arange(n_rows), np.diff(ptr))
         prob = count / (total[row] + alpha)
     else:
-        row = item = np.zeros(0, dtype=np.int64)
+        item = np.zeros(0, dtype=np.int64)
         prob = np.zeros(0)
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=n_rows))])
+        ptr = np.zeros(n_rows + 1, dtype=np.int64)
     return (
         weight,
         ptr,

@@ -422,9 +422,9 @@ def _sample(train_tensors: dict[str, torch.Tensor] | StreamedSet) -> Batch:
 
 def _fit_streamed(model: SeqModel, source: StreamedSet) -> None:
     """What ``fit_statistics`` / ``fit_classifier`` do, from streaming passes: the negative
-    sampler of ``loss = "sampled_logq"`` from the target counts, the transition bias's counts. A model that fits its own
-    statistics or classifier from the whole training set (popularity, markov, gbdt) cannot
-    be given it without loading it: a SeqrecError."""
+    sampler of ``loss = "sampled_logq"`` from the target counts, the transition bias's
+    counts. A model that fits its own statistics or classifier from the whole training set
+    (popularity, markov, gbdt) cannot be given it without loading it: a SeqrecError."""
     from seqrec.losses import NegativeSampler
     from seqrec.training.data import next_item_targets
     from seqrec.transitions import PairCounter
