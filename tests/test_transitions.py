@@ -302,13 +302,13 @@ def test_the_trainer_steps_the_models_weights_as_if_the_offsets_were_not_there()
     )
     settings = TrainSettings(epochs=2, batch_size=16, seed=0, grad_clip=0.01, patience=5)
     ends = []
-    for params in ({"transition_bias": True}, {}):
+    for params in ({"transition_bias": True}, {"transition_bias": False}):
         torch.manual_seed(0)
         ctx = ModelContext(n_items=V, n_event_types=3, max_len=6, params=params)
         model = get_spec("gpt2").make(ctx)
         train(model, whole.tensors(with_targets=True), lambda m, d: {"ndcg@10": 0.0}, settings)
         ends.append({k: v for k, v in model.state_dict().items() if "transitions" not in k})
-        if params:
+        if params["transition_bias"]:
             assert model.transitions is not None and model.transitions.table.abs().sum() > 0
     assert ends[0].keys() == ends[1].keys()
     for k in ends[0]:

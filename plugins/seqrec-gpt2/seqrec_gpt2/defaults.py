@@ -22,6 +22,9 @@ DEFAULTS: dict[str, Any] = {
     # FPMC's first-order term: a learned "what follows item i" vector per item; synthetic log
     # NDCG@10 0.3123 -> 0.3215, ml-100k 0.1013 -> 0.1020 (seed 0): too small to change defaults
     "transition": False,
-    "transition_bias": False,  # counted successors of the newest item (seqrec.transitions)
+    # counted successors of the newest item (seqrec.transitions), fitted on top of the model;
+    # ml-100k, 3 seeds paired: test NDCG@10 0.1072 -> 0.1080, validation 0.1192 -> 0.1204;
+    # without the repeat bias (seed 0) 0.0636 -> 0.0670; synthetic log 0.3027 -> 0.3108
+    "transition_bias": True,
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
