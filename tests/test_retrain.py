@@ -200,8 +200,8 @@ def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
     prod_ws: tuple[Workspace, str],
 ) -> None:
     """A production model whose stored hyperparameters predate ``transition_bias`` had no
-    offsets: its candidate has none either, even where the workspace now turns it on for gpt2
-    (``[hyperparams.gpt2]``); production's own configuration wins."""
+    offsets: its candidate has none either, though gpt2's defaults now turn it on and the
+    workspace does too (``[hyperparams.gpt2]``); production's own configuration wins."""
     from seqrec.config import load_workspace
     from seqrec.retrain import retrain
 
