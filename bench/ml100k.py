@@ -196,6 +196,10 @@ def _default_on(model: str, param: str) -> bool:
     return bool(resolve(load_workspace(WS), get_spec(model)).params.get(param))
 
 
+def _seeds(r: dict[str, Any]) -> str:
+    return f"{r['seeds']} seed{'' if r['seeds'] == 1 else 's'}"
+
+
 def _has_param(model: str, param: str) -> bool:
     """Whether ``model``'s plugin accepts ``param`` at all."""
     from seqrec.models import get_spec
@@ -347,6 +351,15 @@ def page(payload: dict[str, Any]) -> str:
         "",
         report.machine_line(payload["machine"]),
         "",
+        *(
+            [
+                "This page was written again from those runs by `--report-only` (commit "
+                f"{payload['rendered']['commit']}, {payload['rendered']['date']}).",
+                "",
+            ]
+            if payload.get("rendered")
+            else []
+        ),
         "Every neural model trains with its plugin's defaults: "
         "exactly what `seqrec train --model M` trains with no options (the configurations are "
         "listed at the end; this script has no copy of them). Protocol: RecBole's "
@@ -421,11 +434,11 @@ def page(payload: dict[str, Any]) -> str:
         arows.append(
             [
                 f"seqrec {m} / RecBole {peer_name}",
-                fmt(r, "ndcg@10") + f" ({r['seeds']} seeds)",
+                fmt(r, "ndcg@10") + f" ({_seeds(r)})",
                 f"{theirs:.4f}",
                 f"{r['ndcg@10'] / theirs:.2f}x",
                 (
-                    f"{fmt(t, 'ndcg@10')} ({t['seeds']} seeds; {t['ndcg@10'] / theirs:.2f}x)"
+                    f"{fmt(t, 'ndcg@10')} ({_seeds(t)}; {t['ndcg@10'] / theirs:.2f}x)"
                     if t
                     else "the same (off in its defaults)"
                     if _has_param(m, "transition_bias")
@@ -669,9 +682,17 @@ def main() -> None:
                 "params": r.get("params"),
                 "train": {k: (r.get("settings") or {}).get(k, 0.0) for k in report.TRAIN_KEYS},
             }
+    machine = report.machine()
+    command = "python bench/ml100k.py " + " ".join(sys.argv[1:])
+    rendered = None
+    if args.report_only and last.exists():  # the machine and command that trained the runs
+        before = json.loads(last.read_text())
+        rendered = {"commit": machine["commit"], "date": machine["date"]}
+        machine, command = before["machine"], before.get("command", command)
     payload = {
-        "machine": report.machine(),
-        "command": "python bench/ml100k.py " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "command": command,
+        "rendered": rendered,
         "models": models,
         "seeds": seeds,
         "variants": variants,
