@@ -4,7 +4,10 @@ processes started by torch's launcher on a tiny synthetic workspace.
 Tolerance: with the same effective batch (``batch_size``, split over the ranks) and no
 dropout, two processes give the validation metrics of one within ``METRIC_TOLERANCE``
 (absolute). They are not bit-identical: DDP averages the per-rank mean losses, one process
-takes the mean over all target positions of the batch, and sums run in another order.
+takes the mean over all target positions of the batch, and sums run in another order. On the
+40 test users here, one user's target crossing the top-10 cutoff moves recall@10 by 0.025,
+so the tolerance lets exactly one cross (gpt2's default transition bias adds near-ties on a
+30-item log, and such a crossing happens).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from seqrec.training.trainer import (
     STATE_FILE,
 )
 
-#: |metric(2 processes) - metric(1 process)| at most this, same effective batch, no dropout
-METRIC_TOLERANCE = 0.02
+#: |metric(2 processes) - metric(1 process)| at most this, same effective batch, no dropout:
+#: one of the 40 test users' targets (0.025) may cross a cutoff, not two (0.05)
+METRIC_TOLERANCE = 0.03
 EPOCHS = 3
 BATCH = 32
 
@@ -218,6 +222,14 @@ def test_two_processes_match_one_with_the_same_effective_batch(tiny_ws: Workspac
     assert one["epochs_run"] == two["epochs_run"] == EPOCHS
     for key in ("ndcg@10", "recall@10", "mrr@10", "ndcg@20"):
         assert abs(one[key] - two[key]) <= METRIC_TOLERANCE, (key, one[key], two[key])
+    # the transition bias's table (a DDP parameter, its counts data on every rank) alike
+    tables = [
+        model_store.load(r["tag"], store=tiny_ws.model_store).model.transitions for r in (one, two)
+    ]
+    assert tables[0] is not None and tables[1] is not None
+    assert tables[0].table.abs().sum() > 0
+    assert torch.allclose(tables[0].table, tables[1].table, rtol=0.05, atol=1e-4)
+    assert torch.equal(tables[0].succ_count, tables[1].succ_count)
     h1, h2 = _history(one_dir), _history(two_dir)
     assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2]
     for a, b in zip(h1, h2, strict=True):

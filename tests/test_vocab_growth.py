@@ -19,7 +19,15 @@ from seqrec_bert.model import BertNextItem
 from torch import nn
 
 from seqrec.config import Workspace
-from seqrec.models import Batch, ModelContext, SeqModel, get_spec, load_weights, save_weights
+from seqrec.models import (
+    DATA_BUFFERS,
+    Batch,
+    ModelContext,
+    SeqModel,
+    get_spec,
+    load_weights,
+    save_weights,
+)
 from seqrec.pipeline import _init_from
 from seqrec.testing import load_synth, make_workspace, random_batch
 
@@ -121,7 +129,9 @@ def test_known_items_keep_their_input_and_output_rows_and_biases(name: str, tmp_
     grown_keys.add("backbone.embeddings.word_embeddings.weight")
     got = new.state_dict()
     for k, v in old.state_dict().items():  # everything that does not depend on V: unchanged
-        if k not in grown_keys:
+        # (data buffers, such as the transition bias's counts, are refitted from the new data
+        # instead: tests/test_transitions.py)
+        if k not in grown_keys and k.rsplit(".", 1)[-1] not in DATA_BUFFERS:
             assert torch.equal(got[k], v), f"{name}: {k} not kept"
 
 
