@@ -8,9 +8,9 @@ Every model trains with its plugin's defaults (what ``seqrec train --model M`` t
 script keeps no configuration of its own. Variants: ``defaults`` (3 seeds),
 ``no-repeat-bias`` (protocol (a): RecBole's models have no repeat offset, so neither does
 seqrec's) and ``no-transition-bias`` (protocol (a) without the transition bias as well, for the
-models whose defaults turn it on). Each trained model is evaluated unmasked and with each user's already-rated items
-masked (protocol (b)). For every (model, seed, variant) a fresh worker process trains through
-``seqrec.pipeline`` and evaluates; finished runs are appended to
+models whose defaults turn it on). Each trained model is evaluated unmasked and with each
+user's already-rated items masked (protocol (b)). For every (model, seed, variant) a fresh
+worker process trains through ``seqrec.pipeline`` and evaluates; finished runs are appended to
 ``bench/results/ml100k_runs.jsonl`` so an interrupted benchmark resumes (delete it to start
 over). ``--with-peer speed`` times RecBole in the same invocation; ``--with-peer full`` trains
 RecBole to early stopping and evaluates both protocols there too (hours on 2 cores).
@@ -200,11 +200,17 @@ def _seeds(r: dict[str, Any]) -> str:
     return f"{r['seeds']} seed{'' if r['seeds'] == 1 else 's'}"
 
 
-def _has_param(model: str, param: str) -> bool:
-    """Whether ``model``'s plugin accepts ``param`` at all."""
+def _without_transition_bias(
+    model: str, run: dict[str, Any] | None, theirs: float, fmt: Any
+) -> str:
+    """The protocol (a) table's cell for ``model`` with the transition bias off as well."""
     from seqrec.models import get_spec
 
-    return param in get_spec(model).defaults
+    if run is not None:
+        return f"{fmt(run, 'ndcg@10')} ({_seeds(run)}; {run['ndcg@10'] / theirs:.2f}x)"
+    if "transition_bias" in get_spec(model).defaults:
+        return "the same (off in its defaults)"
+    return "the same (no transition bias)"
 
 
 def matches_current_config(run: dict[str, Any]) -> bool:
@@ -437,13 +443,7 @@ def page(payload: dict[str, Any]) -> str:
                 fmt(r, "ndcg@10") + f" ({_seeds(r)})",
                 f"{theirs:.4f}",
                 f"{r['ndcg@10'] / theirs:.2f}x",
-                (
-                    f"{fmt(t, 'ndcg@10')} ({_seeds(t)}; {t['ndcg@10'] / theirs:.2f}x)"
-                    if t
-                    else "the same (off in its defaults)"
-                    if _has_param(m, "transition_bias")
-                    else "the same (no transition bias)"
-                ),
+                _without_transition_bias(m, t, theirs, fmt),
                 fmt(d, "ndcg@10") if d else "",
             ]
         )

@@ -242,9 +242,9 @@ def page(p: dict[str, Any]) -> str:
             "view's 3 successors (probability 0.6, uniformly), else an item of the user's "
             "interest category by popularity. The generator's scorer ranks every item by that "
             "probability given the newest item (it does not see the rare interest drifts), on "
-            "the same test split and protocol as `bench/synthetic_nextitem.py` (items already in the "
-            "history excluded, ties against). NDCG@10 is also split by the kind of target a scorer "
-            "can rank: a successor of the newest item, or any other item.",
+            "the same test split and protocol as `bench/synthetic_nextitem.py` (items already in "
+            "the history excluded, ties against). NDCG@10 is also split by the kind of target a "
+            "scorer can rank: a successor of the newest item, or any other item.",
             "",
             report.table(
                 [
