@@ -191,13 +191,31 @@ def _default_on(model: str, param: str) -> bool:
     from seqrec.models import get_spec
     from seqrec.presets import resolve
 
-    if model in NON_NEURAL:
-        return False
-    return bool(resolve(load_workspace(WS), get_spec(model)).params.get(param))
+    return model not in NON_NEURAL and bool(
+        resolve(load_workspace(WS), get_spec(model)).params.get(param)
+    )
 
 
 def _seeds(r: dict[str, Any]) -> str:
     return f"{r['seeds']} seed{'' if r['seeds'] == 1 else 's'}"
+
+
+def _rendered_lines(rendered: dict[str, Any] | None) -> list[str]:
+    """The page's note when ``--report-only`` wrote it, not the invocation that trained."""
+    if not rendered:
+        return []
+    if rendered.get("training_machine_unknown"):
+        return [
+            "This page was written by `--report-only` from finished runs whose invocation is not "
+            "recorded (there was no bench/results/ml100k.json): the machine line above is the "
+            "one that wrote the page, not necessarily the one that trained.",
+            "",
+        ]
+    return [
+        "This page was written again from those runs by `--report-only` (commit "
+        f"{rendered['commit']}, {rendered['date']}).",
+        "",
+    ]
 
 
 def _without_transition_bias(
@@ -208,6 +226,8 @@ def _without_transition_bias(
 
     if run is not None:
         return f"{fmt(run, 'ndcg@10')} ({_seeds(run)}; {run['ndcg@10'] / theirs:.2f}x)"
+    if _default_on(model, "transition_bias"):
+        return "not run (`--variants no-transition-bias`)"
     if "transition_bias" in get_spec(model).defaults:
         return "the same (off in its defaults)"
     return "the same (no transition bias)"
@@ -357,15 +377,7 @@ def page(payload: dict[str, Any]) -> str:
         "",
         report.machine_line(payload["machine"]),
         "",
-        *(
-            [
-                "This page was written again from those runs by `--report-only` (commit "
-                f"{payload['rendered']['commit']}, {payload['rendered']['date']}).",
-                "",
-            ]
-            if payload.get("rendered")
-            else []
-        ),
+        *_rendered_lines(payload.get("rendered")),
         "Every neural model trains with its plugin's defaults: "
         "exactly what `seqrec train --model M` trains with no options (the configurations are "
         "listed at the end; this script has no copy of them). Protocol: RecBole's "
@@ -603,6 +615,9 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown --variants {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     variant_seeds = [int(s) for s in args.variant_seeds.split(",")]
     from tqdm import tqdm
 
@@ -641,8 +656,9 @@ def main() -> None:
     env = example_plugins.worker_env(m for m, _, _ in pending)
     invocation = time.strftime("%Y-%m-%dT%H:%M:%S")  # marks the runs trained by this command
     last = report.RESULTS / "ml100k.json"
-    if args.report_only and last.exists():  # the page of the invocation that trained the runs
-        invocation = json.loads(last.read_text()).get("invocation") or invocation
+    before = json.loads(last.read_text()) if args.report_only and last.exists() else None
+    if before is not None:  # the page of the invocation that trained the runs
+        invocation = before.get("invocation") or invocation
     runs = []
     for model, seed, variant in tqdm(jobs, desc="ml-100k", unit="run"):
         if (model, seed, variant) in done:
@@ -685,10 +701,12 @@ def main() -> None:
     machine = report.machine()
     command = "python bench/ml100k.py " + " ".join(sys.argv[1:])
     rendered = None
-    if args.report_only and last.exists():  # the machine and command that trained the runs
-        before = json.loads(last.read_text())
+    if args.report_only:
         rendered = {"commit": machine["commit"], "date": machine["date"]}
-        machine, command = before["machine"], before.get("command", command)
+        if before is not None:  # the machine and command that trained the runs
+            machine, command = before["machine"], before.get("command", command)
+        else:
+            rendered["training_machine_unknown"] = True
     payload = {
         "machine": machine,
         "command": command,

@@ -73,7 +73,7 @@ def generator_scores(ws: Any, test: Any, items: int) -> tuple[np.ndarray, np.nda
 
 #: the probe's grid: weight of markov's probabilities (0: gpt2 alone, 1: markov alone), and
 #: gpt2's softmax temperature
-MIX_WEIGHTS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+MIX_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 MIX_BETAS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 
@@ -199,8 +199,8 @@ def main() -> None:
         "scorers": scorers,
         "mixture": probe,
         "tags": tags,
-        "share_successor_targets": float(successor.mean()),
-        "share_other_targets": float(other.mean()),
+        "share_rankable_successor_targets": float(successor.mean()),
+        "share_rankable_other_targets": float(other.mean()),
         "share_unreachable_targets": float(unreachable.mean()),
     }
     report.save_json(NAME, payload)
@@ -261,10 +261,10 @@ def page(p: dict[str, Any]) -> str:
             f"- {p['share_unreachable_targets']:.1%} of the {p['test_users']:,} test targets are "
             "items already in the user's history (a cart or purchase of the viewed item, a "
             "second view): the protocol excludes them, so no scorer ranks them.",
-            f"- Of the targets a scorer can rank, {p['share_successor_targets']:.1%} of all are a "
-            f"successor of the newest item and {p['share_other_targets']:.1%} are any other "
-            "item (the interest category's popular items, drifts): the two NDCG@10 columns are "
-            "over those.",
+            "- Of the targets a scorer can rank, "
+            f"{p['share_rankable_successor_targets']:.1%} of all are a successor of the newest "
+            f"item and {p['share_rankable_other_targets']:.1%} are any other item (the interest "
+            "category's popular items, drifts): the two NDCG@10 columns are over those.",
             f"- markov counts the successor table from about {per_item:.0f} training "
             "transitions per item and gets "
             f"within {1 - m['ndcg@10'] / top:.1%} of the generator's scorer: beating it "

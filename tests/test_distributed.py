@@ -6,7 +6,7 @@ dropout, two processes give the validation metrics of one within ``METRIC_TOLERA
 (absolute). They are not bit-identical: DDP averages the per-rank mean losses, one process
 takes the mean over all target positions of the batch, and sums run in another order. On the
 40 test users here, one user's target crossing the top-10 cutoff moves recall@10 by 0.025,
-so the tolerance lets exactly one cross (gpt2's default transition bias adds near-ties on a
+so the tolerance lets one cross for recall (gpt2's default transition bias adds near-ties on a
 30-item log, and such a crossing happens).
 """
 
@@ -39,9 +39,11 @@ from seqrec.training.trainer import (
     LOG_FILE,
     STATE_FILE,
 )
+from seqrec.transitions import BUFFERS as TRANSITION_BUFFERS
 
 #: |metric(2 processes) - metric(1 process)| at most this, same effective batch, no dropout:
-#: one of the 40 test users' targets (0.025) may cross a cutoff, not two (0.05)
+#: recall@10 may move by one of the 40 test users (0.025), not two (0.05); the loss history's
+#: 1% (below) is the finer check
 METRIC_TOLERANCE = 0.03
 EPOCHS = 3
 BATCH = 32
@@ -229,7 +231,8 @@ def test_two_processes_match_one_with_the_same_effective_batch(tiny_ws: Workspac
     assert tables[0] is not None and tables[1] is not None
     assert tables[0].table.abs().sum() > 0
     assert torch.allclose(tables[0].table, tables[1].table, rtol=0.05, atol=1e-4)
-    assert torch.equal(tables[0].succ_count, tables[1].succ_count)
+    for name in TRANSITION_BUFFERS:  # every rank counted the whole training data
+        assert torch.equal(getattr(tables[0], name), getattr(tables[1], name)), name
     h1, h2 = _history(one_dir), _history(two_dir)
     assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2]
     for a, b in zip(h1, h2, strict=True):

@@ -269,7 +269,12 @@ def test_the_offsets_are_fitted_on_top_and_leave_the_models_gradients_alone() ->
     with_tb, _ = _model(dropout=0.0)
     torch.manual_seed(0)
     plain = get_spec("gpt2").make(
-        ModelContext(n_items=V, n_event_types=3, max_len=6, params={"dropout": 0.0})
+        ModelContext(
+            n_items=V,
+            n_event_types=3,
+            max_len=6,
+            params={"dropout": 0.0, "transition_bias": False},
+        )
     )
     with_tb.fit_statistics(batch.items, batch.targets)
     with torch.no_grad():

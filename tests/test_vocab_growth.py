@@ -71,7 +71,8 @@ def _out_bias(model: SeqModel) -> torch.Tensor:
 
 def _trained(name: str) -> SeqModel:
     """A model at ``V_OLD`` whose weights are unlike any fresh initialisation: a few optimiser
-    steps, then the repeat bias (and bert's output bias) set to distinct values."""
+    steps, then the repeat bias (and bert's output bias, and the transition bias's table of a
+    model that has one, its counts fitted) set to distinct values."""
     torch.manual_seed(0)
     model = get_spec(name).make(_ctx(V_OLD, NEURAL[name]))
     batch = random_batch(model.ctx, batch_size=16)
@@ -88,7 +89,18 @@ def _trained(name: str) -> SeqModel:
             bias = model.get_parameter("out_bias")
             bias.uniform_(-1.0, 1.0)
             bias[0] = 0.0
+        if model.transitions is not None:
+            model.fit_statistics(*_pairs())
+            model.transitions.table.copy_(torch.linspace(-1.0, 1.0, 16).reshape(8, 2))
     return model.eval()
+
+
+def _pairs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Training sequences of known items and their next items, counted by the transition bias
+    (a grown model's training counts them again: data, not weights)."""
+    g = torch.Generator().manual_seed(3)
+    items = torch.randint(1, V_OLD, (16, MAX_LEN), generator=g)
+    return items, torch.roll(items, -1, dims=1)
 
 
 def _grown(name: str, old: SeqModel, tmp_path: Path) -> tuple[SeqModel, dict[str, torch.Tensor]]:
@@ -117,7 +129,7 @@ def _known_batch(seed: int = 5) -> Batch:
 @pytest.mark.parametrize("name", sorted(NEURAL))
 def test_known_items_keep_their_input_and_output_rows_and_biases(name: str, tmp_path: Path) -> None:
     old = _trained(name)
-    new, _ = _grown(name, old, tmp_path)
+    new, fresh = _grown(name, old, tmp_path)
     before, after = _item_rows(old), _item_rows(new)
     # known items 0..V_OLD-1 (padding among them): input embeddings = tied output rows
     assert torch.equal(after[:V_OLD], before[:V_OLD])
@@ -129,9 +141,9 @@ def test_known_items_keep_their_input_and_output_rows_and_biases(name: str, tmp_
     grown_keys.add("backbone.embeddings.word_embeddings.weight")
     got = new.state_dict()
     for k, v in old.state_dict().items():  # everything that does not depend on V: unchanged
-        # (data buffers, such as the transition bias's counts, are refitted from the new data
-        # instead: tests/test_transitions.py)
-        if k not in grown_keys and k.rsplit(".", 1)[-1] not in DATA_BUFFERS:
+        if k.rsplit(".", 1)[-1] in DATA_BUFFERS:  # data, such as the transition bias's counts:
+            assert torch.equal(got[k], fresh[k]), f"{name}: {k} copied"  # refitted, not copied
+        elif k not in grown_keys:
             assert torch.equal(got[k], v), f"{name}: {k} not kept"
 
 
@@ -194,6 +206,8 @@ def test_known_items_logits_on_known_sequences_are_unchanged_by_growth(
     sequences of known items, the grown model scores every known item as the old one did."""
     old = _trained(name)
     new, _ = _grown(name, old, tmp_path)
+    if new.transitions is not None:  # training refits the counts, here from the same data
+        new.fit_statistics(*_pairs())
     batch = _known_batch()
     with torch.no_grad():
         a, b = old.score(batch), new.score(batch)
