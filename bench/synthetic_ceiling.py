@@ -123,19 +123,21 @@ def mixture(
     return torch.logaddexp(math.log(g) + log_markov, math.log(1 - g) + log_gpt2)
 
 
-def mixture_probe(ws: Any, data: Any, markov_tag: str, gpt2_tag: str) -> dict[str, Any]:
+def mixture_probe(
+    ws: Any, data: Any, markov_tag: str, gpt2_tag: str, test_exclude: torch.Tensor
+) -> dict[str, Any]:
     """The ensemble's ranks on the test split, its weight and temperature picked on the
-    validation split by NDCG@10."""
+    validation split by NDCG@10 (``test_exclude``: the test split's seen items, as masked for
+    the other scorers)."""
     from seqrec.evaluation.metrics import ranking_metrics
 
     picked: tuple[float, float, float] | None = None
-    sets = {"valid": (data.valid, 1), "test": (data.test, 0)}
     scores = {
         name: (full_scores(ws, markov_tag, ex), full_scores(ws, gpt2_tag, ex))
-        for name, (ex, _) in sets.items()
+        for name, ex in (("valid", data.valid), ("test", data.test))
     }
     n_items = scores["test"][0].shape[1]
-    masks = {name: seen_mask(ws, ex, n_items, off) for name, (ex, off) in sets.items()}
+    masks = {"valid": seen_mask(ws, data.valid, n_items, 1), "test": test_exclude}
     for g in MIX_WEIGHTS:
         for beta in MIX_BETAS:
             mixed = mixture(*scores["valid"], masks["valid"], g, beta)
@@ -188,7 +190,7 @@ def main() -> None:
             ws, run.tag, ks=KS, exclude_seen=True, data=data, progress=False, per_user=True
         )
         scorers[name] = summary(ev["per_user"]["ranks"])
-    probe = mixture_probe(ws, data, tags["markov"], tags["gpt2"])
+    probe = mixture_probe(ws, data, tags["markov"], tags["gpt2"], exclude)
     scorers["mixture"] = summary(probe.pop("ranks"))
     payload = {
         "machine": report.machine(),

@@ -52,7 +52,8 @@ def chunked_topk(
 
     ``history``/``repeat`` [B, H]: items with sparse learned offsets added to their scores
     (seen items, the newest item's counted successors; an item listed twice gets both).
-    ``exclude`` [B, E]: item indices scored -inf (0 = none). ``targets`` [B]: items whose rank to count.
+    ``exclude`` [B, E]: item indices scored -inf (0 = none). ``targets`` [B]: items whose rank
+    to count.
     """
     if chunk_items < 1:
         raise ValueError(f"chunk_items must be positive, not {chunk_items}")
