@@ -53,8 +53,9 @@ def _seqrec() -> list[str]:
     return [sys.executable, "-m", "seqrec"]
 
 
-def finished_trials(ws_dir: Path, study: str) -> int:
-    """Completed + pruned trials of ``study`` in the workspace's database (0 if none yet)."""
+def finished_trials(ws_dir: Path, study: str, running: bool = False) -> int:
+    """Completed + pruned trials of ``study`` in the workspace's database (0 if none yet), or
+    with ``running`` the trials running now."""
     import optuna
     from optuna.trial import TrialState
 
@@ -65,7 +66,8 @@ def finished_trials(ws_dir: Path, study: str) -> int:
         st = optuna.load_study(study_name=study, storage=storage(load_workspace(ws_dir)))
     except KeyError:
         return 0
-    return len(st.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    states = (TrialState.RUNNING,) if running else (TrialState.COMPLETE, TrialState.PRUNED)
+    return len(st.get_trials(deepcopy=False, states=states))
 
 
 def fresh_study(ws_dir: Path, study: str) -> None:
@@ -93,10 +95,14 @@ def run_killed(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     while proc.poll() is None:
-        time.sleep(5)
+        time.sleep(1)
         if finished_trials(ws_dir, STUDY) >= kill_after:
-            time.sleep(10)  # into the next trial: the kill lands mid-trial
-            os.killpg(proc.pid, signal.SIGKILL)
+            # into the next trial: the kill lands mid-trial
+            while proc.poll() is None and not finished_trials(ws_dir, STUDY, running=True):
+                time.sleep(0.5)
+            time.sleep(2)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             break
     done = finished_trials(ws_dir, STUDY)
@@ -197,6 +203,13 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
     else:
         verdict = "not compared"
     best = {**t["best_params"], **t["best_train"]}
+    start = next((tr for tr in t["trials"] if tr.get("start")), None)
+    start_line = (
+        f" Trial {start['number']} trained the shipped defaults, where a new study starts "
+        f"({start['state'].lower()}, valid NDCG@10 {start['value']:.4f})."
+        if start is not None and start.get("value") is not None
+        else ""
+    )
     md = [
         "## Tuning gpt2 on MovieLens-100K (`bench/tune.py`)",
         "",
@@ -210,7 +223,7 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
         + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         + " (a failed trial is the one the kill interrupted; it was retried). Best: trial "
         f"{t['best_trial']}, valid NDCG@10 {t['best_value']:.4f}, `{json.dumps(best)}`, saved "
-        "as workspace preset `tuned`.",
+        "as workspace preset `tuned`." + start_line,
         "",
         "| configuration | test NDCG@10 (3 seeds) | Recall@10 | valid NDCG@10 | seeds |",
         "|---|---|---|---|---|",

@@ -5,7 +5,9 @@ reports the validation metric (NDCG@10 for next-item, ROC-AUC for classification
 epoch, so Optuna's median pruner stops unpromising trials early. The study is stored in the
 workspace's events database (Optuna's RDB storage), so a killed run resumes where it stopped:
 trials counted towards ``--trials`` are the finished and pruned ones, and a trial that was
-running when the process died is retried once with the same parameters. The best trial becomes a
+running when the process died is retried once with the same parameters. A new study's first
+trial is the configuration ``seqrec train`` uses today (where it lies in the search space), so
+the best is never below it on validation. The best trial becomes a
 workspace preset (``presets/<model>.json``) that ``seqrec train --preset NAME`` uses.
 """
 
@@ -109,6 +111,30 @@ def requeue_dead_trials(study: Any) -> int:
     return n
 
 
+def starting_point(space: SearchSpace, params: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """The values of ``space``'s keys in the configuration ``seqrec train`` uses today (model
+    hyperparameters from ``params``, trainer keys from ``settings``); keys without a value, or
+    with one outside their range, are left to the sampler."""
+    start: dict[str, Any] = {}
+    for key, dist in space.items():
+        value = getattr(settings, key, None) if key in PRESET_TRAIN_KEYS else params.get(key)
+        if value is None:
+            continue
+        if isinstance(dist, Choice):
+            fits = any(v == value and type(v) is type(value) for v in dist.values)
+        elif isinstance(dist, Int):
+            fits = (
+                isinstance(value, int)
+                and dist.low <= value <= dist.high
+                and (value - dist.low) % dist.step == 0
+            )
+        else:
+            fits = isinstance(value, (int, float)) and dist.low <= value <= dist.high
+        if fits:
+            start[key] = value
+    return start
+
+
 def tune(
     ws: Workspace,
     model_name: str,
@@ -181,6 +207,13 @@ def tune(
             "with --study NEW",
         )
     st.set_user_attr("identity", identity)
+    if not st.trials:
+        # a new study's first trial is the configuration it starts from (the defaults, or the
+        # workspace's default preset), so its best is never below that one on validation
+        base = resolve(ws, spec)
+        start = starting_point(spec.search_space, base.params, base.settings)
+        if start:
+            st.enqueue_trial(start, user_attrs={"start": base.preset})
     # a resumed run must not replay the first run's random draws: seed by the trials so far
     st.sampler = optuna.samplers.TPESampler(seed=seed + len(st.trials))
     requeue_dead_trials(st)
@@ -281,6 +314,7 @@ def tune(
             "params": t.params,
             "epochs": len(t.intermediate_values),
             "seconds": t.user_attrs.get("seconds"),
+            "start": t.user_attrs.get("start"),
         }
         for t in st.get_trials(deepcopy=False)
     ]

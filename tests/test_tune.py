@@ -152,3 +152,44 @@ def test_classify_tuning_saves_its_own_preset_name(small_ws: Workspace) -> None:
     assert res.metric == "roc_auc"
     stored = workspace_presets(small_ws, "lstm")[res.preset]
     assert stored["task"] == "classify"
+
+
+def test_a_new_study_first_trains_the_configuration_train_uses(small_ws: Workspace) -> None:
+    from seqrec.tuning import starting_point
+
+    spec = get_spec("lstm")
+    base = resolve(small_ws, spec)
+    start = starting_point(spec.search_space, base.params, base.settings)
+    assert start, "lstm's defaults lie in its search space"
+    res = tune(small_ws, "lstm", trials=2, epochs=1, progress=False)
+    first = res.trials[0]
+    assert first["params"] == start
+    assert first["start"] == base.preset
+    assert res.trials[1]["start"] is None
+    assert res.best_value >= first["value"]
+
+
+def test_a_resumed_study_does_not_queue_the_start_again(small_ws: Workspace) -> None:
+    tune(small_ws, "lstm", trials=1, epochs=1, progress=False)
+    res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False)
+    assert [t["start"] is not None for t in res.trials] == [True, False, False]
+
+
+def test_start_values_outside_the_search_space_are_left_to_the_sampler() -> None:
+    from types import SimpleNamespace
+
+    from seqrec.models import Choice, Float, Int
+    from seqrec.tuning import starting_point
+
+    space = {
+        "d_model": Choice((32, 64)),
+        "n_layer": Int(1, 3),
+        "dropout": Float(0.1, 0.6),
+        "flag": Choice((False, True)),
+        "lr": Float(1e-4, 1e-2, log=True),
+        "batch_size": Choice((32, 64)),
+    }
+    params = {"d_model": 48, "n_layer": 5, "dropout": 0.3, "flag": 1}
+    settings = SimpleNamespace(lr=0.005, batch_size=128)
+    # 48, 5 and 128 are out of range; 1 is not the boolean True; lr and dropout fit
+    assert starting_point(space, params, settings) == {"dropout": 0.3, "lr": 0.005}

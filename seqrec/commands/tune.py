@@ -94,7 +94,7 @@ def register(cli: click.Group) -> None:
         for t in ranked[:10]:
             table.add_row(
                 str(t["number"]),
-                t["state"].lower(),
+                t["state"].lower() + (" (start)" if t.get("start") else ""),
                 f"{t['value']:.4f}",
                 str(t["epochs"]),
                 str(t["seconds"] or "-"),
@@ -111,6 +111,12 @@ def register(cli: click.Group) -> None:
             f"{len(res.trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
             f"best: trial {res.best_trial}, valid {res.metric} {res.best_value:.4f}"
         )
+        start = next((t for t in res.trials if t.get("start") and t["value"] is not None), None)
+        if start is not None:
+            click.echo(
+                f"the study started from preset '{start['start']}' (trial {start['number']}, "
+                f"{start['state'].lower()}): valid {res.metric} {start['value']:.4f}"
+            )
         click.echo(
             f"saved as workspace preset '{res.preset}' ({res.preset_file}): "
             f"`seqrec train --model {model_name or ws.config.models.default} --preset {res.preset}"
