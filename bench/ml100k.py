@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 #: variants that only mean something where the model's defaults turn this param on
 VARIANT_NEEDS = {"no-transition-bias": "transition_bias"}
 NON_NEURAL = ("popularity", "markov", "itemknn")
+#: options whose default is not a plain "off": what a run made before them trained with
+ABSENT_MEANS: dict[str, Any] = {"cell": "lstm"}
 STRIDE = 50  # training window stride (= max_len: no overlap)
 
 #: RecBole 1.2.1 on this kind of machine, same protocol (from the project's design brief).
@@ -248,8 +250,11 @@ def matches_current_config(run: dict[str, Any]) -> bool:
     )
     params, settings = run.get("params") or {}, run.get("settings") or {}
     # an option added after the run is absent from it: new options default off (the
-    # project's rule), so absent matches an off value
-    same_params = all(params[k] == v if k in params else not v for k, v in resolved.params.items())
+    # project's rule), so absent matches an off value, or the value runs before it trained with
+    same_params = all(
+        params[k] == v if k in params else (not v or ABSENT_MEANS.get(k) == v)
+        for k, v in resolved.params.items()
+    )
     same_train = all(
         settings.get(k, 0.0) == getattr(resolved.settings, k) for k in report.TRAIN_KEYS
     )

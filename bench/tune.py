@@ -46,6 +46,7 @@ import report
 NAME = "tune"
 MODEL = "gpt2"
 STUDY = "bench-tune-gpt2"
+TOP_PRESET = "tuned-top"  # the study's top trial, where the preset kept the defaults
 QUICK_OUT = ml100k.DATA / "tune-quick"
 
 
@@ -126,8 +127,10 @@ def run_resumed(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     return dict(res)
 
 
-def worker(seed: int, epochs: int | None, ws_dir: Path, cache: Path) -> dict[str, Any]:
-    """Train the ``tuned`` preset with ``seed`` and evaluate it (this process)."""
+def worker(
+    seed: int, epochs: int | None, ws_dir: Path, cache: Path, preset: str = "tuned"
+) -> dict[str, Any]:
+    """Train workspace preset ``preset`` with ``seed`` and evaluate it (this process)."""
     import torch
 
     from seqrec.config import load_workspace
@@ -140,7 +143,7 @@ def worker(seed: int, epochs: int | None, ws_dir: Path, cache: Path) -> dict[str
         ws,
         MODEL,
         seed=seed,
-        preset="tuned",
+        preset=preset,
         epochs=epochs,
         overrides={"num_threads": 2},
         data=data,
@@ -158,6 +161,22 @@ def worker(seed: int, epochs: int | None, ws_dir: Path, cache: Path) -> dict[str
         "params": out.params,
         "settings": {k: out.settings.get(k, 0.0) for k in report.TRAIN_KEYS},
     }
+
+
+def train_seeds(
+    preset: str, seeds: list[int], epochs: int | None, env: dict[str, str]
+) -> list[dict[str, Any]]:
+    """``worker`` for each seed, each in its own process."""
+    runs = []
+    for s in seeds:
+        wcmd = [sys.executable, __file__, "--worker", str(s), "--preset", preset]
+        wcmd += ["--epochs", str(epochs)] if epochs else []
+        proc = subprocess.run(wcmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            sys.exit(f"preset {preset}, seed {s} failed:\n{proc.stderr[-3000:]}")
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{preset} seed {s}: ndcg@10 {runs[-1]['ndcg@10']:.4f}", file=sys.stderr)
+    return runs
 
 
 def defaults_runs() -> list[dict[str, Any]]:
@@ -191,6 +210,7 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
         states[tr["state"].lower()] = states.get(tr["state"].lower(), 0) + 1
     tuned = [r["ndcg@10"] for r in p["tuned_runs"]]
     base = [r["ndcg@10"] for r in p["default_runs"]]
+    top = p.get("top_runs") or []
     if tuned and base:
         diff = float(np.mean(tuned) - np.mean(base))
         spread = max(float(np.std(tuned, ddof=1)), float(np.std(base, ddof=1)))
@@ -210,6 +230,21 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
         if start is not None and start.get("value") is not None
         else ""
     )
+    if t.get("gain") is not None and t.get("gain_se") is not None:
+        kept = t.get("preset_trial") != t["best_trial"]
+        start_line += (
+            f" The best trial beats it by {t['gain']:+.4f} ± {t['gain_se']:.4f} (the paired "
+            "standard error over the validation users): "
+            + (
+                f"under {t['min_gain']:g} standard errors, so `seqrec tune` saved trial "
+                f"{t['preset_trial']}'s configuration, the defaults, as the preset"
+                if kept
+                else f"at least {t['min_gain']:g} standard errors, so the preset is the best trial"
+            )
+            + "."
+        )
+    else:
+        start_line += f" Trial {t.get('preset_trial', t['best_trial'])} is saved as preset `tuned`."
     md = [
         "## Tuning gpt2 on MovieLens-100K (`bench/tune.py`)",
         "",
@@ -222,8 +257,8 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
         f"workspace's database and finished it ({t['seconds']:.0f} s). Trials: "
         + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
         + " (a failed trial is the one the kill interrupted; it was retried). Best: trial "
-        f"{t['best_trial']}, valid NDCG@10 {t['best_value']:.4f}, `{json.dumps(best)}`, saved "
-        "as workspace preset `tuned`." + start_line,
+        f"{t['best_trial']}, valid NDCG@10 {t['best_value']:.4f}, `{json.dumps(best)}`."
+        + start_line,
         "",
         "| configuration | test NDCG@10 (3 seeds) | Recall@10 | valid NDCG@10 | seeds |",
         "|---|---|---|---|---|",
@@ -231,6 +266,18 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
         f"{_mean_sd([r['recall@10'] for r in p['tuned_runs']])} | "
         f"{_mean_sd([r['valid_ndcg@10'] for r in p['tuned_runs']])} | "
         f"{', '.join(str(r['seed']) for r in p['tuned_runs'])} |",
+        *(
+            [
+                f"| `seqrec train --model gpt2 --preset {TOP_PRESET}` (trial "
+                f"{t['best_trial']}, the top by validation alone: `seqrec tune --min-gain 0 "
+                f"--save-as {TOP_PRESET}`) | {_mean_sd([r['ndcg@10'] for r in top])} | "
+                f"{_mean_sd([r['recall@10'] for r in top])} | "
+                f"{_mean_sd([r['valid_ndcg@10'] for r in top])} | "
+                f"{', '.join(str(r['seed']) for r in top)} |"
+            ]
+            if top
+            else []
+        ),
         f"| `seqrec train --model gpt2` (shipped defaults; `bench/ml100k.py`'s runs) | "
         f"{_mean_sd(base)} | {_mean_sd([r['recall@10'] for r in p['default_runs']])} | "
         f"{_mean_sd([r['valid_ndcg@10'] for r in p['default_runs']])} | "
@@ -253,13 +300,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 trials of 2 epochs, kill after 1")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--preset", default="tuned", help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("BENTOML_HOME", str(ml100k.WS / "models"))
     cache = ml100k.prepare()
     ws_dir = ml100k.WS
     if args.worker is not None:
-        print(json.dumps(worker(args.worker, args.epochs, ws_dir, cache)))
+        print(json.dumps(worker(args.worker, args.epochs, ws_dir, cache, args.preset)))
         return
     if args.quick:
         args.trials, args.kill_after, args.seeds, args.epochs = 3, 1, "0", 2
@@ -278,20 +326,22 @@ def main() -> None:
     print(f"killed after {killed['killed_after_trials']} trials; resuming", file=sys.stderr)
     tuned = run_resumed(cmd, env)
     print(f"best trial {tuned['best_trial']}: {tuned['best_value']:.4f}", file=sys.stderr)
-    runs = []
-    for s in [int(x) for x in args.seeds.split(",")]:
-        wcmd = [sys.executable, __file__, "--worker", str(s)]
-        wcmd += ["--epochs", str(args.epochs)] if args.epochs else []
-        proc = subprocess.run(wcmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            sys.exit(f"tuned preset, seed {s} failed:\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"tuned seed {s}: ndcg@10 {runs[-1]['ndcg@10']:.4f}", file=sys.stderr)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    runs = train_seeds("tuned", seeds, args.epochs, env)
+    top_runs: list[dict[str, Any]] = []
+    if tuned.get("preset_trial") != tuned["best_trial"]:
+        # the study's top trial by validation alone, which the preset did not take: saved
+        # under its own name by the same command with --min-gain 0 (the study is finished,
+        # so no trial runs), and trained with the same seeds
+        top = run_resumed([*cmd, "--min-gain", "0", "--save-as", TOP_PRESET], env)
+        print(f"top trial {top['preset_trial']} saved as {TOP_PRESET}", file=sys.stderr)
+        top_runs = train_seeds(TOP_PRESET, seeds, args.epochs, env)
     payload = {
         "trials": args.trials,
         "killed": killed,
         "tune": tuned,
         "tuned_runs": runs,
+        "top_runs": top_runs,
         "default_runs": [
             {k: r.get(k) for k in ("seed", "ndcg@10", "recall@10", "valid_ndcg@10")}
             for r in defaults_runs()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,22 +136,35 @@ def data_stats(data: Data, engine: Any) -> dict[str, Any]:
     }
 
 
-def validator(data: Data, settings: TrainSettings, chunk_items: int = DEFAULT_CHUNK_ITEMS) -> Any:
+def validator(
+    data: Data,
+    settings: TrainSettings,
+    chunk_items: int = DEFAULT_CHUNK_ITEMS,
+    examples: Callable[[dict[str, float], np.ndarray], None] | None = None,
+) -> Any:
     """The per-epoch validation function of the trainer for ``data``; next-item examples are
-    ranked ``chunk_items`` items at a time (:mod:`seqrec.evaluation.ranking`)."""
+    ranked ``chunk_items`` items at a time (:mod:`seqrec.evaluation.ranking`). ``examples``,
+    when given, is called after each validation with the scores and the per-example outputs
+    they were computed from: each target's rank (next-item) or the class probabilities."""
 
     def validate(model: SeqModel, device: torch.device) -> dict[str, float]:
         batch_size = settings.eval_batch_size
         if isinstance(data, ClassificationData):
             out = predict(model, data.valid, device=device, batch_size=batch_size)
             m = classification_metrics(data.valid.labels, out["probs"])
-            return {
+            scores = {
                 k: float(v) for k, v in m.items() if k in ("accuracy", "f1", "roc_auc", "pr_auc")
             }
-        out = rank_next_items(
-            model, data.valid, device=device, batch_size=batch_size, chunk_items=chunk_items
-        )
-        return ranking_metrics(out.get("ranks", np.zeros(0, dtype=np.int64)), (10, 20))
+            per_example = out["probs"]
+        else:
+            out = rank_next_items(
+                model, data.valid, device=device, batch_size=batch_size, chunk_items=chunk_items
+            )
+            per_example = out.get("ranks", np.zeros(0, dtype=np.int64))
+            scores = ranking_metrics(per_example, (10, 20))
+        if examples is not None:
+            examples(scores, np.asarray(per_example))
+        return scores
 
     return validate
 

@@ -6,9 +6,12 @@ epoch, so Optuna's median pruner stops unpromising trials early. The study is st
 workspace's events database (Optuna's RDB storage), so a killed run resumes where it stopped:
 trials counted towards ``--trials`` are the finished and pruned ones, and a trial that was
 running when the process died is retried once with the same parameters. A new study's first
-trial is the configuration ``seqrec train`` uses today (where it lies in the search space), so
-the best is never below it on validation. The best trial becomes a
-workspace preset (``presets/<model>.json``) that ``seqrec train --preset NAME`` uses.
+trial is the configuration ``seqrec train`` uses today (where it lies in the search space). The
+best trial becomes a
+workspace preset (``presets/<model>.json``) that ``seqrec train --preset NAME`` uses, unless it
+beats today's configuration by less than ``min_gain`` paired standard errors on the validation
+examples (:mod:`seqrec.evaluation.paired`): the best of many trials on one split is partly luck,
+and then the preset keeps today's configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from seqrec.config import Workspace
 from seqrec.errors import SeqrecError
@@ -40,11 +45,23 @@ class TuneResult:
     preset_file: str
     trials: list[dict[str, Any]] = field(default_factory=list)
     plot: str | None = None
+    #: the trial saved as the preset: the best one, or the starting configuration when the
+    #: best beats it by less than ``min_gain`` paired standard errors on validation
+    preset_trial: int | None = None
+    start_trial: int | None = None
+    gain: float | None = None  # the best trial's validation gain over the start
+    gain_se: float | None = None
+    min_gain: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+#: paired standard errors by which the best trial must beat the starting configuration on
+#: validation to replace it in the saved preset
+MIN_GAIN_SE = 2.0
 
 
 def study_name(model: str, task: str, label: str | None) -> str:
@@ -150,8 +167,13 @@ def tune(
     plot: Path | None = None,
     progress: bool = True,
     data: Any = None,
+    min_gain: float = MIN_GAIN_SE,
 ) -> TuneResult:
-    """Search ``model_name``'s space for ``trials`` trials (in total, across resumes)."""
+    """Search ``model_name``'s space for ``trials`` trials (in total, across resumes).
+
+    The saved preset is the best trial's configuration, unless the study started from today's
+    configuration and the best beats it by less than ``min_gain`` paired standard errors on
+    the validation examples (0: always the best): then it is today's configuration."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -231,7 +253,13 @@ def tune(
         settings = resolved.settings
         settings.metric = metric
         model = build_model(spec, data, task, resolved.params, settings.seed, ws)
-        base_validate = validator(data, settings)
+        kept: dict[str, Any] = {"score": -float("inf"), "values": None}
+
+        def keep(scores: dict[str, float], values: Any) -> None:
+            if scores[metric] > kept["score"]:  # the trainer's rule for its best epoch
+                kept.update(score=scores[metric], values=values)
+
+        base_validate = validator(data, settings, examples=keep)
         step = 0
 
         def validate(m: Any, device: Any) -> dict[str, float]:
@@ -251,6 +279,10 @@ def tune(
             settings,
             progress=False,
         )
+        if kept["values"] is not None:
+            path = examples_path(ws, name, trial.number)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, kept["values"])
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
         trial.set_user_attr("epochs", settings.epochs)
@@ -288,21 +320,33 @@ def tune(
             hint="give it more --trials or a longer --timeout",
         )
     best = st.best_trial
-    best_params = {k: v for k, v in best.params.items() if k not in PRESET_TRAIN_KEYS}
-    best_train = {k: v for k, v in best.params.items() if k in PRESET_TRAIN_KEYS}
-    if epochs is not None:  # the best trial's epoch cap goes with its configuration
-        best_train["epochs"] = int(best.user_attrs.get("epochs", epochs))
+    first = next((t for t in finished if t.user_attrs.get("start")), None)
+    chosen, gain, gain_se = best, None, None
+    if first is not None and first.number != best.number:
+        gain, gain_se = _gain(ws, name, metric, first.number, best.number, data)
+        if gain is not None and gain_se is not None and gain <= min_gain * gain_se:
+            chosen = first
+    best_params = {k: v for k, v in chosen.params.items() if k not in PRESET_TRAIN_KEYS}
+    best_train = {k: v for k, v in chosen.params.items() if k in PRESET_TRAIN_KEYS}
+    if epochs is not None:  # the trial's epoch cap goes with its configuration
+        best_train["epochs"] = int(chosen.user_attrs.get("epochs", epochs))
+    why = (
+        f", kept over trial {best.number} ({best.value:.4f}: {gain:+.4f} +- {gain_se:.4f}, "
+        f"under {min_gain:g} standard errors)"
+        if chosen is not best and gain is not None and gain_se is not None
+        else ""
+    )
     path = save_workspace_preset(
         ws,
         spec,
         save_as,
         best_params,
         best_train,
-        description=f"seqrec tune: study {name}, trial {best.number}, valid {metric} "
-        f"{best.value:.4f}",
+        description=f"seqrec tune: study {name}, trial {chosen.number}, valid {metric} "
+        f"{chosen.value:.4f}{why}",
         study=name,
-        trial=best.number,
-        value=best.value,
+        trial=chosen.number,
+        value=chosen.value,
         task=task,
         label=label,
     )
@@ -326,13 +370,38 @@ def tune(
         metric=metric,
         best_value=float(best.value or 0.0),
         best_trial=best.number,
-        best_params=best_params,
-        best_train=best_train,
+        best_params={k: v for k, v in best.params.items() if k not in PRESET_TRAIN_KEYS},
+        best_train={k: v for k, v in best.params.items() if k in PRESET_TRAIN_KEYS},
         preset=save_as,
         preset_file=str(path),
         trials=rows,
         plot=plot_path,
+        preset_trial=chosen.number,
+        start_trial=first.number if first is not None else None,
+        gain=gain,
+        gain_se=gain_se,
+        min_gain=min_gain,
     )
+
+
+def examples_path(ws: Workspace, study: str, number: int) -> Path:
+    """Where a trial's per-example validation outputs (at its best epoch) are kept."""
+    return ws.path("tuning") / study / f"trial-{number}.npy"
+
+
+def _gain(
+    ws: Workspace, study: str, metric: str, base: int, other: int, data: Any
+) -> tuple[float | None, float | None]:
+    """Trial ``other``'s paired validation gain over trial ``base`` and its standard error;
+    (None, None) when either trial's per-example outputs are missing."""
+    from seqrec.evaluation.paired import paired_gain
+
+    paths = [examples_path(ws, study, n) for n in (base, other)]
+    if not all(p.exists() for p in paths):
+        return None, None
+    a, b = (np.load(p) for p in paths)
+    labels = getattr(data.valid, "labels", None) if metric == "roc_auc" else None
+    return paired_gain(metric, a, b, labels)
 
 
 def _last(trial: Any) -> float | None:

@@ -36,7 +36,8 @@ def _counted(ws: Workspace, study: str) -> int:
 
 
 def test_tune_saves_the_best_trial_as_a_workspace_preset(small_ws: Workspace) -> None:
-    res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False)
+    res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False, min_gain=0)
+    assert res.preset_trial == res.best_trial
     assert res.study == "lstm-next-item"
     assert len([t for t in res.trials if t["state"] == "COMPLETE"]) == 3
     best = max(t["value"] for t in res.trials if t["state"] == "COMPLETE")
@@ -193,3 +194,48 @@ def test_start_values_outside_the_search_space_are_left_to_the_sampler() -> None
     settings = SimpleNamespace(lr=0.005, batch_size=128)
     # 48, 5 and 128 are out of range; 1 is not the boolean True; lr and dropout fit
     assert starting_point(space, params, settings) == {"dropout": 0.3, "lr": 0.005}
+
+
+def test_a_best_trial_within_the_noise_of_the_start_leaves_the_start_in_the_preset(
+    small_ws: Workspace,
+) -> None:
+    res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False, min_gain=1e6)
+    assert res.start_trial == 0 and res.preset_trial == 0
+    stored = workspace_presets(small_ws, "lstm")["tuned"]
+    assert stored["trial"] == 0 and stored["params"] == {
+        k: v for k, v in res.trials[0]["params"].items() if k in stored["params"]
+    }
+    if res.best_trial != 0:  # the comparison was made and is in the description
+        assert res.gain is not None and res.gain_se is not None
+        assert f"kept over trial {res.best_trial}" in stored["description"]
+
+
+def test_the_paired_gain_of_ranks_is_the_mean_ndcg_difference_and_its_standard_error() -> None:
+    import numpy as np
+
+    from seqrec.evaluation.paired import ndcg_at_10, paired_gain
+
+    base = np.array([0, 3, 20, 9, 50])
+    other = np.array([0, 1, 20, 12, 2])
+    d = ndcg_at_10(other) - ndcg_at_10(base)
+    gain, se = paired_gain("ndcg@10", base, other)
+    assert gain == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(5))
+    assert paired_gain("ndcg@10", base, base) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="5 examples against 4"):
+        paired_gain("ndcg@10", base, other[:4])
+
+
+def test_the_paired_gain_of_a_better_classifier_is_positive_with_a_finite_error() -> None:
+    import numpy as np
+
+    from seqrec.evaluation.paired import paired_gain
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    noise = rng.random(400)
+    weak = np.stack([1 - noise, noise], axis=1)
+    p = np.clip(0.6 * y + 0.4 * noise, 0, 1)
+    strong = np.stack([1 - p, p], axis=1)
+    gain, se = paired_gain("roc_auc", weak, strong, y)
+    assert gain > 0.3 and 0 < se < gain / 4
+    assert paired_gain("roc_auc", weak, weak, y) == (0.0, 0.0)

@@ -46,6 +46,15 @@ def register(cli: click.Group) -> None:
         type=click.Path(dir_okay=False, path_type=Path),
         help="Write a PNG of the trials here.",
     )
+    @click.option(
+        "--min-gain",
+        type=click.FloatRange(min=0),
+        default=2.0,
+        show_default=True,
+        help="Paired standard errors by which the best trial must beat the configuration the "
+        "study started from (today's defaults) on validation to be saved instead of it; 0 "
+        "saves the best trial whatever its margin.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
     def tune(
         project: Path | None,
@@ -59,11 +68,14 @@ def register(cli: click.Group) -> None:
         study: str | None,
         save_as: str | None,
         plot: Path | None,
+        min_gain: float,
         as_json: bool,
     ) -> None:
         """Search a model's hyperparameters with Optuna (pruned on validation NDCG@10 or
         ROC-AUC). The study lives in the workspace's database: rerun the same command to resume
-        a killed run. The best trial is saved as a workspace preset for `seqrec train --preset`."""
+        a killed run. Its first trial trains today's configuration; the best trial is saved as a
+        workspace preset for `seqrec train --preset`, unless it beats today's configuration by
+        less than --min-gain paired standard errors on validation: then the preset keeps it."""
         from seqrec.tuning import tune as run
 
         ws = workspace(project)
@@ -80,6 +92,7 @@ def register(cli: click.Group) -> None:
             save_as=save_as,
             plot=plot,
             progress=not as_json,
+            min_gain=min_gain,
         )
         if as_json:
             emit_json(res.to_dict())
@@ -117,8 +130,21 @@ def register(cli: click.Group) -> None:
                 f"the study started from preset '{start['start']}' (trial {start['number']}, "
                 f"{start['state'].lower()}): valid {res.metric} {start['value']:.4f}"
             )
+        if res.gain is not None and res.gain_se is not None:
+            kept = res.preset_trial != res.best_trial
+            click.echo(
+                f"best over start: {res.gain:+.4f} +- {res.gain_se:.4f} (paired standard error "
+                f"on the validation examples); "
+                + (
+                    f"under {res.min_gain:g} standard errors, so the preset keeps the starting "
+                    f"configuration (trial {res.preset_trial}); --min-gain 0 saves the best"
+                    if kept
+                    else f"at least {res.min_gain:g} standard errors: the preset is the best trial"
+                )
+            )
         click.echo(
-            f"saved as workspace preset '{res.preset}' ({res.preset_file}): "
+            f"saved trial {res.preset_trial} as workspace preset '{res.preset}' "
+            f"({res.preset_file}): "
             f"`seqrec train --model {model_name or ws.config.models.default} --preset {res.preset}"
             + (f" --task classify --label {label}`" if task == "classify" else "`")
         )

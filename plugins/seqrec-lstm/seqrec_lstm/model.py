@@ -1,4 +1,4 @@
-"""LSTM next-item model.
+"""LSTM next-item model (``cell=gru`` swaps in a GRU, GRU4Rec's cell).
 
 Inputs are left-padded. The LSTM runs on a right-aligned copy (each row rolled left by its pad
 count) through ``pack_padded_sequence``, and its outputs are rolled back, so every state — in
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from seqrec.errors import SeqrecError
 from seqrec.models import (
     GAP_BUCKETS,
     Batch,
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "d_model": 64,
     "hidden": 128,
     "n_layers": 1,
+    "cell": "lstm",  # or "gru" (GRU4Rec's cell)
     "dropout": 0.5,
     "use_event_types": True,
     "use_time_gaps": True,
@@ -41,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
     "transition_bias": False,  # counted successors of the newest item (seqrec.transitions)
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
+
+
+#: the recurrent cells the plugin builds (the attribute keeps its name for saved models)
+CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def roll_rows(x: Tensor, shift: Tensor) -> Tensor:
@@ -62,7 +68,13 @@ class LSTMNextItem(SeqModel):
         )
         self.gap_emb = nn.Embedding(GAP_BUCKETS, d, padding_idx=0) if p["use_time_gaps"] else None
         self.dropout = nn.Dropout(float(p["dropout"]))
-        self.lstm = nn.LSTM(
+        cell = str(p.get("cell", "lstm"))  # .get: models saved before the option load unchanged
+        if cell not in CELLS:
+            raise SeqrecError(
+                f"lstm: cell must be one of {', '.join(CELLS)}, got {cell!r}",
+                hint="e.g. --param cell=gru",
+            )
+        self.lstm = CELLS[cell](
             d,
             hidden,
             num_layers=n_layers,

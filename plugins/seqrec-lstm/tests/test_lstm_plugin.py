@@ -8,6 +8,7 @@ import pytest
 import torch
 from seqrec_lstm.model import time_gap_buckets
 
+from seqrec.errors import SeqrecError
 from seqrec.models import Batch, ModelContext, get_spec
 from seqrec.testing import check_batch_independence, check_model_contract, check_vocab_growth
 
@@ -37,10 +38,26 @@ def test_lstm_passes_the_model_contract() -> None:
     )
 
 
-def test_left_padding_does_not_change_scores() -> None:
+def test_the_gru_cell_passes_the_model_contract() -> None:
+    check_model_contract("lstm", {"cell": "gru"})
+    check_model_contract("lstm", {"cell": "gru", "n_layers": 2, "repeat_bias": True})
+
+
+def test_the_cell_param_builds_that_cell_and_an_unknown_one_is_a_clear_error() -> None:
+    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, params={"cell": "gru"})
+    assert isinstance(get_spec("lstm").make(ctx).lstm, torch.nn.GRU)
+    assert isinstance(get_spec("lstm").make(ModelContext(20, 3, 8)).lstm, torch.nn.LSTM)
+    with pytest.raises(SeqrecError, match="cell must be one of lstm, gru, got 'rnn'"):
+        get_spec("lstm").make(ModelContext(20, 3, 8, params={"cell": "rnn"}))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_left_padding_does_not_change_scores(cell: str) -> None:
     for task in ("next-item", "classify"):
         torch.manual_seed(0)
-        ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, task=task, n_classes=2)
+        ctx = ModelContext(
+            n_items=20, n_event_types=3, max_len=8, task=task, n_classes=2, params={"cell": cell}
+        )
         model = get_spec("lstm").make(ctx).eval()
         with torch.no_grad():
             ref = model.score(_batch([3, 4, 5], 0))
