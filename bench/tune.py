@@ -223,10 +223,10 @@ def page(p: dict[str, Any], machine: dict[str, Any]) -> str:
     else:
         verdict = "not compared"
     best = {**t["best_params"], **t["best_train"]}
-    start = next((tr for tr in t["trials"] if tr.get("start")), None)
+    start = next((tr for tr in t["trials"] if tr["number"] == t.get("start_trial")), None)
     start_line = (
         f" Trial {start['number']} trained the shipped defaults, where a new study starts "
-        f"({start['state'].lower()}, valid NDCG@10 {start['value']:.4f})."
+        f"(valid NDCG@10 {start['value']:.4f})."
         if start is not None and start.get("value") is not None
         else ""
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import time
 import warnings
@@ -52,6 +53,7 @@ class TuneResult:
     gain: float | None = None  # the best trial's validation gain over the start
     gain_se: float | None = None
     min_gain: float = 0.0
+    comparison: str = ""  # how the preset was chosen, in words
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -123,7 +125,10 @@ def requeue_dead_trials(study: Any) -> int:
             continue
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         if not t.user_attrs.get("retry_of"):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            attrs: dict[str, Any] = {"retry_of": t.number}
+            if t.user_attrs.get("start"):  # the retried start is still the study's start
+                attrs["start"] = t.user_attrs["start"]
+            study.enqueue_trial(t.params, user_attrs=attrs)
         n += 1
     return n
 
@@ -230,12 +235,14 @@ def tune(
         )
     st.set_user_attr("identity", identity)
     if not st.trials:
+        shutil.rmtree(examples_path(ws, name, 0).parent, ignore_errors=True)  # a deleted study's
         # a new study's first trial is the configuration it starts from (the defaults, or the
-        # workspace's default preset), so its best is never below that one on validation
+        # workspace's default preset)
         base = resolve(ws, spec)
         start = starting_point(spec.search_space, base.params, base.settings)
         if start:
-            st.enqueue_trial(start, user_attrs={"start": base.preset})
+            st.enqueue_trial(start, user_attrs={"start": base.preset, "start_keys": sorted(start)})
+    fingerprint = valid_fingerprint(data)
     # a resumed run must not replay the first run's random draws: seed by the trials so far
     st.sampler = optuna.samplers.TPESampler(seed=seed + len(st.trials))
     requeue_dead_trials(st)
@@ -279,6 +286,7 @@ def tune(
             settings,
             progress=False,
         )
+        trial.set_user_attr("valid_fingerprint", fingerprint)
         if kept["values"] is not None:
             path = examples_path(ws, name, trial.number)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -321,13 +329,12 @@ def tune(
         )
     best = st.best_trial
     first = next((t for t in finished if t.user_attrs.get("start")), None)
-    chosen, gain, gain_se = best, None, None
-    if first is not None and first.number != best.number:
-        gain, gain_se = _gain(ws, name, metric, first.number, best.number, data)
-        if gain is not None and gain_se is not None and gain <= min_gain * gain_se:
-            chosen = first
-    best_params = {k: v for k, v in chosen.params.items() if k not in PRESET_TRAIN_KEYS}
-    best_train = {k: v for k, v in chosen.params.items() if k in PRESET_TRAIN_KEYS}
+    choice = choose_preset(ws, name, metric, best, first, min_gain, data)
+    chosen, gain, gain_se = choice.trial, choice.gain, choice.gain_se
+    keys = first.user_attrs.get("start_keys") if first is not None and chosen is first else None
+    picked = {k: v for k, v in chosen.params.items() if keys is None or k in keys}
+    best_params = {k: v for k, v in picked.items() if k not in PRESET_TRAIN_KEYS}
+    best_train = {k: v for k, v in picked.items() if k in PRESET_TRAIN_KEYS}
     if epochs is not None:  # the trial's epoch cap goes with its configuration
         best_train["epochs"] = int(chosen.user_attrs.get("epochs", epochs))
     why = (
@@ -381,6 +388,7 @@ def tune(
         gain=gain,
         gain_se=gain_se,
         min_gain=min_gain,
+        comparison=choice.note,
     )
 
 
@@ -389,19 +397,72 @@ def examples_path(ws: Workspace, study: str, number: int) -> Path:
     return ws.path("tuning") / study / f"trial-{number}.npy"
 
 
+@dataclass
+class PresetChoice:
+    """The trial a study's preset is saved from, and why."""
+
+    trial: Any
+    note: str
+    gain: float | None = None
+    gain_se: float | None = None
+
+
+def choose_preset(
+    ws: Workspace, study: str, metric: str, best: Any, first: Any, min_gain: float, data: Any
+) -> PresetChoice:
+    """The best trial, unless it beats the study's start trial ``first`` by less than
+    ``min_gain`` paired standard errors on the validation examples (then the start)."""
+    if first is None:
+        return PresetChoice(
+            best, "no finished start trial to compare with: the best trial is saved"
+        )
+    if first.number == best.number:
+        return PresetChoice(best, "the start trial is the best")
+    gain, se, why = _gain(ws, study, metric, first, best, data)
+    if gain is None or se is None:
+        return PresetChoice(best, f"not compared with the start trial ({why}): the best is saved")
+    if min_gain > 0 and gain < min_gain * se:
+        note = f"under {min_gain:g} standard errors: the start trial is kept"
+        return PresetChoice(first, note, gain, se)
+    return PresetChoice(
+        best, f"at least {min_gain:g} standard errors: the best trial is saved", gain, se
+    )
+
+
+def valid_fingerprint(data: Any) -> str:
+    """A hash of the validation examples' users, inputs and targets (or labels): trials
+    compared example by example must have been validated on the same examples."""
+    import hashlib
+
+    valid = data.valid
+    h = hashlib.sha256()
+    h.update("\x1f".join(map(str, np.asarray(valid.user_ids).tolist())).encode())
+    for name in ("labels", "items"):  # the target item (next-item) or class, and the inputs
+        h.update(np.ascontiguousarray(np.asarray(getattr(valid, name)), dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def _gain(
-    ws: Workspace, study: str, metric: str, base: int, other: int, data: Any
-) -> tuple[float | None, float | None]:
-    """Trial ``other``'s paired validation gain over trial ``base`` and its standard error;
-    (None, None) when either trial's per-example outputs are missing."""
+    ws: Workspace, study: str, metric: str, base: Any, other: Any, data: Any
+) -> tuple[float | None, float | None, str]:
+    """Trial ``other``'s paired validation gain over trial ``base`` and its standard error,
+    or (None, None, why) when they cannot be compared."""
     from seqrec.evaluation.paired import paired_gain
 
-    paths = [examples_path(ws, study, n) for n in (base, other)]
+    now = valid_fingerprint(data)
+    if {base.user_attrs.get("valid_fingerprint"), other.user_attrs.get("valid_fingerprint")} != {
+        now
+    }:
+        return None, None, "validated on other examples than today's: the data changed"
+    paths = [examples_path(ws, study, t.number) for t in (base, other)]
     if not all(p.exists() for p in paths):
-        return None, None
+        return None, None, "a trial's validation outputs are missing"
     a, b = (np.load(p) for p in paths)
     labels = getattr(data.valid, "labels", None) if metric == "roc_auc" else None
-    return paired_gain(metric, a, b, labels)
+    gain, se = paired_gain(metric, a, b, labels)
+    if not (np.isfinite(gain) and np.isfinite(se)):
+        return None, None, "the difference has no finite standard error"
+    return gain, se, ""
 
 
 def _last(trial: Any) -> float | None:

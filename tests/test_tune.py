@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 
@@ -116,7 +117,9 @@ def test_resuming_with_other_settings_is_refused(small_ws: Workspace) -> None:
         tune(small_ws, "lstm", trials=2, epochs=2, progress=False)
 
 
-def test_a_trial_left_running_by_a_dead_process_is_failed_and_retried(small_ws: Workspace) -> None:
+def test_a_trial_left_running_by_a_dead_process_is_failed_and_retried_as_itself(
+    small_ws: Workspace,
+) -> None:
     import optuna
     from optuna.trial import TrialState
 
@@ -127,6 +130,7 @@ def test_a_trial_left_running_by_a_dead_process_is_failed_and_retried(small_ws: 
     dead.wait()
     trial = st.ask({"dropout": optuna.distributions.FloatDistribution(0.1, 0.6)})
     trial.set_user_attr("owner", f"{__import__('socket').gethostname()}:{dead.pid}")
+    trial.set_user_attr("start", "default")  # the killed trial was the study's start
     alive = st.ask({"dropout": optuna.distributions.FloatDistribution(0.1, 0.6)})
     alive.set_user_attr("owner", f"{__import__('socket').gethostname()}:{os.getpid()}")
     assert requeue_dead_trials(st) == 1
@@ -135,6 +139,7 @@ def test_a_trial_left_running_by_a_dead_process_is_failed_and_retried(small_ws: 
     assert states[alive.number] == TrialState.RUNNING
     queued = st.get_trials(states=(TrialState.WAITING,))
     assert [t.user_attrs["retry_of"] for t in queued] == [trial.number]
+    assert [t.user_attrs.get("start") for t in queued] == ["default"]  # still the start
     retried = st.ask()  # the queued trial runs next, with the dead one's parameters
     assert retried.suggest_float("dropout", 0.1, 0.6) == trial.params["dropout"]
 
@@ -161,13 +166,19 @@ def test_a_new_study_first_trains_the_configuration_train_uses(small_ws: Workspa
     spec = get_spec("lstm")
     base = resolve(small_ws, spec)
     start = starting_point(spec.search_space, base.params, base.settings)
-    assert start, "lstm's defaults lie in its search space"
+    assert start == {
+        "d_model": base.params["d_model"],
+        "hidden": base.params["hidden"],
+        "dropout": base.params["dropout"],
+        "transition_bias": base.params["transition_bias"],
+        "lr": base.settings.lr,
+        "batch_size": base.settings.batch_size,
+    }
     res = tune(small_ws, "lstm", trials=2, epochs=1, progress=False)
     first = res.trials[0]
     assert first["params"] == start
-    assert first["start"] == base.preset
+    assert first["start"] == base.preset and res.start_trial == 0
     assert res.trials[1]["start"] is None
-    assert res.best_value >= first["value"]
 
 
 def test_a_resumed_study_does_not_queue_the_start_again(small_ws: Workspace) -> None:
@@ -196,18 +207,85 @@ def test_start_values_outside_the_search_space_are_left_to_the_sampler() -> None
     assert starting_point(space, params, settings) == {"dropout": 0.3, "lr": 0.005}
 
 
-def test_a_best_trial_within_the_noise_of_the_start_leaves_the_start_in_the_preset(
-    small_ws: Workspace,
-) -> None:
+def test_a_start_kept_over_the_best_is_saved_as_the_preset(small_ws: Workspace) -> None:
+    from seqrec.models import PRESET_TRAIN_KEYS
+    from seqrec.tuning import starting_point
+
+    spec = get_spec("lstm")
+    base = resolve(small_ws, spec)
+    start = starting_point(spec.search_space, base.params, base.settings)
     res = tune(small_ws, "lstm", trials=3, epochs=1, progress=False, min_gain=1e6)
-    assert res.start_trial == 0 and res.preset_trial == 0
+    assert res.preset_trial == 0  # kept, or the start is the best
     stored = workspace_presets(small_ws, "lstm")["tuned"]
-    assert stored["trial"] == 0 and stored["params"] == {
-        k: v for k, v in res.trials[0]["params"].items() if k in stored["params"]
-    }
-    if res.best_trial != 0:  # the comparison was made and is in the description
-        assert res.gain is not None and res.gain_se is not None
-        assert f"kept over trial {res.best_trial}" in stored["description"]
+    assert stored["trial"] == 0
+    assert stored["params"] == {k: v for k, v in start.items() if k not in PRESET_TRAIN_KEYS}
+    want_train = {k: v for k, v in start.items() if k in PRESET_TRAIN_KEYS}
+    assert stored["train"] == {**want_train, "epochs": 1}
+    if res.best_trial != 0:
+        assert res.gain is not None and f"kept over trial {res.best_trial}" in stored["description"]
+
+
+def _trial(number: int, value: float, fingerprint: str = "fp") -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        number=number, value=value, user_attrs={"valid_fingerprint": fingerprint}
+    )
+
+
+@pytest.mark.parametrize(
+    ("start_ranks", "best_ranks", "min_gain", "kept"),
+    [
+        # a small lead over many examples with a large spread: within the noise
+        ([1, 50] * 50, [1, 50] * 49 + [0, 50], 2.0, True),
+        # the best ranks every target first where the start never reaches the top 10
+        ([50] * 100, [0] * 100, 2.0, False),
+        ([1, 50] * 50, [1, 50] * 49 + [0, 50], 0.0, False),  # 0: always the best
+    ],
+)
+def test_the_preset_keeps_the_start_unless_the_best_leads_by_min_gain_standard_errors(
+    small_ws: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    start_ranks: list[int],
+    best_ranks: list[int],
+    min_gain: float,
+    kept: bool,
+) -> None:
+    import numpy as np
+
+    from seqrec import tuning
+
+    monkeypatch.setattr(tuning, "valid_fingerprint", lambda data: "fp")
+    for n, ranks in ((0, start_ranks), (1, best_ranks)):
+        path = tuning.examples_path(small_ws, "s", n)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.array(ranks))
+    start, best = _trial(0, 0.1), _trial(1, 0.2)
+    choice = tuning.choose_preset(small_ws, "s", "ndcg@10", best, start, min_gain, None)
+    assert (choice.trial is start) == kept
+    assert choice.gain is not None and choice.gain > 0
+
+
+def test_trials_validated_on_other_examples_are_not_compared(
+    small_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from seqrec import tuning
+
+    monkeypatch.setattr(tuning, "valid_fingerprint", lambda data: "today")
+    for n in (0, 1):
+        path = tuning.examples_path(small_ws, "s", n)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.array([50] * 10))
+    start, best = _trial(0, 0.1, "before"), _trial(1, 0.2, "today")
+    choice = tuning.choose_preset(small_ws, "s", "ndcg@10", best, start, 2.0, None)
+    assert choice.trial is best and choice.gain is None
+    assert "the data changed" in choice.note
+    start = _trial(0, 0.1, "today")
+    tuning.examples_path(small_ws, "s", 0).unlink()
+    choice = tuning.choose_preset(small_ws, "s", "ndcg@10", best, start, 2.0, None)
+    assert choice.trial is best and "outputs are missing" in choice.note
 
 
 def test_the_paired_gain_of_ranks_is_the_mean_ndcg_difference_and_its_standard_error() -> None:
@@ -239,3 +317,10 @@ def test_the_paired_gain_of_a_better_classifier_is_positive_with_a_finite_error(
     gain, se = paired_gain("roc_auc", weak, strong, y)
     assert gain > 0.3 and 0 < se < gain / 4
     assert paired_gain("roc_auc", weak, weak, y) == (0.0, 0.0)
+    # three classes: the mean one-against-rest ROC-AUC, as classification_metrics has it
+    y3 = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300)
+    sharp = probs + 2 * np.eye(3)[y3]
+    sharp /= sharp.sum(1, keepdims=True)
+    gain3, se3 = paired_gain("roc_auc", probs, sharp, y3)
+    assert gain3 > 0.2 and 0 < se3 < gain3 / 4

@@ -124,24 +124,20 @@ def register(cli: click.Group) -> None:
             f"{len(res.trials)} trials ({', '.join(f'{n} {s}' for s, n in states.items())}); "
             f"best: trial {res.best_trial}, valid {res.metric} {res.best_value:.4f}"
         )
-        start = next((t for t in res.trials if t.get("start") and t["value"] is not None), None)
-        if start is not None:
+        start = next((t for t in res.trials if t["number"] == res.start_trial), None)
+        if start is not None and start["value"] is not None:
             click.echo(
-                f"the study started from preset '{start['start']}' (trial {start['number']}, "
-                f"{start['state'].lower()}): valid {res.metric} {start['value']:.4f}"
+                f"the study started from preset '{start['start']}' (trial {start['number']}): "
+                f"valid {res.metric} {start['value']:.4f}"
             )
         if res.gain is not None and res.gain_se is not None:
-            kept = res.preset_trial != res.best_trial
             click.echo(
                 f"best over start: {res.gain:+.4f} +- {res.gain_se:.4f} (paired standard error "
-                f"on the validation examples); "
-                + (
-                    f"under {res.min_gain:g} standard errors, so the preset keeps the starting "
-                    f"configuration (trial {res.preset_trial}); --min-gain 0 saves the best"
-                    if kept
-                    else f"at least {res.min_gain:g} standard errors: the preset is the best trial"
-                )
+                f"on the validation examples); {res.comparison}"
+                + ("; --min-gain 0 saves the best" if res.preset_trial != res.best_trial else "")
             )
+        elif res.comparison:
+            click.echo(res.comparison)
         click.echo(
             f"saved trial {res.preset_trial} as workspace preset '{res.preset}' "
             f"({res.preset_file}): "

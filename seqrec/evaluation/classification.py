@@ -17,17 +17,20 @@ def _auc_roc(y: np.ndarray, s: np.ndarray) -> float:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # 1-based rank of each distinct score's last occurrence
+    ranks = (last - (counts - 1) / 2.0)[inverse]  # average ranks over ties
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """ROC-AUC of class probabilities [N, C] for labels [N]: of class 1 when C is 2, else the
+    mean over the classes present of one class against the rest (as ``classification_metrics``)."""
+    y = np.asarray(y, dtype=np.int64)
+    if probs.shape[1] == 2:
+        return _auc_roc(y, probs[:, 1])
+    rocs = [_auc_roc((y == c).astype(np.int64), probs[:, c]) for c in np.unique(y)]
+    return float(np.nanmean(rocs)) if rocs and not np.isnan(rocs).all() else float("nan")
 
 
 def _auc_pr(y: np.ndarray, s: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seqrec.evaluation.classification import classification_metrics
+from seqrec.evaluation.classification import roc_auc
 
 #: bootstrap resamples for the ROC-AUC difference of two classifiers (bounded cost)
 N_BOOT = 200
@@ -50,7 +50,7 @@ def paired_gain(
     y = np.asarray(labels)
 
     def auc(p: np.ndarray, idx: np.ndarray) -> float:
-        return float(classification_metrics(y[idx], p[idx])["roc_auc"])
+        return roc_auc(y[idx], p[idx])
 
     every = np.arange(n)
     gain = auc(other, every) - auc(base, every)
