@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
+import re
 import socket
 import time
 import warnings
@@ -126,8 +126,9 @@ def requeue_dead_trials(study: Any) -> int:
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         if not t.user_attrs.get("retry_of"):
             attrs: dict[str, Any] = {"retry_of": t.number}
-            if t.user_attrs.get("start"):  # the retried start is still the study's start
-                attrs["start"] = t.user_attrs["start"]
+            for key in ("start", "start_keys"):  # a retried start is still the study's start
+                if key in t.user_attrs:
+                    attrs[key] = t.user_attrs[key]
             study.enqueue_trial(t.params, user_attrs=attrs)
         n += 1
     return n
@@ -235,7 +236,8 @@ def tune(
         )
     st.set_user_attr("identity", identity)
     if not st.trials:
-        shutil.rmtree(examples_path(ws, name, 0).parent, ignore_errors=True)  # a deleted study's
+        for stale in examples_path(ws, name, 0).parent.glob("trial-*.npy"):  # a deleted study's
+            stale.unlink()
         # a new study's first trial is the configuration it starts from (the defaults, or the
         # workspace's default preset)
         base = resolve(ws, spec)
@@ -393,8 +395,10 @@ def tune(
 
 
 def examples_path(ws: Workspace, study: str, number: int) -> Path:
-    """Where a trial's per-example validation outputs (at its best epoch) are kept."""
-    return ws.path("tuning") / study / f"trial-{number}.npy"
+    """Where a trial's per-example validation outputs (at its best epoch) are kept: a folder
+    per study under the workspace's ``tuning/``, named from the study by its safe characters."""
+    folder = "study-" + re.sub(r"[^A-Za-z0-9._-]", "_", study)
+    return ws.path("tuning") / folder / f"trial-{number}.npy"
 
 
 @dataclass
@@ -418,10 +422,12 @@ def choose_preset(
         )
     if first.number == best.number:
         return PresetChoice(best, "the start trial is the best")
+    if min_gain == 0:
+        return PresetChoice(best, "--min-gain 0: the best trial is saved")
     gain, se, why = _gain(ws, study, metric, first, best, data)
     if gain is None or se is None:
         return PresetChoice(best, f"not compared with the start trial ({why}): the best is saved")
-    if min_gain > 0 and gain < min_gain * se:
+    if gain < min_gain * se:
         note = f"under {min_gain:g} standard errors: the start trial is kept"
         return PresetChoice(first, note, gain, se)
     return PresetChoice(
