@@ -7,11 +7,10 @@ workspace's events database (Optuna's RDB storage), so a killed run resumes wher
 trials counted towards ``--trials`` are the finished and pruned ones, and a trial that was
 running when the process died is retried once with the same parameters. A new study's first
 trial is the configuration ``seqrec train`` uses today (where it lies in the search space). The
-best trial becomes a
-workspace preset (``presets/<model>.json``) that ``seqrec train --preset NAME`` uses, unless it
-beats today's configuration by less than ``min_gain`` paired standard errors on the validation
-examples (:mod:`seqrec.evaluation.paired`): the best of many trials on one split is partly luck,
-and then the preset keeps today's configuration.
+best trial becomes a workspace preset (``presets/<model>.json``) that ``seqrec train --preset
+NAME`` uses, unless it beats today's configuration by less than ``min_gain`` paired standard
+errors on the validation examples (:mod:`seqrec.evaluation.paired`): the best of many trials on
+one split is partly luck, and then the preset keeps today's configuration.
 """
 
 from __future__ import annotations
