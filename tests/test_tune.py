@@ -293,11 +293,12 @@ def test_trials_validated_on_other_examples_are_not_compared(
 def test_the_paired_gain_of_ranks_is_the_mean_ndcg_difference_and_its_standard_error() -> None:
     import numpy as np
 
-    from seqrec.evaluation.paired import ndcg_at_10, paired_gain
+    from seqrec.evaluation.metrics import ndcg_per_example
+    from seqrec.evaluation.paired import paired_gain
 
     base = np.array([0, 3, 20, 9, 50])
     other = np.array([0, 1, 20, 12, 2])
-    d = ndcg_at_10(other) - ndcg_at_10(base)
+    d = ndcg_per_example(other, 10) - ndcg_per_example(base, 10)
     gain, se = paired_gain("ndcg@10", base, other)
     assert gain == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(5))
     assert paired_gain("ndcg@10", base, base) == (0.0, 0.0)

@@ -92,7 +92,7 @@ def classification_metrics(
         t = 0.5 if threshold is None else threshold
         pred = (probs[:, 1] >= t).astype(np.int64)
         p, r, f = _prf(y, pred, 1)
-        roc, pr = _auc_roc(y, probs[:, 1]), _auc_pr(y, probs[:, 1])
+        roc, pr = roc_auc(y, probs), _auc_pr(y, probs[:, 1])
         extra: dict[str, Any] = {"threshold": t, "positive_rate": float((y == 1).mean())}
     else:
         pred = probs.argmax(axis=1)
@@ -101,9 +101,8 @@ def classification_metrics(
         p = float(np.mean([per[c][0] for c in present])) if present else 0.0
         r = float(np.mean([per[c][1] for c in present])) if present else 0.0
         f = float(np.mean([per[c][2] for c in present])) if present else 0.0
-        rocs = [_auc_roc((y == c).astype(np.int64), probs[:, c]) for c in present]
         prs = [_auc_pr((y == c).astype(np.int64), probs[:, c]) for c in present]
-        roc = float(np.nanmean(rocs)) if rocs else float("nan")
+        roc = roc_auc(y, probs)
         pr = float(np.nanmean(prs)) if prs else float("nan")
         extra = {"classes_present": len(present)}
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)

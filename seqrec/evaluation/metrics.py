@@ -21,6 +21,12 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     return better_or_equal - 1  # the target itself is not ahead of itself
 
 
+def ndcg_per_example(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each target's NDCG@K for its 0-based rank (one relevant item: 1 / log2(rank + 2))."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
 def ranking_metrics(ranks: Iterable[int] | np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """Mean Recall@K (= HR@K), NDCG@K and MRR@K over targets with the given ranks."""
     r = np.asarray(list(ranks) if not isinstance(ranks, np.ndarray) else ranks, dtype=np.float64)
@@ -30,7 +36,7 @@ def ranking_metrics(ranks: Iterable[int] | np.ndarray, ks: Sequence[int]) -> dic
     for k in ks:
         hit = r < k
         out[f"recall@{k}"] = float(hit.mean())
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean())
+        out[f"ndcg@{k}"] = float(ndcg_per_example(r, k).mean())
         out[f"mrr@{k}"] = float(np.where(hit, 1.0 / (r + 1.0), 0.0).mean())
     return out
 

@@ -10,15 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from seqrec.evaluation.classification import roc_auc
+from seqrec.evaluation.metrics import ndcg_per_example
 
 #: bootstrap resamples for the ROC-AUC difference of two classifiers (bounded cost)
 N_BOOT = 200
-
-
-def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
-    """Per-example NDCG@10 of targets with 0-based ``ranks``."""
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
 
 
 def paired_gain(
@@ -41,7 +36,7 @@ def paired_gain(
     if n < 2:
         return 0.0, float("inf")
     if metric == "ndcg@10":
-        d = ndcg_at_10(other) - ndcg_at_10(base)
+        d = ndcg_per_example(other, 10) - ndcg_per_example(base, 10)
         return float(d.mean()), float(d.std(ddof=1) / np.sqrt(n))
     if metric != "roc_auc":
         raise ValueError(f"paired_gain: unknown metric {metric!r}")
