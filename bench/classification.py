@@ -46,7 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 
 DATA = report.ROOT / "bench" / "data"
-MODELS = ("lstm", "bert", "gpt2", "gbdt")
+#: ``M:no-now`` is model M with ``now_features=false``: the same model without the prediction
+#: time (seqrec/now_features.py), so the page shows what that option carries
+NO_NOW = ":no-now"
+MODELS = ("lstm", "bert", "gpt2", "gbdt", f"lstm{NO_NOW}", f"bert{NO_NOW}", f"gpt2{NO_NOW}")
 #: trainer settings of the neural models here (as in earlier runs of this benchmark; no weight
 #: average, which gpt2's next-item defaults added later, so every neural model trains alike)
 NEURAL_TRAIN = {"lr": 1e-3, "patience": 4, "ema_decay": 0.0}
@@ -170,10 +173,12 @@ def run_one(ds: Dataset, label: str, model: str, epochs: int, seed: int) -> dict
     torch.set_num_threads(2)
     ws = load_workspace(ds.ws)
     data = pickle.loads((ds.ws / f"data-{label.replace(':', '')}.pkl").read_bytes())
+    name = model.removesuffix(NO_NOW)
     t0 = time.perf_counter()
     out = train_model(
         ws,
-        model,
+        name,
+        params={"now_features": False} if model.endswith(NO_NOW) else None,
         task="classify",
         label=label,
         epochs=epochs,
@@ -181,7 +186,7 @@ def run_one(ds: Dataset, label: str, model: str, epochs: int, seed: int) -> dict
         data=data,
         progress=False,
         overrides={} if model == "gbdt" else NEURAL_TRAIN,
-        run_dir=ds.ws / "runs" / f"{model}-{label.replace(':', '')}",
+        run_dir=ds.ws / "runs" / f"{model.replace(':', '-')}-{label.replace(':', '')}",
     )
     train_s = time.perf_counter() - t0
     res = evaluate_model(ws, out.tag, data=data, progress=False)
@@ -317,7 +322,9 @@ def page(payload: dict[str, Any]) -> str:
             "ROC-AUC ± its standard error (Hanley-McNeil for binary labels, bootstrap for the "
             "macro AUC of multi-class ones). Train s: training including validation; "
             "inference: ms per 1,000 test sequences, CPU, batches of 512; peak RSS of the "
-            "process (data + model). One model per process, one at a time, 2 threads.",
+            "process (data + model). One model per process, one at a time, 2 threads. "
+            f"`M{NO_NOW}` is model M without the prediction time (`now_features=false`; the "
+            "built-in neural classifiers read it by default, `seqrec/now_features.py`).",
             "",
             f"**Random-label control** (`control`, `next-event-type:7d` on event types drawn "
             f"independently of everything): {verdict}.",
@@ -366,7 +373,8 @@ def against_gbdt(results: list[dict[str, Any]]) -> list[str]:
     for data, label in keys:
         rs = [r for r in results if (r["dataset"], r["label"]) == (data, label)]
         tree = next((r for r in rs if r["model"] == "gbdt"), None)
-        seq = [r for r in rs if r["model"] != "gbdt"]
+        seq = [r for r in rs if r["model"] != "gbdt" and not r["model"].endswith(NO_NOW)]
+        without = {r["model"].removesuffix(NO_NOW): r for r in rs if r["model"].endswith(NO_NOW)}
         if tree is None or not seq or data == "control":
             continue
         best = max(seq, key=lambda r: r["roc_auc"])
@@ -374,18 +382,21 @@ def against_gbdt(results: list[dict[str, Any]]) -> list[str]:
         se = (best["roc_auc_se"] ** 2 + tree["roc_auc_se"] ** 2) ** 0.5
         verdict = "ahead" if gap >= 0 else "behind"
         behind = behind or gap < 0
+        off = without.get(best["model"])
+        off_auc = "-" if off is None else f"{off['roc_auc']:.3f}"
         lines.append(
-            f"| {data} | {label} | {best['model']} {best['roc_auc']:.3f} | "
+            f"| {data} | {label} | {best['model']} {best['roc_auc']:.3f} | {off_auc} | "
             f"{tree['roc_auc']:.3f} | {gap:+.3f} ({verdict}; {abs(gap) / se:.1f} SE) |"
         )
     if not lines:
         return []
     head = [
         "**Best sequence model against gbdt** (ROC-AUC; the gap in standard errors of the "
-        "difference):",
+        "difference; the same model without the prediction time, `now_features=false`, beside "
+        "it):",
         "",
-        "| data | label | best sequence model | gbdt | gap |",
-        "|---|---|---|---|---|",
+        "| data | label | best sequence model | the same, now_features off | gbdt | gap |",
+        "|---|---|---|---|---|---|",
     ]
     return [*head, *lines, "", *([WHY_GBDT_LEADS, ""] if behind else [])]
 
@@ -449,7 +460,7 @@ def main() -> None:
         r = _child(["--run", ds.name, label, model, *flags])
         results.append(r)
         tqdm.write(
-            f"{ds.name:>9} {label:>20} {model:>5}: ROC-AUC {r['roc_auc']:.3f} ± "
+            f"{ds.name:>9} {label:>20} {model:>12}: ROC-AUC {r['roc_auc']:.3f} ± "
             f"{r['roc_auc_se']:.3f}  F1 {r['f1']:.3f}  n {r['test_examples']}  "
             f"{r['train_seconds']:.1f}s"
         )

@@ -65,7 +65,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 VARIANT_NEEDS = {"no-transition-bias": "transition_bias"}
 NON_NEURAL = ("popularity", "markov", "itemknn")
 #: options whose default is not a plain "off": what a run made before them trained with
-ABSENT_MEANS: dict[str, Any] = {"cell": "lstm"}
+#: (now_features is read by classifiers only: a next-item run before it trained the same)
+ABSENT_MEANS: dict[str, Any] = {"cell": "lstm", "now_features": True}
 STRIDE = 50  # training window stride (= max_len: no overlap)
 
 #: RecBole 1.2.1 on this kind of machine, same protocol (from the project's design brief).

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from seqrec.errors import SeqrecError
 from seqrec.losses import NegativeSampler, sampled_logq_loss, sparse_offset_cross_entropy
+from seqrec.now_features import NowFeatures
 from seqrec.transitions import BUFFERS as TRANSITION_BUFFERS
 from seqrec.transitions import TransitionBias
 
@@ -66,7 +67,8 @@ class Batch:
     targets: [B, L] next item after each position (0 = no target there), next-item training only
     labels: [B] class index, classification only
     now: [B] epoch seconds the prediction is made at (the cutoff of a training example, the
-        request time in serving), or None where unknown; the built-in neural models ignore it
+        request time in serving), or None where unknown; classifiers read it through
+        :meth:`SeqModel.with_now`
     """
 
     items: Tensor
@@ -194,6 +196,28 @@ class SeqModel(nn.Module):
         self.transitions: TransitionBias | None = None
         if ctx.task == "next-item" and ctx.params.get("transition_bias", False):
             self.transitions = TransitionBias(ctx.n_items)
+        #: classifiers: the embedding of the events' times relative to ``Batch.now``
+        #: (:mod:`seqrec.now_features`), made by :meth:`add_now_features`
+        self.now_emb: NowFeatures | None = None
+
+    def add_now_features(self, d: int) -> None:
+        """For a plugin's classifier of width ``d``: with ``params["now_features"]`` (task
+        classify only), make :attr:`now_emb`; :meth:`with_now` then adds it to the state."""
+        if self.ctx.task == "classify" and self.ctx.params.get("now_features", False):
+            self.now_emb = NowFeatures(self.ctx.n_event_types, d)
+
+    def with_now(self, h: Tensor, batch: Batch) -> Tensor:
+        """[B, d] ``h`` plus the embedding of ``batch``'s times relative to ``batch.now``
+        (unchanged without :attr:`now_emb`)."""
+        if self.now_emb is None:
+            return h
+        return h + self.now_emb(batch.items, batch.types, batch.times, batch.now)
+
+    @property
+    def reads_now(self) -> bool:
+        """Whether :meth:`score` reads ``Batch.now``: the service then traces it with the
+        request time as a fourth input."""
+        return self.now_emb is not None
 
     def loss(self, batch: Batch) -> Tensor:
         """Scalar training loss for ``batch``."""

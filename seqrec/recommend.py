@@ -433,6 +433,15 @@ class Recommender:
         times[:, -n_real:] = 1_700_000_000 + torch.arange(n_real) * 60
         return tuple(t.to(self.device) for t in (items, types, times))
 
+    def _trace_inputs(self, b: int, n_real: int, seed: int) -> tuple[torch.Tensor, ...]:
+        """:meth:`_example`'s tensors, and for a model that reads ``now`` a request time a
+        few hours after each row's newest event: the traced ``score``'s inputs."""
+        x = self._example(b, n_real, seed)
+        if not self.model.reads_now:
+            return x
+        hours = torch.arange(1, b + 1, device=self.device) * 3 * 3600
+        return (*x, x[2][:, -1] + hours)
+
     def _trace(self) -> Any:
         """The model's ``score`` as a TorchScript trace (no Python per layer: a batch of one is
         about 3x faster on CPU), kept only if it matches eager scores on other batch shapes and
@@ -444,10 +453,10 @@ class Recommender:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")
                 traced = torch.jit.trace(
-                    wrapper, self._example(2, self.max_len, 0), check_trace=False
+                    wrapper, self._trace_inputs(2, self.max_len, 0), check_trace=False
                 )
                 for b, n in ((1, self.max_len), (3, max(1, self.max_len // 3)), (5, 1)):
-                    x = self._example(b, n, b)
+                    x = self._trace_inputs(b, n, b)
                     wants, gots = _outputs(wrapper(*x)), _outputs(traced(*x))
                     for want, got in zip(wants, gots, strict=True):
                         finite = torch.isfinite(want)
@@ -483,7 +492,7 @@ class Recommender:
         self._buckets = [*sizes, largest]
         with torch.inference_mode():
             for b in self._buckets:
-                x = self._example(b, self.max_len, 0)
+                x = self._trace_inputs(b, self.max_len, 0)
                 for _ in range(2):
                     self._traced(*x)
 
@@ -522,7 +531,7 @@ class Recommender:
         now: np.ndarray | None = None,
     ) -> torch.Tensor:
         """[B, n_items] (or [B, n_classes]) float32 scores on the model's device; ``now`` [B]:
-        the request time (epoch seconds) for eager models that read it."""
+        the request time (epoch seconds), for models that read it."""
         if self.text_aware:
             return self._scores_and_state(items, types, times)[0]
         self._known(items, types, times)
@@ -533,6 +542,11 @@ class Recommender:
                 pad = ((0, size - n), (0, 0))
                 items, types, times = (np.pad(a, pad) for a in (items, types, times))
             t = [torch.from_numpy(a).to(self.device) for a in (items, types, times)]
+            if self.model.reads_now:  # the request time, the padding rows' too
+                at = np.full(n, int(time.time()), np.int64) if now is None else now
+                t.append(
+                    torch.from_numpy(np.pad(at.astype(np.int64), (0, size - n))).to(self.device)
+                )
             return self._traced(*t)[:n].float()  # type: ignore[no-any-return]
         return self.model.score(self._eager_batch(items, types, times, now)).float()
 
@@ -994,9 +1008,14 @@ class _ScoreModule(torch.nn.Module):
         self.model = model
 
     def forward(
-        self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        times: torch.Tensor,
+        now: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.model.score(Batch(items=items, types=types, times=times))  # type: ignore[operator]
+        batch = Batch(items=items, types=types, times=times, now=now)
+        return self.model.score(batch)  # type: ignore[operator]
 
 
 # -- hot reload -----------------------------------------------------------------------------------

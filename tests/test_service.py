@@ -587,6 +587,33 @@ def test_predict(secured: Server, known_user: str) -> None:
     assert resp.status_code == 400 and resp.json()["detail"][0]["loc"] == ["k"]  # BentoML's
 
 
+def test_a_served_classifier_scores_at_the_request_time(classifier_ws: Workspace) -> None:
+    """The built-in classifiers read the prediction time (now_features): the service's traced
+    model takes the request time as an input, and scores as the eager model does at it."""
+    import numpy as np
+    import torch
+
+    from seqrec.models import Batch
+    from seqrec.recommend import Recommender
+
+    rec = Recommender(classifier_ws, "gpt2", device="cpu")
+    assert rec.model.reads_now and rec._traced is not None
+    items = np.zeros((2, rec.max_len), dtype=np.int64)
+    items[:, -3:] = [[3, 4, 5], [6, 7, 8]]
+    types = (items > 0).astype(np.int64)
+    times = np.where(items > 0, 1_700_000_000 + np.arange(rec.max_len) * 60, 0)
+    soon, later = (times[:, -1] + h * 3600 for h in (1, 24 * 40))
+    at_soon = rec._scores(items.copy(), types.copy(), times.copy(), soon)
+    at_later = rec._scores(items.copy(), types.copy(), times.copy(), later)
+    assert not torch.allclose(at_soon, at_later)
+    batch = Batch(
+        *(torch.from_numpy(a) for a in (items, types, times)), now=torch.from_numpy(later)
+    )
+    with torch.no_grad():
+        eager = rec.model.score(batch).float()
+    torch.testing.assert_close(at_later, eager, rtol=1e-4, atol=1e-4)
+
+
 # -- startup failures and the Bento ---------------------------------------------------------------
 
 

@@ -20,5 +20,6 @@ DEFAULTS: dict[str, Any] = {
     # ml-100k, 3 seeds: test NDCG@10 0.0799 -> 0.0859, validation 0.0997 -> 0.1036
     # (docs/benchmarks.md)
     "label_smoothing": 0.1,
+    "now_features": True,  # classify: the events' times relative to the prediction time
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }

@@ -87,6 +87,7 @@ class BertNextItem(SeqModel):
         self.last_mask_prob = float(p["last_mask_prob"])
         self.dropout = nn.Dropout(float(p["dropout"]))
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
+        self.add_now_features(d)
         if p.get("item_text", False):
             init = self.config.initializer_range
             self.text_fusion = TextFusion(ctx, d, init, with_bias=True)
@@ -192,4 +193,4 @@ class BertNextItem(SeqModel):
         assert self.classifier is not None, "built for next-item, not classification"
         w = -self.width
         h = self.encode(batch.items[:, w:], batch.types[:, w:], batch.times[:, w:])[:, -1]
-        return self.classifier(self.dropout(h))
+        return self.classifier(self.dropout(self.with_now(h, batch)))

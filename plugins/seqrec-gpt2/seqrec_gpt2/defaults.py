@@ -26,5 +26,6 @@ DEFAULTS: dict[str, Any] = {
     # ml-100k, 3 seeds paired: test NDCG@10 0.1072 -> 0.1080, validation 0.1192 -> 0.1204;
     # without the repeat bias (seed 0) 0.0636 -> 0.0670; synthetic log 0.3027 -> 0.3108
     "transition_bias": True,
+    "now_features": True,  # classify: the events' times relative to the prediction time
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }

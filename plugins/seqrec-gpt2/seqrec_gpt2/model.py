@@ -75,6 +75,7 @@ class GPT2NextItem(SeqModel):
                 nn.init.zeros_(emb.weight[0])
         self.dropout = nn.Dropout(p["dropout"])
         self.classifier = nn.Linear(p["d_model"], ctx.n_classes) if ctx.task == "classify" else None
+        self.add_now_features(int(p["d_model"]))
         if p.get("item_text", False):
             self.text_fusion = TextFusion(ctx, p["d_model"], self.config.initializer_range)
         # transition=true: FPMC's first-order term (Rendle et al., WWW 2010), a per-item vector
@@ -167,7 +168,7 @@ class GPT2NextItem(SeqModel):
         # GPT2ForSequenceClassification-style: the newest (last real, as inputs are
         # left-padded) position summarises the sequence.
         assert self.classifier is not None, "built for next-item, not classification"
-        return self.classifier(self.dropout(self._newest(batch)))
+        return self.classifier(self.dropout(self.with_now(self._newest(batch), batch)))
 
 
 def _block(block: GPT2Block, x: Tensor, attn_mask: Tensor, newest_only: bool) -> Tensor:

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "use_time_gaps": True,
     "label_smoothing": 0.0,
     "transition_bias": False,  # counted successors of the newest item (seqrec.transitions)
+    "now_features": True,  # classify: the events' times relative to the prediction time
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
 
@@ -83,6 +84,7 @@ class LSTMNextItem(SeqModel):
         )
         self.proj = nn.Linear(hidden, d)
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
+        self.add_now_features(d)
         if p.get("item_text", False):
             self.text_fusion = TextFusion(ctx, d, init_std=1.0)  # nn.Embedding's N(0, 1)
 
@@ -142,4 +144,4 @@ class LSTMNextItem(SeqModel):
 
     def class_logits(self, batch: Batch) -> Tensor:
         assert self.classifier is not None, "built for next-item, not classification"
-        return self.classifier(self.dropout(self.hidden(batch)[:, -1]))
+        return self.classifier(self.dropout(self.with_now(self.hidden(batch)[:, -1], batch)))
