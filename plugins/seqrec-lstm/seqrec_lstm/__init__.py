@@ -1,4 +1,5 @@
-"""seqrec plugin: an LSTM over item (+ event-type, + time-gap) embeddings."""
+"""seqrec plugin: a recurrent model (GRU by default, or LSTM) over item (+ event-type,
++ time-gap) embeddings."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from seqrec.models import Choice, Float, ModelSpec, Preset
 from seqrec_lstm.model import DEFAULTS, LSTMNextItem
 
 #: trainer settings of the defaults: the best known configuration on MovieLens-100K
-TRAIN_DEFAULTS = {"lr": 5e-3, "batch_size": 32, "epochs": 50, "patience": 8}
+TRAIN_DEFAULTS = {"lr": 5e-3, "batch_size": 32, "epochs": 80, "patience": 15}
 
 PRESETS = {
     "fast": Preset(
@@ -24,6 +25,7 @@ PRESETS = {
 }
 
 SEARCH_SPACE = {
+    "cell": Choice(("gru", "lstm")),
     "d_model": Choice((32, 64, 128)),
     "hidden": Choice((64, 128, 256)),
     "dropout": Float(0.1, 0.6),
@@ -40,7 +42,7 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             name="lstm",
             build=LSTMNextItem,
             tasks=("next-item", "classify"),
-            description="LSTM: next-item at every position (tied embeddings, time-gap buckets); last-state classifier",
+            description="GRU (or LSTM, cell=lstm): next-item at every position (tied embeddings, time-gap buckets); last-state classifier",
             defaults=DEFAULTS,
             train_defaults=TRAIN_DEFAULTS,
             presets=PRESETS,

@@ -29,7 +29,7 @@ def _batch(items: list[int], pad: int) -> Batch:
     return Batch(items=seq, types=(seq > 0).long() * 2, times=times)
 
 
-def test_lstm_passes_the_model_contract() -> None:
+def test_the_default_gru_passes_the_model_contract() -> None:
     check_model_contract("lstm")
     check_model_contract("lstm", {"repeat_bias": True})
     check_model_contract(
@@ -38,17 +38,26 @@ def test_lstm_passes_the_model_contract() -> None:
     )
 
 
-def test_the_gru_cell_passes_the_model_contract() -> None:
-    check_model_contract("lstm", {"cell": "gru"})
-    check_model_contract("lstm", {"cell": "gru", "n_layers": 2, "repeat_bias": True})
+def test_the_lstm_cell_passes_the_model_contract() -> None:
+    check_model_contract("lstm", {"cell": "lstm"})
+    check_model_contract("lstm", {"cell": "lstm", "n_layers": 2, "repeat_bias": True})
 
 
 def test_the_cell_param_builds_that_cell_and_an_unknown_one_is_a_clear_error() -> None:
-    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, params={"cell": "gru"})
-    assert isinstance(get_spec("lstm").make(ctx).lstm, torch.nn.GRU)
-    assert isinstance(get_spec("lstm").make(ModelContext(20, 3, 8)).lstm, torch.nn.LSTM)
+    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, params={"cell": "lstm"})
+    assert isinstance(get_spec("lstm").make(ctx).lstm, torch.nn.LSTM)
+    assert isinstance(get_spec("lstm").make(ModelContext(20, 3, 8)).lstm, torch.nn.GRU)
     with pytest.raises(SeqrecError, match="cell must be one of lstm, gru, got 'rnn'"):
         get_spec("lstm").make(ModelContext(20, 3, 8, params={"cell": "rnn"}))
+
+
+def test_models_stored_before_the_cell_option_load_as_lstms() -> None:
+    """A stored context has every key its version knew: one without ``cell`` was an LSTM,
+    though new models default to the GRU."""
+    spec = get_spec("lstm")
+    old = {k: v for k, v in spec.defaults.items() if k != "cell"} | {"loss": "full"}
+    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, params=old | {"num_negatives": 8})
+    assert isinstance(spec.build(ctx).lstm, torch.nn.LSTM)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
