@@ -25,6 +25,7 @@ from seqrec.contract import (  # noqa: F401  the model contract kit, imported fr
     check_traceable,
     check_vocab_growth,
     random_batch,
+    scores_close,
 )
 
 # Small, fast settings for every workspace a test makes.

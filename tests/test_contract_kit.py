@@ -314,3 +314,17 @@ def test_every_check_runs_each_declared_task(monkeypatch: pytest.MonkeyPatch) ->
     check_plugin("spy")
     assert {"next-item", "classify"} <= set(built)
     assert built.count("classify") >= 5  # tasks, contract, determinism, trace, batch, growth
+
+
+def test_scores_close_allows_rounding_in_units_of_the_rows_largest_score() -> None:
+    from seqrec.contract import scores_close
+
+    low = torch.finfo(torch.float32).min
+    want = torch.tensor([[low, 5.0, -0.3, 2.0]])
+    assert scores_close(want + torch.tensor([[0.0, 0.0, 2e-6, 0.0]]), want)  # < 1e-6 x 5
+    assert not scores_close(want + torch.tensor([[0.0, 0.0, 1e-4, 0.0]]), want)
+    small = torch.tensor([[low, 0.5, -0.3]])  # the scale is at least 1
+    assert not scores_close(small + torch.tensor([[0.0, 0.0, 2e-6]]), small)
+    padding_scored = want.clone()
+    padding_scored[0, 0] = 0.0
+    assert not scores_close(padding_scored, want)

@@ -386,6 +386,7 @@ class BrokenScorer(torch.nn.Module):
     """A model whose ``score`` raises ``exc`` (deliberately broken)."""
 
     spec_name = "broken-scorer"
+    reads_now = False
 
     def __init__(self, exc: BaseException):
         super().__init__()
@@ -407,6 +408,7 @@ def _scoring_recommender(exc: BaseException, metrics: CountingMetrics) -> Any:
         device=torch.device("cpu"),
     )
     rec._example = lambda b, n, seed: Recommender._example(rec, b, n, seed)  # type: ignore[arg-type]
+    rec._trace_inputs = lambda b, n, seed: Recommender._trace_inputs(rec, b, n, seed)  # type: ignore[arg-type]
     rec._scores = lambda items, types, times, now: rec.model.score(None)
     return rec
 

@@ -169,6 +169,7 @@ def test_a_new_study_first_trains_the_configuration_train_uses(small_ws: Workspa
     base = resolve(small_ws, spec)
     start = starting_point(spec.search_space, base.params, base.settings)
     assert start == {
+        "cell": base.params["cell"],
         "d_model": base.params["d_model"],
         "hidden": base.params["hidden"],
         "dropout": base.params["dropout"],
