@@ -355,14 +355,16 @@ def page(payload: dict[str, Any]) -> str:
 #: why the neural classifiers trail the tree baseline where they do (read with the table)
 WHY_GBDT_LEADS = (
     "Why: these labels are mostly about *when* the user was last active relative to the "
-    "prediction time and how active they are over the whole horizon. `gbdt` gets exactly that "
-    "as features computed in SQL point in time (recency to the cutoff, frequency, counts per "
-    "event type, inter-event gaps, the last items' popularity). The built-in neural "
-    "classifiers read the newest 50 events with the gaps *between* events, but not the time "
-    "from the newest event to the prediction time (the batch carries it as `now`; they ignore "
-    "it) and nothing beyond 50 events. Feeding that recency to the neural heads is the next "
-    "step; until then `gbdt` is the classifier to deploy for churn and propensity on data "
-    "like this, and the page keeps it beside the neural models."
+    "prediction time and how active they are. The neural classifiers read that through "
+    "`now_features` (hours since the newest event, events in the last 1, 7 and 30 days, the "
+    "same per event type; the column beside shows each without it). What `gbdt` still has "
+    "beyond them is aggregates a tree splits on directly: the mean, smallest and largest gap "
+    "between events, each event type's share, events per day, the popularity of the newest "
+    "items and whether the newest item was seen before. A neural model has to learn those "
+    "from the events themselves, here from a few thousand training examples (the labels' "
+    "train sizes are in bench/results/classification.json). On labels like these, `gbdt` is "
+    "the cheaper classifier to deploy (seconds to train); the page keeps it beside the "
+    "neural models."
 )
 
 

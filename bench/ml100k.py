@@ -65,8 +65,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 VARIANT_NEEDS = {"no-transition-bias": "transition_bias"}
 NON_NEURAL = ("popularity", "markov", "itemknn")
 #: options whose default is not a plain "off": what a run made before them trained with
-#: (now_features is read by classifiers only: a next-item run before it trained the same)
-ABSENT_MEANS: dict[str, Any] = {"cell": "lstm", "now_features": True}
+#: beyond each plugin's own ``absent_means`` (now_features is read by classifiers only: a
+#: next-item run before it trained the same)
+ABSENT_MEANS: dict[str, Any] = {"now_features": True}
 STRIDE = 50  # training window stride (= max_len: no overlap)
 
 #: RecBole 1.2.1 on this kind of machine, same protocol (from the project's design brief).
@@ -252,8 +253,9 @@ def matches_current_config(run: dict[str, Any]) -> bool:
     params, settings = run.get("params") or {}, run.get("settings") or {}
     # an option added after the run is absent from it: new options default off (the
     # project's rule), so absent matches an off value, or the value runs before it trained with
+    absent = {**get_spec(run["model"]).absent_means, **ABSENT_MEANS}
     same_params = all(
-        params[k] == v if k in params else (not v or ABSENT_MEANS.get(k) == v)
+        params[k] == v if k in params else (not v or absent.get(k) == v)
         for k, v in resolved.params.items()
     )
     same_train = all(

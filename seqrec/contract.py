@@ -27,14 +27,18 @@ if TYPE_CHECKING:
 #: not its result: a score near 0 in a row whose scores reach 5 may move by a few 1e-7
 BATCH_TOLERANCE = 1e-6
 
+#: scores at least this large in magnitude are fills (padding, masked items: -1e9, a dtype's
+#: minimum), not scores: :func:`scores_close` wants them equal and leaves them out of the scale
+FILL_SCORE = 1e6
+
 
 def scores_close(got: torch.Tensor, want: torch.Tensor, tol: float = BATCH_TOLERANCE) -> bool:
     """Whether ``got`` matches ``want`` (rows of scores, finite values alike) within ``tol``
     relative and ``tol`` times the row's largest finite score magnitude (at least 1)
-    absolute; padding's and masked scores (the dtype's extremes, inf) must match exactly."""
-    big = torch.finfo(want.dtype).max
-    real = torch.isfinite(want) & (want.abs() < big)
-    if not torch.equal(real, torch.isfinite(got) & (got.abs() < big)):
+    absolute; padding's and masked scores (inf, or fill values beyond :data:`FILL_SCORE`) must
+    match exactly."""
+    real = torch.isfinite(want) & (want.abs() < FILL_SCORE)
+    if not torch.equal(real, torch.isfinite(got) & (got.abs() < FILL_SCORE)):
         return False
     if not torch.equal(got[~real], want[~real]):
         return False
@@ -78,7 +82,8 @@ def random_batch(ctx: Any, batch_size: int = 8, seed: int = 0) -> Batch:
     times = torch.where(items > 0, 1_700_000_000 + torch.arange(L), 0)
     nxt = items[:, -1:] % (V - 1) + 1
     targets = torch.cat([items[:, 1:], nxt], dim=1).masked_fill(items == 0, 0)
-    return Batch(items=items, types=types, times=times, targets=targets, labels=nxt.squeeze(1))
+    now = times[:, -1] + 3600 * torch.randint(1, 24 * 30, (batch_size,), generator=g)
+    return Batch(items, types, times, targets=targets, labels=nxt.squeeze(1), now=now)
 
 
 def _task_batch(ctx: ModelContext, batch_size: int = 8, seed: int = 0) -> Batch:
@@ -293,8 +298,12 @@ def check_deterministic(name: str, params: dict[str, Any] | None = None, seed: i
         )
 
 
-def _examples(ctx: ModelContext, batch: int, n_real: int, seed: int) -> tuple[Any, ...]:
-    """(items, types, times) [batch, max_len]: ``n_real`` newest events, the rest padding."""
+def _examples(
+    ctx: ModelContext, batch: int, n_real: int, seed: int, with_now: bool = False
+) -> tuple[Any, ...]:
+    """(items, types, times) [batch, max_len]: ``n_real`` newest events, the rest padding;
+    ``with_now``: and a prediction time [batch] hours after each row's newest event (a model
+    that reads it is served with the request time as a fourth input)."""
     g = torch.Generator().manual_seed(seed)
     shape, real = (batch, ctx.max_len), (batch, n_real)
     items = torch.zeros(shape, dtype=torch.long)
@@ -303,6 +312,8 @@ def _examples(ctx: ModelContext, batch: int, n_real: int, seed: int) -> tuple[An
     items[:, -n_real:] = torch.randint(1, ctx.n_items, real, generator=g)
     types[:, -n_real:] = torch.randint(1, max(2, ctx.n_event_types), real, generator=g)
     times[:, -n_real:] = 1_700_000_000 + torch.arange(n_real) * 60
+    if with_now:
+        return items, types, times, times[:, -1] + 3 * 3600 * torch.arange(1, batch + 1)
     return items, types, times
 
 
@@ -313,10 +324,16 @@ class _Score(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, items: torch.Tensor, types: torch.Tensor, times: torch.Tensor) -> Any:
+    def forward(
+        self,
+        items: torch.Tensor,
+        types: torch.Tensor,
+        times: torch.Tensor,
+        now: torch.Tensor | None = None,
+    ) -> Any:
         from seqrec.models import Batch
 
-        return self.model.score(Batch(items=items, types=types, times=times))
+        return self.model.score(Batch(items=items, types=types, times=times, now=now))
 
 
 def check_traceable(name: str, params: dict[str, Any] | None = None) -> None:
@@ -342,13 +359,15 @@ def check_traceable(name: str, params: dict[str, Any] | None = None) -> None:
         try:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")  # TracerWarnings: the comparison decides
-                traced = torch.jit.trace(wrapper, _examples(model.ctx, 2, MAX_LEN, 0))
+                traced = torch.jit.trace(
+                    wrapper, _examples(model.ctx, 2, MAX_LEN, 0, model.reads_now)
+                )
         except Exception as exc:
             raise AssertionError(
                 f"{where}: torch.jit.trace failed ({type(exc).__name__}: {exc}); {hint}"
             ) from None
         for b, n in ((1, MAX_LEN), (3, MAX_LEN // 3), (5, 1)):
-            x = _examples(model.ctx, b, n, b)
+            x = _examples(model.ctx, b, n, b, model.reads_now)
             with torch.inference_mode():
                 want, got = wrapper(*x).float(), traced(*x).float()
             finite = torch.isfinite(want)
@@ -418,18 +437,18 @@ def check_batch_independence(name: str, params: dict[str, Any] | None = None) ->
         items[5] = items[4]
         types = torch.where(items > 0, 1 + items % 3, 0)
         times = torch.where(items > 0, 1_700_000_000 + torch.arange(12) * 600, 0)
+        now = times[:, -1] + 3600 * torch.arange(1, 7)
         with torch.no_grad():
-            together = model.score(Batch(items=items, types=types, times=times)).float()
+            together = model.score(Batch(items, types, times, now=now)).float()
             for r in range(len(items)):
                 one = slice(r, r + 1)
-                alone = model.score(Batch(items=items[one], types=types[one], times=times[one]))
+                alone = model.score(Batch(items[one], types[one], times[one], now=now[one]))
                 got, want = together[one], alone.float()
                 if not scores_close(got, want):
-                    worst = (got - want).abs()[torch.isfinite(want)].max().item()
                     raise AssertionError(
-                        f"{name}/{task} row {r}: scores differ in a batch and alone by up to "
-                        f"{worst:.2g}, beyond BATCH_TOLERANCE ({BATCH_TOLERANCE:g} of the row's "
-                        "largest score)"
+                        f"{name}/{task} row {r}: scores differ in a batch and alone beyond "
+                        f"BATCH_TOLERANCE ({BATCH_TOLERANCE:g} relative and of the row's "
+                        "largest score), or padding/masked scores differ"
                     )
 
 
@@ -446,11 +465,14 @@ def check_left_padding(name: str, params: dict[str, Any] | None = None) -> None:
         model = spec.make(_ctx(task, params)).eval()
         batch = _task_batch(model.ctx, batch_size=6, seed=2)
         with torch.no_grad():
-            full = model.score(Batch(batch.items, batch.types, batch.times)).float()
+            full = model.score(Batch(batch.items, batch.types, batch.times, now=batch.now))
+            full = full.float()
             for r, n in enumerate(batch.mask.sum(1).tolist()):
                 own = slice(MAX_LEN - n, MAX_LEN)
                 one = [t[r : r + 1, own] for t in (batch.items, batch.types, batch.times)]
-                alone = model.score(Batch(*one)).float()
+                assert batch.now is not None
+                alone = model.score(Batch(one[0], one[1], one[2], now=batch.now[r : r + 1]))
+                alone = alone.float()
                 assert scores_close(full[r : r + 1], alone), (
                     f"{_where(name, task, 'scores depend on left padding')}: row {r} ({n} "
                     f"events) scores differently with {MAX_LEN - n} padding columns than with "

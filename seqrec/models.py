@@ -598,6 +598,9 @@ class ModelSpec:
     ``presets`` are other named configurations (``seqrec train --preset NAME``).
     ``search_space`` is what ``seqrec tune`` searches: keys are hyperparameters or trainer
     settings from :data:`PRESET_TRAIN_KEYS`.
+    ``absent_means``: for an option added later whose default is not a plain off, what a
+    stored model without the key was built with (lstm: ``{"cell": "lstm"}``); a missing
+    boolean option means False (the build reads options with ``.get(key, False)``).
     """
 
     name: str
@@ -608,6 +611,7 @@ class ModelSpec:
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
     presets: Mapping[str, Preset] = field(default_factory=dict)
     search_space: SearchSpace = field(default_factory=dict)
+    absent_means: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""  # filled in by the registry
 
     def __post_init__(self) -> None:
@@ -640,6 +644,13 @@ class ModelSpec:
                 f"model '{self.name}': a preset may not be called '{DEFAULT_PRESET}'",
                 hint="the defaults and train_defaults are the default preset",
             )
+        stray = sorted(set(self.absent_means) - set(self.defaults))
+        if stray:
+            raise SeqrecError(
+                f"model '{self.name}': absent_means names options it does not have: "
+                f"{', '.join(stray)}",
+                hint="absent_means keys must be keys of defaults",
+            )
         known = {*self.defaults, *COMMON_PARAMS, *PRESET_TRAIN_KEYS}
         for where, keys in [
             *((f"preset '{n}'", [*p.params, *p.train]) for n, p in self.presets.items()),
@@ -651,6 +662,16 @@ class ModelSpec:
                     f"model '{self.name}': unknown key(s) in {where}: {', '.join(unknown)}",
                     hint=f"known: {', '.join(sorted(known))}",
                 )
+
+    def absent_params(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """What a model stored with hyperparameters ``stored`` was built with for the options
+        it predates (missing keys): ``absent_means``, else False for a boolean option. Retraining
+        keeps them, so a candidate is production's configuration, not today's defaults."""
+        return {
+            k: self.absent_means.get(k, False)
+            for k, v in self.defaults.items()
+            if k not in stored and (k in self.absent_means or isinstance(v, bool))
+        }
 
     def preset(self, name: str | None) -> Preset:
         """The named preset; ``None`` or ``"default"`` gives the defaults themselves."""

@@ -206,6 +206,8 @@ class Recommender:
         )
         self.stored = model_store.load(tag, device=self.device, store=store)
         self.model = self.stored.model.eval()
+        #: whether its score reads ``Batch.now`` (the request time; traced as a fourth input)
+        self._reads_now = bool(getattr(self.model, "reads_now", False))
         self.half = self.device.type == "cuda"
         if self.half:
             self.model = self.model.half()
@@ -437,7 +439,7 @@ class Recommender:
         """:meth:`_example`'s tensors, and for a model that reads ``now`` a request time a
         few hours after each row's newest event: the traced ``score``'s inputs."""
         x = self._example(b, n_real, seed)
-        if not self.model.reads_now:
+        if not self._reads_now:
             return x
         hours = torch.arange(1, b + 1, device=self.device) * 3 * 3600
         return (*x, x[2][:, -1] + hours)
@@ -535,6 +537,8 @@ class Recommender:
         if self.text_aware:
             return self._scores_and_state(items, types, times)[0]
         self._known(items, types, times)
+        if now is None and self._reads_now:  # traced or eager alike: the time of the call
+            now = np.full(len(items), int(time.time()), np.int64)
         if self._traced is not None:
             n = len(items)
             size = next((b for b in self._buckets if b >= n), n)  # beyond: as is
@@ -542,11 +546,9 @@ class Recommender:
                 pad = ((0, size - n), (0, 0))
                 items, types, times = (np.pad(a, pad) for a in (items, types, times))
             t = [torch.from_numpy(a).to(self.device) for a in (items, types, times)]
-            if self.model.reads_now:  # the request time, the padding rows' too
-                at = np.full(n, int(time.time()), np.int64) if now is None else now
-                t.append(
-                    torch.from_numpy(np.pad(at.astype(np.int64), (0, size - n))).to(self.device)
-                )
+            if now is not None and self._reads_now:  # the padding rows' is 0, unread
+                at = np.pad(now.astype(np.int64), (0, size - n))
+                t.append(torch.from_numpy(at).to(self.device))
             return self._traced(*t)[:n].float()  # type: ignore[no-any-return]
         return self.model.score(self._eager_batch(items, types, times, now)).float()
 

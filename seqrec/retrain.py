@@ -246,11 +246,10 @@ def _retrain(
         if stored_settings:  # a model saved before the weight average existed trained without
             prod_train.setdefault("ema_decay", 0.0)
         stored_params = stored.info.get("params") or {}
-        if stored_params and "transition_bias" not in stored_params:  # nor the transition bias
+        if stored_params:  # options production predates: what it was built with instead
             from seqrec.models import get_spec
 
-            if "transition_bias" in get_spec(spec_name).defaults:
-                prod_params["transition_bias"] = False
+            prod_params.update(get_spec(spec_name).absent_params(stored_params))
         # the from-scratch schedule production descends from (a warm model records it)
         full_epochs = stored.info.get("full_schedule_epochs") or prod_train.get("epochs")
         del stored

@@ -386,7 +386,6 @@ class BrokenScorer(torch.nn.Module):
     """A model whose ``score`` raises ``exc`` (deliberately broken)."""
 
     spec_name = "broken-scorer"
-    reads_now = False
 
     def __init__(self, exc: BaseException):
         super().__init__()
@@ -406,6 +405,7 @@ def _scoring_recommender(exc: BaseException, metrics: CountingMetrics) -> Any:
         n_items=5,
         n_types=2,
         device=torch.device("cpu"),
+        _reads_now=False,
     )
     rec._example = lambda b, n, seed: Recommender._example(rec, b, n, seed)  # type: ignore[arg-type]
     rec._trace_inputs = lambda b, n, seed: Recommender._trace_inputs(rec, b, n, seed)  # type: ignore[arg-type]

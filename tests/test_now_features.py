@@ -179,3 +179,20 @@ def test_now_feature_embedding_is_finite_for_far_apart_times() -> None:
         out = emb(items, types, times, torch.tensor([now]))
         assert torch.isfinite(out).all()
     assert np.isfinite(now_features(items, types, times, torch.tensor([5]), 3).numpy()).all()
+
+
+def test_absent_params_are_what_stored_models_were_built_with() -> None:
+    """Retraining keeps production's configuration: a stored lstm without ``cell`` and
+    ``now_features`` was an LSTM without the prediction time."""
+    spec = get_spec("lstm")
+    stored = {k: v for k, v in spec.defaults.items() if k not in ("cell", "now_features")}
+    assert spec.absent_params(stored) == {"cell": "lstm", "now_features": False}
+    assert spec.absent_params(dict(spec.defaults)) == {}
+
+
+def test_absent_means_must_name_options_the_model_has() -> None:
+    from seqrec.errors import SeqrecError
+    from seqrec.models import ModelSpec
+
+    with pytest.raises(SeqrecError, match="absent_means names options it does not have: kind"):
+        ModelSpec(name="m", build=lambda ctx: None, defaults={"d": 1}, absent_means={"kind": 0})  # type: ignore[arg-type,return-value]

@@ -196,12 +196,13 @@ def test_retrain_command(prod_ws: tuple[Workspace, str], monkeypatch: pytest.Mon
     assert bad.exit_code == 2 and "bad production label" in bad.output  # a user error
 
 
-def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
+def test_retrain_keeps_what_production_was_built_with_for_options_it_predates(
     prod_ws: tuple[Workspace, str],
 ) -> None:
-    """A production model whose stored hyperparameters predate ``transition_bias`` had no
-    offsets: its candidate has none either, though gpt2's defaults now turn it on and the
-    workspace does too (``[hyperparams.gpt2]``); production's own configuration wins."""
+    """A production model whose stored hyperparameters predate ``transition_bias`` (and
+    ``now_features``) had no offsets: its candidate has none either, though gpt2's defaults
+    now turn both on and the workspace does too (``[hyperparams.gpt2]``); production's own
+    configuration wins."""
     from seqrec.config import load_workspace
     from seqrec.retrain import retrain
 
@@ -210,6 +211,7 @@ def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
     info_file = stored.path / "seqrec.json"
     info = json.loads(info_file.read_text())
     info["params"].pop("transition_bias", None)
+    info["params"].pop("now_features", None)
     info_file.write_text(json.dumps(info))
     toml = ws.root / "seqrec.toml"
     toml.write_text(toml.read_text() + "\n[hyperparams.gpt2]\ntransition_bias = true\n")
@@ -219,4 +221,5 @@ def test_retrain_of_a_model_saved_before_the_transition_bias_trains_without_it(
     rep = retrain(ws, min_gain=-1.0, epochs=1, progress=False, materialize=False)
     candidate = model_store.load(rep.candidate, store=ws.model_store)
     assert candidate.info["params"]["transition_bias"] is False
+    assert candidate.info["params"]["now_features"] is False
     assert candidate.model.transitions is None

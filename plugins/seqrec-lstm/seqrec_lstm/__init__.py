@@ -47,5 +47,6 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             train_defaults=TRAIN_DEFAULTS,
             presets=PRESETS,
             search_space=SEARCH_SPACE,
+            absent_means={"cell": "lstm"},  # models stored before the option were LSTMs
         )
     )
