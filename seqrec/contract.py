@@ -317,8 +317,9 @@ def _examples(
     return items, types, times
 
 
-class _Score(torch.nn.Module):
-    """``model.score`` over plain tensors, the form ``torch.jit.trace`` takes (as served)."""
+class ScoreModule(torch.nn.Module):
+    """``model.score`` over plain tensors, the form ``torch.jit.trace`` takes: the service
+    traces this, and :func:`check_traceable` checks it."""
 
     def __init__(self, model: SeqModel):
         super().__init__()
@@ -355,7 +356,7 @@ def check_traceable(name: str, params: dict[str, Any] | None = None) -> None:
             "branches on values), or set traceable = False on the model class (the service "
             "then runs it eagerly, about 3x slower per request on CPU)"
         )
-        wrapper = _Score(model).eval()
+        wrapper = ScoreModule(model).eval()
         try:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")  # TracerWarnings: the comparison decides

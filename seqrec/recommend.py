@@ -26,6 +26,7 @@ import torch
 from sqlalchemy.exc import DBAPIError
 
 from seqrec.config import Workspace
+from seqrec.contract import ScoreModule as _ScoreModule  # the form the kit checks, as served
 from seqrec.errors import SeqrecError, StoreUnavailable
 from seqrec.evaluation.topk import TopK, chunked_topk, pad_indices
 from seqrec.extra_items import ExtraItems, ExtraItemsSource
@@ -1000,24 +1001,6 @@ class _StateModule(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = Batch(items=items, types=types, times=times)
         return self.model.next_item_scores_and_state(batch)  # type: ignore[operator,no-any-return]
-
-
-class _ScoreModule(torch.nn.Module):
-    """``model.score`` over plain tensors, the form ``torch.jit.trace`` needs."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        items: torch.Tensor,
-        types: torch.Tensor,
-        times: torch.Tensor,
-        now: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        batch = Batch(items=items, types=types, times=times, now=now)
-        return self.model.score(batch)  # type: ignore[operator]
 
 
 # -- hot reload -----------------------------------------------------------------------------------
