@@ -46,9 +46,7 @@ def now_features(
     """
     mask = items > 0  # [B, L]
     has = mask.any(1)  # [B]
-    newest = times[:, -1]
-    known = torch.ones_like(has) if now is not None else torch.zeros_like(has)
-    at = newest if now is None else now.to(times.dtype)
+    at = times[:, -1] if now is None else now.to(times.dtype)
     ago = (at[:, None] - times).clamp(min=0)  # [B, L] seconds before now
     hours = ago.float() / HOUR
 
@@ -60,7 +58,7 @@ def now_features(
 
     oldest = torch.where(mask, ago, torch.zeros_like(ago)).amax(1)  # [B] seconds
     cols = [
-        (known & has).float(),
+        has.float() * float(now is not None),
         log_hours(hours[:, -1]) * has,
         log_count(mask),
         *(log_count(mask & (ago <= h)) for h in HORIZONS),
@@ -72,7 +70,7 @@ def now_features(
         since = torch.where(of_type, ago, torch.full_like(ago, big)).amin(1)  # [B]
         seen = of_type.any(1)
         cols += [log_count(of_type), log_hours(since.float() / HOUR) * seen]
-    return torch.stack(cols, dim=1).float()
+    return torch.stack(cols, dim=1)
 
 
 class NowFeatures(nn.Module):

@@ -1,8 +1,9 @@
 """Recurrent next-item model: a GRU (GRU4Rec's cell, the default) or an LSTM (``cell=lstm``).
 
-Inputs are left-padded. The recurrent layer runs on a right-aligned copy (each row rolled left by its pad
-count) through ``pack_padded_sequence``, and its outputs are rolled back, so every state — in
-particular the newest one at index -1 — is exact and independent of the amount of padding.
+Inputs are left-padded. The recurrent layer runs on a right-aligned copy (each row rolled left
+by its pad count) through ``pack_padded_sequence``, and its outputs are rolled back, so every
+state — in particular the newest one at index -1 — is exact and independent of the amount of
+padding.
 Item embeddings are tied with the output layer: scores = proj(h) @ item_embeddings.T. With
 ``item_text=true`` they are fused with the item text (:class:`seqrec.text.fusion.TextFusion`).
 """
@@ -36,9 +37,9 @@ DEFAULTS: dict[str, Any] = {
     "hidden": 128,
     "n_layers": 1,
     # GRU4Rec's cell and dropout (with patience 15, at most 80 epochs): ml-100k, seeds 0-2,
-    # test NDCG@10 without the repeat bias 0.0637 -> 0.0748 (GRU4Rec 0.0694), with it (seeds
-    # 0-1) 0.1075, 0.1008 -> 0.1135, 0.1146 (docs/benchmarks.md); stored models without
-    # the key are LSTMs (``.get`` below)
+    # test NDCG@10 without the repeat bias 0.0637 -> 0.0748 (GRU4Rec 0.0694), with it
+    # 0.1026 -> 0.1143 (docs/benchmarks.md); stored models without the key are LSTMs
+    # (``.get`` below, ``absent_means`` in the spec)
     "cell": "gru",  # or "lstm"
     "dropout": 0.3,
     "use_event_types": True,
