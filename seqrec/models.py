@@ -205,12 +205,30 @@ class SeqModel(nn.Module):
         classify only), make :attr:`now_emb`; :meth:`with_now` then adds it to the state."""
         if self.ctx.task == "classify" and self.ctx.params.get("now_features", False):
             self.now_emb = NowFeatures(self.ctx.n_event_types, d)
+        p = self.ctx.params.get("state_dropout", 0.0)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
+            raise SeqrecError(
+                f"state_dropout must be a number in [0, 1), got {p!r}",
+                hint="e.g. --param state_dropout=0.5 (0 turns it off)",
+            )
 
     def with_now(self, h: Tensor, batch: Batch) -> Tensor:
-        """[B, d] ``h`` plus the embedding of ``batch``'s times relative to ``batch.now``
-        (unchanged without :attr:`now_emb`)."""
+        """[B, d] ``h`` (the sequence state, after the plugin's dropout) plus the embedding of
+        ``batch``'s times relative to ``batch.now`` (unchanged without :attr:`now_emb`).
+
+        In training, ``params["state_dropout"]`` is the probability that an example's whole
+        sequence state is dropped (the rest scaled up to keep its expected value), so the
+        classifier learns to predict from the prediction-time features alone too: on a few
+        thousand labelled examples the sequence state is what overfits first, and without this
+        it drowns the features (docs/benchmarks.md, sequence classification). At inference
+        nothing is dropped.
+        """
         if self.now_emb is None:
             return h
+        p = float(self.ctx.params.get("state_dropout", 0.0))
+        if self.training and p > 0:
+            keep = torch.rand(h.shape[0], 1, device=h.device) >= p
+            h = h * keep.to(h.dtype) / (1.0 - p)
         return h + self.now_emb(batch.items, batch.types, batch.times, batch.now)
 
     @property

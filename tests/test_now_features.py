@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from seqrec.evaluation.classification import roc_auc
-from seqrec.models import Batch, ModelContext, get_spec
+from seqrec.models import Batch, ModelContext, SeqModel, get_spec
 from seqrec.now_features import HOUR, SCALE, NowFeatures, now_feature_names, now_features
 from seqrec.recommend import _ScoreModule
 
@@ -196,3 +196,65 @@ def test_absent_means_must_name_options_the_model_has() -> None:
 
     with pytest.raises(SeqrecError, match="absent_means names options it does not have: kind"):
         ModelSpec(name="m", build=lambda ctx: None, defaults={"d": 1}, absent_means={"kind": 0})  # type: ignore[arg-type,return-value]
+
+
+def _state_dropout_model(p: float) -> SeqModel:
+    torch.manual_seed(0)
+    ctx = ModelContext(
+        n_items=10,
+        n_event_types=3,
+        max_len=8,
+        task="classify",
+        n_classes=2,
+        params={"state_dropout": p},
+    )
+    return get_spec("gpt2").make(ctx)
+
+
+def test_state_dropout_drops_whole_sequence_states_in_training_only() -> None:
+    """With ``state_dropout`` p, a training example's sequence state is either dropped
+    entirely (what is left is the prediction-time embedding) or scaled by 1 / (1 - p); in eval
+    mode the state is added unchanged."""
+    model = _state_dropout_model(0.5)
+    n = 400
+    items, types, times = (x.expand(n, -1) for x in _row())
+    batch = Batch(items=items, types=types, times=times, now=torch.full((n,), T0))
+    h = torch.randn(n, model.now_emb.inp.out_features)
+    with torch.no_grad():
+        now_part = model.now_emb(items, types, times, batch.now)
+        model.train()
+        torch.manual_seed(1)
+        out = model.with_now(h, batch)
+        dropped = torch.isclose(out, now_part, atol=1e-6).all(1)
+        kept = torch.isclose(out, 2 * h + now_part, atol=1e-5).all(1)
+        assert (dropped | kept).all()
+        assert 0.4 < dropped.float().mean() < 0.6
+        model.eval()
+        torch.testing.assert_close(model.with_now(h, batch), h + now_part)
+
+
+def test_state_dropout_zero_adds_the_state_unchanged_in_training() -> None:
+    model = _state_dropout_model(0.0).train()
+    items, types, times = _row()
+    batch = Batch(items=items, types=types, times=times, now=torch.tensor([T0]))
+    h = torch.randn(1, model.now_emb.inp.out_features)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.with_now(h, batch), h + model.now_emb(items, types, times, batch.now)
+        )
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "half", True])
+def test_a_state_dropout_outside_zero_to_one_is_a_clear_error(bad: object) -> None:
+    from seqrec.errors import SeqrecError
+
+    with pytest.raises(SeqrecError, match="state_dropout must be a number in \\[0, 1\\)"):
+        _state_dropout_model(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["lstm", "gpt2", "bert"])
+def test_classifiers_stored_before_state_dropout_retrain_without_it(name: str) -> None:
+    spec = get_spec(name)
+    assert spec.defaults["state_dropout"] == 0.5
+    stored = {k: v for k, v in spec.defaults.items() if k != "state_dropout"}
+    assert spec.absent_params(stored)["state_dropout"] == 0.0

@@ -53,5 +53,6 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             train_defaults=TRAIN_DEFAULTS,
             presets=PRESETS,
             search_space=SEARCH_SPACE,
+            absent_means={"state_dropout": 0.0},  # models stored before the option
         )
     )

@@ -21,5 +21,8 @@ DEFAULTS: dict[str, Any] = {
     # (docs/benchmarks.md)
     "label_smoothing": 0.1,
     "now_features": True,  # classify: the events' times relative to the prediction time
+    # classify: an example's whole sequence state dropped in training with this probability,
+    # so the prediction-time features are learned on their own too (SeqModel.with_now)
+    "state_dropout": 0.5,
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }

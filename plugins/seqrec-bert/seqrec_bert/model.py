@@ -193,4 +193,4 @@ class BertNextItem(SeqModel):
         assert self.classifier is not None, "built for next-item, not classification"
         w = -self.width
         h = self.encode(batch.items[:, w:], batch.types[:, w:], batch.times[:, w:])[:, -1]
-        return self.classifier(self.dropout(self.with_now(h, batch)))
+        return self.classifier(self.with_now(self.dropout(h), batch))

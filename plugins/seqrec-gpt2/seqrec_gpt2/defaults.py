@@ -27,5 +27,8 @@ DEFAULTS: dict[str, Any] = {
     # without the repeat bias (seed 0) 0.0636 -> 0.0670; synthetic log 0.3027 -> 0.3108
     "transition_bias": True,
     "now_features": True,  # classify: the events' times relative to the prediction time
+    # classify: an example's whole sequence state dropped in training with this probability,
+    # so the prediction-time features are learned on their own too (SeqModel.with_now)
+    "state_dropout": 0.5,
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }

@@ -168,7 +168,7 @@ class GPT2NextItem(SeqModel):
         # GPT2ForSequenceClassification-style: the newest (last real, as inputs are
         # left-padded) position summarises the sequence.
         assert self.classifier is not None, "built for next-item, not classification"
-        return self.classifier(self.dropout(self.with_now(self._newest(batch), batch)))
+        return self.classifier(self.with_now(self.dropout(self._newest(batch)), batch))
 
 
 def _block(block: GPT2Block, x: Tensor, attn_mask: Tensor, newest_only: bool) -> Tensor:

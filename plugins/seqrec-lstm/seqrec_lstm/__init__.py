@@ -47,6 +47,7 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             train_defaults=TRAIN_DEFAULTS,
             presets=PRESETS,
             search_space=SEARCH_SPACE,
-            absent_means={"cell": "lstm"},  # models stored before the option were LSTMs
+            # models stored before these options: LSTMs, trained without the state dropout
+            absent_means={"cell": "lstm", "state_dropout": 0.0},
         )
     )

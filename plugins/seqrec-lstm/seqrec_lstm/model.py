@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "transition_bias": False,  # counted successors of the newest item (seqrec.transitions)
     "now_features": True,  # classify: the events' times relative to the prediction time
+    # classify: an example's whole sequence state dropped in training with this probability,
+    # so the prediction-time features are learned on their own too (SeqModel.with_now)
+    "state_dropout": 0.5,
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
 
@@ -149,4 +152,4 @@ class LSTMNextItem(SeqModel):
 
     def class_logits(self, batch: Batch) -> Tensor:
         assert self.classifier is not None, "built for next-item, not classification"
-        return self.classifier(self.dropout(self.with_now(self.hidden(batch)[:, -1], batch)))
+        return self.classifier(self.with_now(self.dropout(self.hidden(batch)[:, -1]), batch))
