@@ -357,14 +357,15 @@ WHY_GBDT_LEADS = (
     "Why: these labels are mostly about *when* the user was last active relative to the "
     "prediction time and how active they are. The neural classifiers read that through "
     "`now_features` (hours since the newest event, events in the last 1, 7 and 30 days, the "
-    "same per event type; the column beside shows each without it). What `gbdt` still has "
-    "beyond them is aggregates a tree splits on directly: the mean, smallest and largest gap "
-    "between events, each event type's share, events per day, the popularity of the newest "
-    "items and whether the newest item was seen before. A neural model has to learn those "
-    "from the events themselves, here from a few thousand training examples (the labels' "
-    "train sizes are in bench/results/classification.json). On labels like these, `gbdt` is "
-    "the cheaper classifier to deploy (seconds to train); the page keeps it beside the "
-    "neural models."
+    "same per event type; the column beside shows each without it), and in training half of "
+    "the examples see only those features (`state_dropout` 0.5), because the sequence state "
+    "overfits a few thousand labelled examples within a few epochs and otherwise drowns them. "
+    "`gbdt` reads the same columns and more: the mean, smallest and largest gap between "
+    "events, each event type's share, events per day, the popularity of the newest items. "
+    "How much each group carries is in the next section (`bench/gbdt_features.py`): trees on "
+    "the neural models' columns alone get most of gbdt's score, and gaps and popularity add "
+    "the rest. On labels like these, `gbdt` is the cheaper classifier to deploy (seconds to "
+    "train); the page keeps it beside the neural models."
 )
 
 
