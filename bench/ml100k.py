@@ -65,9 +65,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 VARIANT_NEEDS = {"no-transition-bias": "transition_bias"}
 NON_NEURAL = ("popularity", "markov", "itemknn")
 #: options whose default is not a plain "off": what a run made before them trained with
-#: beyond each plugin's own ``absent_means`` (now_features and state_dropout are read by
-#: classifiers only: a next-item run before them trained the same as with today's values)
-ABSENT_MEANS: dict[str, Any] = {"now_features": True, "state_dropout": 0.5}
+#: beyond each plugin's own ``absent_means`` (now_features, state_dropout and now_norm are read
+#: by classifiers only: a next-item run before them trained the same as with today's values)
+ABSENT_MEANS: dict[str, Any] = {"now_features": True, "state_dropout": 0.5, "now_norm": True}
 STRIDE = 50  # training window stride (= max_len: no overlap)
 
 #: RecBole 1.2.1 on this kind of machine, same protocol (from the project's design brief).

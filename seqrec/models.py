@@ -204,7 +204,8 @@ class SeqModel(nn.Module):
         """For a plugin's classifier of width ``d``: with ``params["now_features"]`` (task
         classify only), make :attr:`now_emb`; :meth:`with_now` then adds it to the state."""
         if self.ctx.task == "classify" and self.ctx.params.get("now_features", False):
-            self.now_emb = NowFeatures(self.ctx.n_event_types, d)
+            norm = bool(self.ctx.params.get("now_norm", False))
+            self.now_emb = NowFeatures(self.ctx.n_event_types, d, norm=norm)
         p = self.ctx.params.get("state_dropout", 0.0)
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p < 1.0:
             raise SeqrecError(

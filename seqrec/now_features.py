@@ -16,6 +16,7 @@ feature says so.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 HOUR = 3600
@@ -77,12 +78,30 @@ class NowFeatures(nn.Module):
     """[B, d] embedding of :func:`now_features`: a two-layer MLP, so that recency, frequency
     and the per-type counts combine before they meet the sequence state."""
 
-    def __init__(self, n_event_types: int, d: int):
+    def __init__(self, n_event_types: int, d: int, norm: bool = False):
         super().__init__()
         self.n_event_types = n_event_types
-        self.inp = nn.Linear(len(now_feature_names(n_event_types)), d)
+        width = len(now_feature_names(n_event_types))
+        #: with ``norm``: each feature standardised by batch statistics in training and their
+        #: running averages at inference (batch normalisation), before the MLP
+        self.norm = nn.BatchNorm1d(width) if norm else None
+        self.inp = nn.Linear(width, d)
         self.out = nn.Sequential(nn.GELU(), nn.Linear(d, d))
 
     def forward(self, items: Tensor, types: Tensor, times: Tensor, now: Tensor | None) -> Tensor:
         feats = now_features(items, types, times, now, self.n_event_types)
-        return self.out(self.inp(feats.to(self.inp.weight.dtype)))  # type: ignore[no-any-return]
+        feats = feats.to(self.inp.weight.dtype)
+        if self.norm is not None:
+            feats = self._normalise(feats)
+        return self.out(self.inp(feats))  # type: ignore[no-any-return]
+
+    def _normalise(self, feats: Tensor) -> Tensor:
+        """Batch statistics in training; a training batch of one example (the last of an
+        epoch can be) has none, so it uses the running averages, as inference does."""
+        bn = self.norm
+        assert bn is not None
+        if bn.training and feats.shape[0] > 1:
+            return bn(feats)  # type: ignore[no-any-return]
+        return F.batch_norm(
+            feats, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+        )

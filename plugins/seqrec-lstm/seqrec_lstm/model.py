@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     # classify: an example's whole sequence state dropped in training with this probability,
     # so the prediction-time features are learned on their own too (SeqModel.with_now)
     "state_dropout": 0.5,
+    # classify: the prediction-time features standardised (batch normalisation) before the MLP
+    "now_norm": True,
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
 
