@@ -206,7 +206,7 @@ def _state_dropout_model(p: float) -> SeqModel:
         max_len=8,
         task="classify",
         n_classes=2,
-        params={"state_dropout": p},
+        params={"state_dropout": p, "now_norm": False},  # the embedding alone: no batch stats
     )
     return get_spec("gpt2").make(ctx)
 
@@ -258,3 +258,60 @@ def test_classifiers_stored_before_state_dropout_retrain_without_it(name: str) -
     assert spec.defaults["state_dropout"] == 0.5
     stored = {k: v for k, v in spec.defaults.items() if k != "state_dropout"}
     assert spec.absent_params(stored)["state_dropout"] == 0.0
+
+
+def test_now_norm_standardises_the_features_by_batch_in_training() -> None:
+    """In training each feature column is standardised over the batch before the MLP (mean 0,
+    variance 1 per column that varies); at inference the running averages are used, so a
+    row's embedding does not depend on the rest of its batch."""
+    emb = NowFeatures(3, 8, norm=True)
+    assert emb.norm is not None
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    items = torch.randint(1, 9, (n, 5), generator=g)
+    types = torch.randint(1, 3, (n, 5), generator=g)
+    times = T0 + torch.sort(torch.randint(0, 40 * 24 * HOUR, (n, 5), generator=g), 1).values
+    now = times[:, -1] + torch.randint(0, 30 * 24 * HOUR, (n,), generator=g)
+    seen: list[torch.Tensor] = []
+    emb.norm.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    emb.train()
+    emb(items, types, times, now)
+    out = seen[-1]
+    feats = now_features(items, types, times, now, 3)
+    varies = feats.std(0) > 1e-6
+    var = feats.var(0, unbiased=False)
+    zeros = torch.zeros(int(varies.sum()))
+    torch.testing.assert_close(out.mean(0)[varies], zeros, atol=1e-5, rtol=0)
+    # unit variance up to BatchNorm's eps: var / (var + eps)
+    want = (var / (var + emb.norm.eps))[varies]
+    torch.testing.assert_close(out.var(0, unbiased=False)[varies], want, atol=1e-4, rtol=0)
+    emb.eval()
+    with torch.no_grad():
+        alone = emb(items[:1], types[:1], times[:1], now[:1])
+        together = emb(items, types, times, now)[:1]
+    torch.testing.assert_close(alone, together)
+
+
+def test_a_training_batch_of_one_example_uses_the_running_statistics() -> None:
+    """A batch of one has no batch statistics (the last batch of an epoch can be one
+    example): it is standardised by the running averages instead of failing."""
+    emb = NowFeatures(3, 8, norm=True).train()
+    items, types, times = _row()
+    out = emb(items, types, times, torch.tensor([T0]))
+    assert out.shape == (1, 8) and torch.isfinite(out).all()
+    out.sum().backward()
+
+
+@pytest.mark.parametrize("name", ["lstm", "gpt2", "bert"])
+def test_classifiers_stored_before_now_norm_build_and_retrain_without_it(name: str) -> None:
+    spec = get_spec(name)
+    assert spec.defaults["now_norm"] is True
+    stored = {k: v for k, v in spec.defaults.items() if k != "now_norm"}
+    assert spec.absent_params(stored)["now_norm"] is False
+    stored |= {"loss": "full", "num_negatives": 8, "repeat_bias": False}
+    ctx = ModelContext(
+        n_items=10, n_event_types=3, max_len=8, task="classify", n_classes=2, params=stored
+    )
+    model = spec.build(ctx)
+    assert model.now_emb is not None and model.now_emb.norm is None
+    assert not any(k.startswith("now_emb.norm") for k in model.state_dict())
