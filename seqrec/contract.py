@@ -93,18 +93,16 @@ def _task_batch(ctx: ModelContext, batch_size: int = 8, seed: int = 0) -> Batch:
     return batch
 
 
-def _train_steps(model: Any, batch: Any, steps: int = 30) -> list[float]:
+def _train_steps(model: Any, batch: Any, steps: int = 30) -> None:
+    """``steps`` AdamW steps on ``batch``; the model is left in eval mode."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
     for _ in range(steps):
         loss = model.loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
     model.eval()
-    return losses
 
 
 def _eval_loss(model: Any, batch: Any) -> float:

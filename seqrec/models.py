@@ -199,6 +199,7 @@ class SeqModel(nn.Module):
         #: classifiers: the embedding of the events' times relative to ``Batch.now``
         #: (:mod:`seqrec.now_features`), made by :meth:`add_now_features`
         self.now_emb: NowFeatures | None = None
+        self.state_dropout = 0.0  # set from the params by add_now_features
 
     def add_now_features(self, d: int) -> None:
         """For a plugin's classifier of width ``d``: with ``params["now_features"]`` (task
@@ -212,6 +213,7 @@ class SeqModel(nn.Module):
                 f"state_dropout must be a number in [0, 1), got {p!r}",
                 hint="e.g. --param state_dropout=0.5 (0 turns it off)",
             )
+        self.state_dropout = float(p)  # validated; what with_now applies
 
     def with_now(self, h: Tensor, batch: Batch) -> Tensor:
         """[B, d] ``h`` (the sequence state, after the plugin's dropout) plus the embedding of
@@ -226,7 +228,7 @@ class SeqModel(nn.Module):
         """
         if self.now_emb is None:
             return h
-        p = float(self.ctx.params.get("state_dropout", 0.0))
+        p = self.state_dropout
         if self.training and p > 0:
             keep = torch.rand(h.shape[0], 1, device=h.device) >= p
             h = h * keep.to(h.dtype) / (1.0 - p)
