@@ -20,6 +20,11 @@ peak GPU memory where training ran on a GPU.
 
     python bench/text_classify.py            # full run: JSON in bench/results, section in docs
     python bench/text_classify.py --quick    # a tiny slice of ml-100k, 1 epoch: checks it works
+    python bench/text_classify.py --reuse text-bert   # retrain the others, keep text-bert's rows
+
+``--reuse MODELS`` takes those models' rows from the saved results of the same seed, epochs and
+token count instead of training them again (text-bert's fine-tune takes 40 minutes on 2 cores);
+the page says which rows were reused and from which run.
 
 A quick run writes only under bench/data/text-classify-quick/, runs in one process, and prints
 the section.
@@ -206,6 +211,38 @@ def text_params(quick: bool, max_length: int | None) -> dict[str, Any] | None:
     return None if max_length is None else {"max_length": max_length}
 
 
+def results_name(tokens: int) -> str:
+    """The results file of a run at ``tokens`` text tokens (the default's, or one beside it)."""
+    return "text_classify" + ("" if tokens == DEFAULT_TEXT_TOKENS else f"_tokens{tokens}")
+
+
+def saved_rows(
+    models: set[str], seed: int, epochs: int, tokens: int
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rows of ``models`` from the saved results of a run with the same seed, epochs and token
+    count, keyed by (label, model), each marked with the run it came from (``reused_from``:
+    commit, date, CPU). A missing or different run: SystemExit naming what differs."""
+    path = report.RESULTS / f"{results_name(tokens)}.json"
+    if not path.exists():
+        raise SystemExit(f"--reuse: no saved results at {path}; run without --reuse first")
+    saved = json.loads(path.read_text())
+    for key, want in (("seed", seed), ("epochs", epochs), ("text_tokens", tokens)):
+        if saved.get(key) != want:
+            raise SystemExit(
+                f"--reuse: {path} was run with {key}={saved.get(key)}, this run has {want}"
+            )
+    m = saved["machine"]
+    origin = {"commit": m.get("commit"), "date": m.get("date"), "cpu": m.get("cpu")}
+    rows = {}
+    for r in saved["results"]:
+        if r["model"] in models:
+            rows[(r["label"], r["model"])] = {"reused_from": origin, **r}
+    missing = models - {model for _, model in rows}
+    if missing:
+        raise SystemExit(f"--reuse: {path} has no rows for {', '.join(sorted(missing))}")
+    return rows
+
+
 def _child(args: list[str]) -> dict[str, Any]:
     """Run this script with ``args`` in a fresh process; its last stdout line is JSON."""
     proc = subprocess.run(
@@ -237,6 +274,23 @@ def page(payload: dict[str, Any]) -> str:
         for r in payload["results"]
     ]
     prep = payload["prepared"]
+    reused = sorted(
+        {
+            (
+                r["model"],
+                r["reused_from"]["commit"],
+                r["reused_from"]["date"][:10],
+                r["reused_from"]["cpu"],
+            )
+            for r in payload["results"]
+            if "reused_from" in r
+        }
+    )
+    notes = [
+        f"The {model} rows are reused from the run of commit {commit} ({date}, {cpu}, "
+        "`--reuse`): their times are that machine's."
+        for model, commit, date, cpu in reused
+    ]
     return "\n".join(
         [
             "## Behaviour as text (`bench/text_classify.py`)",
@@ -281,6 +335,7 @@ def page(payload: dict[str, Any]) -> str:
                 ],
                 rows,
             ),
+            *(["", " ".join(notes)] if notes else []),
         ]
     )
 
@@ -300,6 +355,12 @@ def main() -> None:
         default=None,
         help="tokens text-bert reads, newest kept (default: its plugin's, 512); on a CPU the "
         "fine-tune's time grows about linearly with it",
+    )
+    ap.add_argument(
+        "--reuse",
+        default="",
+        help="comma-separated models whose rows are taken from the saved results of the same "
+        "seed, epochs and token count instead of being trained again (e.g. text-bert)",
     )
     ap.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--run", nargs=2, metavar=("LABEL", "MODEL"), help=argparse.SUPPRESS)
@@ -326,9 +387,17 @@ def main() -> None:
     # a quick run stays in this process (faster; its peak RSS is then the largest so far)
     prepared = prepare(True) if args.quick else _child(["--prepare", *flags])
     jobs = [(label, m) for label in labels(args.quick) if label in wanted for m in models]
+    tokens = (text_params(args.quick, args.text_max_length) or {}).get(
+        "max_length", DEFAULT_TEXT_TOKENS
+    )
+    reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
+    kept = saved_rows(reuse, args.seed, epochs, tokens) if reuse and not args.quick else {}
     results: list[dict[str, Any]] = []
     for label, model in (pbar := tqdm(jobs, desc="train+evaluate")):
         pbar.set_postfix_str(f"{label} {model}")
+        if (label, model) in kept:
+            results.append(kept[(label, model)])
+            continue
         if args.quick:
             r = run_one(label, model, epochs, args.seed, True)
         else:
@@ -343,9 +412,7 @@ def main() -> None:
         "machine": report.machine(),
         "quick": args.quick,
         "epochs": epochs,
-        "text_tokens": (text_params(args.quick, args.text_max_length) or {}).get(
-            "max_length", DEFAULT_TEXT_TOKENS
-        ),
+        "text_tokens": tokens,
         "seed": args.seed,
         "prepared": prepared,
         "results": results,
@@ -357,10 +424,7 @@ def main() -> None:
         (out / "text_classify.json").write_text(json.dumps(payload, indent=2, default=str))
     else:
         # a run at another length is kept beside the default one, not over it
-        tokens = payload["text_tokens"]
-        report.save_json(
-            "text_classify" + ("" if tokens == DEFAULT_TEXT_TOKENS else f"_tokens{tokens}"), payload
-        )
+        report.save_json(results_name(tokens), payload)
         report.write_section("text_classify", md)
     print(md)
 
