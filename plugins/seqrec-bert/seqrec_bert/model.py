@@ -35,7 +35,7 @@ from seqrec.models import (
     time_gap_buckets,
 )
 from seqrec.text.fusion import TextFusion
-from seqrec_bert.cloze import append_newest, cloze_positions
+from seqrec_bert.cloze import append_newest, cloze_rows
 
 
 class BertNextItem(SeqModel):
@@ -85,6 +85,17 @@ class BertNextItem(SeqModel):
         self.out_bias = nn.Parameter(torch.zeros(ctx.n_items))
         self.mask_prob = float(p["mask_prob"])
         self.last_mask_prob = float(p["last_mask_prob"])
+        share = p.get("last_loss_share")  # .get: models stored before the option
+        if share is not None and (
+            isinstance(share, bool)
+            or not isinstance(share, int | float)
+            or not 0.0 <= float(share) <= 1.0
+        ):
+            raise SeqrecError(
+                f"bert: last_loss_share must be a number in [0, 1] or none, got {share!r}",
+                hint="e.g. --param last_loss_share=0.5",
+            )
+        self.last_loss_share = None if share is None else float(share)
         self.dropout = nn.Dropout(float(p["dropout"]))
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
         self.add_now_features(d)
@@ -154,7 +165,7 @@ class BertNextItem(SeqModel):
         assert batch.targets is not None
         last = batch.targets[:, -1]  # [B]
         items, types, times = self._extend(batch, last, last > 0)  # [B, T]
-        chosen = cloze_positions(items > 0, self.mask_prob, self.last_mask_prob)  # [B, T]
+        chosen, last_rows = cloze_rows(items > 0, self.mask_prob, self.last_mask_prob)
         h = self.encode(
             items.masked_fill(chosen, self.mask_id),
             types.masked_fill(chosen, 0),
@@ -169,7 +180,21 @@ class BertNextItem(SeqModel):
             seen = items.masked_fill(chosen, 0)[:, None, :].expand(-1, T, -1)  # [B, T, T]
             hist = seen[chosen]
             dist = (idx[:, None] - idx[None, :]).abs().expand_as(seen)[chosen]
-        return self.item_loss(self._out(h[chosen]), items[chosen], emb, bias, hist, dist)
+        out, targets = self._out(h[chosen]), items[chosen]
+        share = self.last_loss_share
+        if share is None:  # every masked position weighs the same
+            return self.item_loss(out, targets, emb, bias, hist, dist)
+        # the rows that mask only their newest position (the task scored at inference) carry
+        # ``share`` of the loss however few positions they have, as RecBole's ft_ratio batches do
+        last = last_rows[:, None].expand_as(chosen)[chosen]  # [n_chosen]
+        if bool(last.all()) or not bool(last.any()):
+            return self.item_loss(out, targets, emb, bias, hist, dist)
+
+        def part(sel: Tensor) -> Tensor:
+            h_, d_ = (None, None) if hist is None or dist is None else (hist[sel], dist[sel])
+            return self.item_loss(out[sel], targets[sel], emb, bias, h_, d_)
+
+        return share * part(last) + (1.0 - share) * part(~last)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from seqrec_bert.cloze import append_newest, cloze_positions
+from seqrec_bert.cloze import append_newest, cloze_positions, cloze_rows
 
+from seqrec.errors import SeqrecError
 from seqrec.models import Batch, ModelContext, SeqModel, get_spec
 from seqrec.testing import check_batch_independence, check_model_contract, check_vocab_growth
 
@@ -88,6 +89,57 @@ def test_cloze_helpers() -> None:
     for _ in range(20):
         chosen = cloze_positions(real, mask_prob=0.2, last_prob=0.1)
         assert chosen[0].any() and not chosen[1].any() and not (chosen & ~real).any()
+
+
+def test_cloze_rows_names_the_newest_only_rows_of_the_same_draws() -> None:
+    real = torch.ones(64, 6, dtype=torch.bool)
+    real[:8, :] = False  # empty rows: never a newest-only row
+    torch.manual_seed(3)
+    chosen, last = cloze_rows(real, mask_prob=0.5, last_prob=0.5)
+    torch.manual_seed(3)
+    assert torch.equal(chosen, cloze_positions(real, mask_prob=0.5, last_prob=0.5))
+    assert 0 < int(last.sum()) < 56 and not last[:8].any()
+    assert (chosen[last].sum(1) == 1).all() and chosen[last][:, -1].all()
+
+
+def _loss_at_share(share: float | None, batch: Batch) -> float:
+    model = _model(last_loss_share=share, mask_prob=0.5, last_mask_prob=0.5).eval()
+    torch.manual_seed(11)  # the same cloze draws for every share (eval: no dropout draws)
+    with torch.no_grad():
+        return float(model.loss(batch))
+
+
+def test_last_loss_share_weighs_newest_only_rows_as_a_group() -> None:
+    rows = [[1 + (3 * r + k) % 19 for k in range(3 + r % 5)] for r in range(24)]
+    batch = _batch(rows, 8)
+    newest_only, cloze = _loss_at_share(1.0, batch), _loss_at_share(0.0, batch)
+    assert newest_only != pytest.approx(cloze, rel=1e-3)  # two different groups of positions
+    assert _loss_at_share(0.5, batch) == pytest.approx((newest_only + cloze) / 2, rel=1e-5)
+    assert _loss_at_share(0.2, batch) == pytest.approx(0.2 * newest_only + 0.8 * cloze, rel=1e-5)
+    # none: every masked position weighs the same, so each group by its number of positions
+    torch.manual_seed(11)
+    items = append_newest(batch.items, batch.targets[:, -1], batch.targets[:, -1] > 0)[:, -9:]
+    chosen, last = cloze_rows(items > 0, mask_prob=0.5, last_prob=0.5)
+    n_last, n_cloze = int(last.sum()), int(chosen[~last].sum())
+    assert n_last > 0 and n_cloze > 0
+    by_position = (n_last * newest_only + n_cloze * cloze) / (n_last + n_cloze)
+    assert _loss_at_share(None, batch) == pytest.approx(by_position, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, "half", True])
+def test_last_loss_share_outside_zero_to_one_is_a_clear_error(bad: object) -> None:
+    with pytest.raises(SeqrecError, match="last_loss_share"):
+        _model(last_loss_share=bad)
+
+
+def test_a_model_stored_before_last_loss_share_weighs_by_positions() -> None:
+    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, task="next-item", params={})
+    model = get_spec("bert").make(ctx)
+    params = {k: v for k, v in model.ctx.params.items() if k != "last_loss_share"}
+    from seqrec_bert.model import BertNextItem
+
+    stored = BertNextItem(ModelContext(20, 3, 8, "next-item", 2, params))
+    assert stored.last_loss_share is None
 
 
 def test_bert_is_an_entry_point_plugin() -> None:
