@@ -192,7 +192,7 @@ class SeqModel(nn.Module):
         if ctx.task == "next-item" and ctx.params.get("repeat_bias", False):
             self.repeat_bias = nn.Parameter(torch.zeros(REPEAT_BUCKETS))
         #: learned offsets for the counted successors of the newest item
-        #: (``params["transition_bias"]``, causal next-item models; :mod:`seqrec.transitions`)
+        #: (``params["transition_bias"]``, next-item models; :mod:`seqrec.transitions`)
         self.transitions: TransitionBias | None = None
         if ctx.task == "next-item" and ctx.params.get("transition_bias", False):
             self.transitions = TransitionBias(ctx.n_items)

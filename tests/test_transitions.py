@@ -228,10 +228,10 @@ def test_the_table_learns_to_trust_successors_the_log_follows() -> None:
 def test_a_model_without_the_transition_bias_refuses_the_param() -> None:
     ctx = ModelContext(n_items=V, n_event_types=3, max_len=6, params={"transition_bias": True})
     with pytest.raises(SeqrecError, match="transition_bias"):
-        get_spec("bert").make(ctx)
+        get_spec("markov").make(ctx)
 
 
-@pytest.mark.parametrize("model", ["gpt2", "lstm"])
+@pytest.mark.parametrize("model", ["gpt2", "lstm", "bert"])
 def test_models_with_the_transition_bias_pass_every_check_of_the_plugin_kit(model: str) -> None:
     from seqrec.contract import check_plugin
 

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, Any] = {
     # ml-100k, 3 seeds: test NDCG@10 0.0799 -> 0.0859, validation 0.0997 -> 0.1036
     # (docs/benchmarks.md)
     "label_smoothing": 0.1,
+    # offsets for the counted successors of the item before the predicted position
+    # (seqrec.transitions; gpt2 has it on)
+    "transition_bias": False,
     "now_features": True,  # classify: the events' times relative to the prediction time
     # classify: an example's whole sequence state dropped in training with this probability,
     # so the prediction-time features are learned on their own too (SeqModel.with_now)

@@ -13,7 +13,9 @@ event and ranks items at that position. Event types are zero (padding) at every 
 the appended target, whose type is unknown at inference. Classification uses the newest
 position's hidden state, like the gpt2 and lstm plugins. With ``item_text=true`` the item
 embeddings (not the MASK row) and the output bias are fused with the item text
-(:class:`seqrec.text.fusion.TextFusion`).
+(:class:`seqrec.text.fusion.TextFusion`). With ``transition_bias=true`` a masked position's
+scores get the offsets of the counted successors of the item before it, where that item is
+visible (:mod:`seqrec.transitions`); at inference, of the newest event.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BertConfig, BertModel
 
@@ -181,9 +184,12 @@ class BertNextItem(SeqModel):
             hist = seen[chosen]
             dist = (idx[:, None] - idx[None, :]).abs().expand_as(seen)[chosen]
         out, targets = self._out(h[chosen]), items[chosen]
+        # the transition bias (when on): the item before each masked position, where visible
+        before = F.pad(items, (1, 0))[:, :-1].masked_fill(F.pad(chosen, (1, 0))[:, :-1], 0)
+        prev = before[chosen]
         share = self.last_loss_share
         if share is None:  # every masked position weighs the same
-            return self.item_loss(out, targets, emb, bias, hist, dist)
+            return self.item_loss(out, targets, emb, bias, hist, dist, prev)
         # the rows that mask only their newest position (the task scored at inference) carry
         # ``share`` of the loss however few positions they have, as RecBole's ft_ratio batches do
         last = last_rows[:, None].expand_as(chosen)[chosen]  # [n_chosen]
@@ -192,7 +198,7 @@ class BertNextItem(SeqModel):
 
         def part(sel: Tensor) -> Tensor:
             h_, d_ = (None, None) if hist is None or dist is None else (hist[sel], dist[sel])
-            return self.item_loss(out[sel], targets[sel], emb, bias, h_, d_)
+            return self.item_loss(out[sel], targets[sel], emb, bias, h_, d_, prev[sel])
 
         return share * part(last) + (1.0 - share) * part(~last)
 
@@ -206,8 +212,8 @@ class BertNextItem(SeqModel):
         items, types, times = self._extend(batch, col, torch.ones_like(col, dtype=torch.bool))
         h = self._out(self.encode(items, types, times)[:, -1])  # [B, d]
         emb, bias = self.output_items()
-        repeat = self.repeat_scores(batch.items, newest_distance(batch.items, 1))
-        return ItemFactors(h, emb, bias, batch.items, repeat)
+        hist, offsets = self.score_offsets(batch.items, newest_distance(batch.items, 1))
+        return ItemFactors(h, emb, bias, hist, offsets)
 
     def next_item_scores_and_state(self, batch: Batch) -> tuple[Tensor, Tensor]:
         f = self.next_item_factors(batch)

@@ -42,6 +42,7 @@ def test_bert_passes_the_model_contract() -> None:
     check_model_contract("bert", {"repeat_bias": True, "use_time_gaps": True})
     check_model_contract("bert", {"use_event_types": False, "n_layers": 1, "mask_prob": 0.4})
     check_model_contract("bert", {"use_time_gaps": True, "head_transform": True})
+    check_model_contract("bert", {"transition_bias": True, "last_loss_share": 0.5})
 
 
 def test_time_gaps_and_head_ignore_left_padding() -> None:
