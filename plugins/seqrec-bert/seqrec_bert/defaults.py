@@ -14,8 +14,8 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.2,
     "mask_prob": 0.4,
     "last_mask_prob": 0.2,
-    # the share of the loss the newest-only rows carry (None: by their masked positions, about
-    # 1 in 80 of the loss at mask_prob 0.4 and max_len 50)
+    # the share of the loss carried by the rows that drew "newest position only" (None: by
+    # their masked positions, about 1 in 80 of the loss at mask_prob 0.4 and max_len 50)
     "last_loss_share": None,
     "use_event_types": True,
     "use_time_gaps": True,

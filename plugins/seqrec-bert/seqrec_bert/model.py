@@ -95,7 +95,7 @@ class BertNextItem(SeqModel):
             or not 0.0 <= float(share) <= 1.0
         ):
             raise SeqrecError(
-                f"bert: last_loss_share must be a number in [0, 1] or none, got {share!r}",
+                f"bert: last_loss_share must be a number in [0, 1], got {share!r}",
                 hint="e.g. --param last_loss_share=0.5",
             )
         self.last_loss_share = None if share is None else float(share)
@@ -185,16 +185,18 @@ class BertNextItem(SeqModel):
             dist = (idx[:, None] - idx[None, :]).abs().expand_as(seen)[chosen]
         out, targets = self._out(h[chosen]), items[chosen]
         # the transition bias (when on): the item before each masked position, where visible
-        before = F.pad(items, (1, 0))[:, :-1].masked_fill(F.pad(chosen, (1, 0))[:, :-1], 0)
-        prev = before[chosen]
+        # (0 after padding or a MASK). Each such pair prev -> target was counted from the
+        # training tensors (targets are the items shifted by one), so offsets() may leave it out
+        prev = visible_before(items, chosen)[chosen]
         share = self.last_loss_share
         if share is None:  # every masked position weighs the same
             return self.item_loss(out, targets, emb, bias, hist, dist, prev)
-        # the rows that mask only their newest position (the task scored at inference) carry
+        # the rows that drew "newest position only" (the task scored at inference; a row that
+        # drew nothing and fell back to its newest position stays with the others) carry
         # ``share`` of the loss however few positions they have, as RecBole's ft_ratio batches do
         last = last_rows[:, None].expand_as(chosen)[chosen]  # [n_chosen]
         if bool(last.all()) or not bool(last.any()):
-            return self.item_loss(out, targets, emb, bias, hist, dist)
+            return self.item_loss(out, targets, emb, bias, hist, dist, prev)
 
         def part(sel: Tensor) -> Tensor:
             h_, d_ = (None, None) if hist is None or dist is None else (hist[sel], dist[sel])
@@ -225,3 +227,9 @@ class BertNextItem(SeqModel):
         w = -self.width
         h = self.encode(batch.items[:, w:], batch.types[:, w:], batch.times[:, w:])[:, -1]
         return self.classifier(self.with_now(self.dropout(h), batch))
+
+
+def visible_before(items: Tensor, masked: Tensor) -> Tensor:
+    """[B, T] the item before each position of ``items`` [B, T], or 0 where that one is
+    padding, outside the window or ``masked`` [B, T]."""
+    return F.pad(items, (1, 0))[:, :-1].masked_fill(F.pad(masked, (1, 0))[:, :-1], 0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,14 +135,45 @@ def test_last_loss_share_outside_zero_to_one_is_a_clear_error(bad: object) -> No
         _model(last_loss_share=bad)
 
 
-def test_a_model_stored_before_last_loss_share_weighs_by_positions() -> None:
-    ctx = ModelContext(n_items=20, n_event_types=3, max_len=8, task="next-item", params={})
-    model = get_spec("bert").make(ctx)
-    params = {k: v for k, v in model.ctx.params.items() if k != "last_loss_share"}
-    from seqrec_bert.model import BertNextItem
+def test_a_model_stored_before_last_loss_share_loads_and_weighs_by_positions(
+    tmp_path: Path,
+) -> None:
+    from seqrec.models import load_weights, save_weights
 
-    stored = BertNextItem(ModelContext(20, 3, 8, "next-item", 2, params))
-    assert stored.last_loss_share is None
+    model = _model(mask_prob=0.5, last_mask_prob=0.5)
+    stored = dict(model.ctx.params)
+    del stored["last_loss_share"]  # saved before the option existed
+    model.ctx = replace(model.ctx, params=stored)
+    save_weights(model, tmp_path / "m")
+    loaded = load_weights(tmp_path / "m").eval()
+    assert loaded.last_loss_share is None
+    batch = _batch([[1 + (3 * r + k) % 19 for k in range(3 + r % 5)] for r in range(24)], 8)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        assert float(loaded.loss(batch)) == pytest.approx(_loss_at_share(None, batch), rel=1e-5)
+
+
+def test_transition_offsets_train_whatever_the_rows_draw() -> None:
+    # every row newest-only (last_mask_prob 1) or none (0): one group, offsets still trained
+    for last in (0.0, 1.0):
+        model = _model(transition_bias=True, last_loss_share=0.5, last_mask_prob=last).train()
+        batch = _batch([[3, 4, 5, 3, 4], [3, 4, 5], [4, 5, 3, 4, 5, 3]], 8)
+        model.fit_statistics(batch.items, batch.targets)
+        model.loss(batch).backward()
+        assert model.transitions is not None and model.transitions.table.grad is not None
+        assert model.transitions.table.grad.abs().sum() > 0
+
+
+def test_a_masked_position_sees_the_successors_of_the_visible_item_before_it() -> None:
+    from seqrec_bert.model import visible_before
+
+    items = torch.tensor([[0, 0, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]])
+    chosen = torch.tensor(
+        [[False, False, True, False, True, True], [True, True, False, False, False, True]]
+    )
+    # row 0: 3 follows padding, 5 follows the visible 4, 6 follows the masked 5;
+    # row 1: 7 is the window's first, 8 follows the masked 7, 12 follows the visible 11
+    assert visible_before(items, chosen)[chosen].tolist() == [0, 4, 0, 0, 0, 11]
 
 
 def test_bert_is_an_entry_point_plugin() -> None:
