@@ -17,7 +17,13 @@ PRESETS = {
         description="a quick first model: 4x larger batches, at most 30 epochs",
     ),
     "large-catalogue": Preset(
-        params={"loss": "sampled", "num_negatives": 512, "d_model": 128, "n_heads": 4},
+        params={
+            "loss": "sampled",
+            "num_negatives": 512,
+            "d_model": 128,
+            "n_heads": 4,
+            "transition_bias": False,  # as the preset was measured
+        },
         train={"batch_size": 128, "lr": 1e-3},
         description="catalogues of 100k+ items: sampled softmax, wider embeddings",
     ),
@@ -28,6 +34,7 @@ SEARCH_SPACE = {
     "dropout": Float(0.1, 0.5),
     "mask_prob": Float(0.1, 0.6),
     "last_mask_prob": Float(0.0, 0.4),
+    "transition_bias": Choice((False, True)),
     "lr": Float(5e-4, 5e-3, log=True),
     "batch_size": Choice((32, 64, 128)),
 }
