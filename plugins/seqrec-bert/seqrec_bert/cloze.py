@@ -21,15 +21,9 @@ def cloze_positions(real: Tensor, mask_prob: float, last_prob: float) -> Tensor:
     probability ``last_prob`` a row masks only its newest position (as at inference). A non-empty
     row with nothing drawn masks its newest position, so every row has at least one.
     """
-    return cloze_rows(real, mask_prob, last_prob)[0]
-
-
-def cloze_rows(real: Tensor, mask_prob: float, last_prob: float) -> tuple[Tensor, Tensor]:
-    """:func:`cloze_positions` ([B, T]) and which rows [B] drew "newest position only" (the
-    same draws: the positions are those of :func:`cloze_positions`)."""
     newest = torch.zeros_like(real)
     newest[:, -1] = real[:, -1]
     drawn = (torch.rand(real.shape, device=real.device) < mask_prob) & real
     last_only = torch.rand(real.shape[0], 1, device=real.device) < last_prob
     chosen = torch.where(last_only, newest, drawn)
-    return chosen | (newest & ~chosen.any(1, keepdim=True)), last_only[:, 0] & real[:, -1]
+    return chosen | (newest & ~chosen.any(1, keepdim=True))

@@ -38,7 +38,7 @@ from seqrec.models import (
     time_gap_buckets,
 )
 from seqrec.text.fusion import TextFusion
-from seqrec_bert.cloze import append_newest, cloze_rows
+from seqrec_bert.cloze import append_newest, cloze_positions
 
 
 class BertNextItem(SeqModel):
@@ -88,17 +88,6 @@ class BertNextItem(SeqModel):
         self.out_bias = nn.Parameter(torch.zeros(ctx.n_items))
         self.mask_prob = float(p["mask_prob"])
         self.last_mask_prob = float(p["last_mask_prob"])
-        share = p.get("last_loss_share")  # .get: models stored before the option
-        if share is not None and (
-            isinstance(share, bool)
-            or not isinstance(share, int | float)
-            or not 0.0 <= float(share) <= 1.0
-        ):
-            raise SeqrecError(
-                f"bert: last_loss_share must be a number in [0, 1], got {share!r}",
-                hint="e.g. --param last_loss_share=0.5",
-            )
-        self.last_loss_share = None if share is None else float(share)
         self.dropout = nn.Dropout(float(p["dropout"]))
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
         self.add_now_features(d)
@@ -168,7 +157,7 @@ class BertNextItem(SeqModel):
         assert batch.targets is not None
         last = batch.targets[:, -1]  # [B]
         items, types, times = self._extend(batch, last, last > 0)  # [B, T]
-        chosen, last_rows = cloze_rows(items > 0, self.mask_prob, self.last_mask_prob)
+        chosen = cloze_positions(items > 0, self.mask_prob, self.last_mask_prob)  # [B, T]
         h = self.encode(
             items.masked_fill(chosen, self.mask_id),
             types.masked_fill(chosen, 0),
@@ -188,21 +177,7 @@ class BertNextItem(SeqModel):
         # (0 after padding or a MASK). Each such pair prev -> target was counted from the
         # training tensors (targets are the items shifted by one), so offsets() may leave it out
         prev = visible_before(items, chosen)[chosen]
-        share = self.last_loss_share
-        if share is None:  # every masked position weighs the same
-            return self.item_loss(out, targets, emb, bias, hist, dist, prev)
-        # the rows that drew "newest position only" (the task scored at inference; a row that
-        # drew nothing and fell back to its newest position stays with the others) carry
-        # ``share`` of the loss however few positions they have, as RecBole's ft_ratio batches do
-        last = last_rows[:, None].expand_as(chosen)[chosen]  # [n_chosen]
-        if bool(last.all()) or not bool(last.any()):
-            return self.item_loss(out, targets, emb, bias, hist, dist, prev)
-
-        def part(sel: Tensor) -> Tensor:
-            h_, d_ = (None, None) if hist is None or dist is None else (hist[sel], dist[sel])
-            return self.item_loss(out[sel], targets[sel], emb, bias, h_, d_, prev[sel])
-
-        return share * part(last) + (1.0 - share) * part(~last)
+        return self.item_loss(out, targets, emb, bias, hist, dist, prev)
 
     def next_item_scores(self, batch: Batch) -> Tensor:
         """[B, n_items] scores at a MASK appended after the newest event (column 0 = padding)."""

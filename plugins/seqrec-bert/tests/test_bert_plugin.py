@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from seqrec_bert.cloze import append_newest, cloze_positions, cloze_rows
+from seqrec_bert.cloze import append_newest, cloze_positions
 
-from seqrec.errors import SeqrecError
 from seqrec.models import Batch, ModelContext, SeqModel, get_spec
 from seqrec.testing import check_batch_independence, check_model_contract, check_vocab_growth
 
@@ -44,7 +41,7 @@ def test_bert_passes_the_model_contract() -> None:
     check_model_contract("bert", {"repeat_bias": True, "use_time_gaps": True})
     check_model_contract("bert", {"use_event_types": False, "n_layers": 1, "mask_prob": 0.4})
     check_model_contract("bert", {"use_time_gaps": True, "head_transform": True})
-    check_model_contract("bert", {"transition_bias": True, "last_loss_share": 0.5})
+    check_model_contract("bert", {"transition_bias": False})
 
 
 def test_time_gaps_and_head_ignore_left_padding() -> None:
@@ -94,69 +91,10 @@ def test_cloze_helpers() -> None:
         assert chosen[0].any() and not chosen[1].any() and not (chosen & ~real).any()
 
 
-def test_cloze_rows_names_the_newest_only_rows_of_the_same_draws() -> None:
-    real = torch.ones(64, 6, dtype=torch.bool)
-    real[:8, :] = False  # empty rows: never a newest-only row
-    torch.manual_seed(3)
-    chosen, last = cloze_rows(real, mask_prob=0.5, last_prob=0.5)
-    torch.manual_seed(3)
-    assert torch.equal(chosen, cloze_positions(real, mask_prob=0.5, last_prob=0.5))
-    assert 0 < int(last.sum()) < 56 and not last[:8].any()
-    assert (chosen[last].sum(1) == 1).all() and chosen[last][:, -1].all()
-
-
-def _loss_at_share(share: float | None, batch: Batch) -> float:
-    model = _model(last_loss_share=share, mask_prob=0.5, last_mask_prob=0.5).eval()
-    torch.manual_seed(11)  # the same cloze draws for every share (eval: no dropout draws)
-    with torch.no_grad():
-        return float(model.loss(batch))
-
-
-def test_last_loss_share_weighs_newest_only_rows_as_a_group() -> None:
-    rows = [[1 + (3 * r + k) % 19 for k in range(3 + r % 5)] for r in range(24)]
-    batch = _batch(rows, 8)
-    newest_only, cloze = _loss_at_share(1.0, batch), _loss_at_share(0.0, batch)
-    assert newest_only != pytest.approx(cloze, rel=1e-3)  # two different groups of positions
-    assert _loss_at_share(0.5, batch) == pytest.approx((newest_only + cloze) / 2, rel=1e-5)
-    assert _loss_at_share(0.2, batch) == pytest.approx(0.2 * newest_only + 0.8 * cloze, rel=1e-5)
-    # none: every masked position weighs the same, so each group by its number of positions
-    torch.manual_seed(11)
-    items = append_newest(batch.items, batch.targets[:, -1], batch.targets[:, -1] > 0)[:, -9:]
-    chosen, last = cloze_rows(items > 0, mask_prob=0.5, last_prob=0.5)
-    n_last, n_cloze = int(last.sum()), int(chosen[~last].sum())
-    assert n_last > 0 and n_cloze > 0
-    by_position = (n_last * newest_only + n_cloze * cloze) / (n_last + n_cloze)
-    assert _loss_at_share(None, batch) == pytest.approx(by_position, rel=1e-5)
-
-
-@pytest.mark.parametrize("bad", [1.5, -0.1, "half", True])
-def test_last_loss_share_outside_zero_to_one_is_a_clear_error(bad: object) -> None:
-    with pytest.raises(SeqrecError, match="last_loss_share"):
-        _model(last_loss_share=bad)
-
-
-def test_a_model_stored_before_last_loss_share_loads_and_weighs_by_positions(
-    tmp_path: Path,
-) -> None:
-    from seqrec.models import load_weights, save_weights
-
-    model = _model(mask_prob=0.5, last_mask_prob=0.5)
-    stored = dict(model.ctx.params)
-    del stored["last_loss_share"]  # saved before the option existed
-    model.ctx = replace(model.ctx, params=stored)
-    save_weights(model, tmp_path / "m")
-    loaded = load_weights(tmp_path / "m").eval()
-    assert loaded.last_loss_share is None
-    batch = _batch([[1 + (3 * r + k) % 19 for k in range(3 + r % 5)] for r in range(24)], 8)
-    torch.manual_seed(11)
-    with torch.no_grad():
-        assert float(loaded.loss(batch)) == pytest.approx(_loss_at_share(None, batch), rel=1e-5)
-
-
 def test_transition_offsets_train_whatever_the_rows_draw() -> None:
-    # every row newest-only (last_mask_prob 1) or none (0): one group, offsets still trained
+    # every row newest-only (last_mask_prob 1) or none (0)
     for last in (0.0, 1.0):
-        model = _model(transition_bias=True, last_loss_share=0.5, last_mask_prob=last).train()
+        model = _model(transition_bias=True, last_mask_prob=last).train()
         batch = _batch([[3, 4, 5, 3, 4], [3, 4, 5], [4, 5, 3, 4, 5, 3]], 8)
         model.fit_statistics(batch.items, batch.targets)
         model.loss(batch).backward()
