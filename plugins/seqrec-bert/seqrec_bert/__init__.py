@@ -9,7 +9,7 @@ from seqrec.models import Choice, Float, ModelContext, ModelSpec, Preset, SeqMod
 from seqrec_bert.defaults import DEFAULTS
 
 #: trainer settings of the defaults: the best known configuration on MovieLens-100K
-TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 80, "patience": 10}
+TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 80, "patience": 15}
 
 PRESETS = {
     "fast": Preset(

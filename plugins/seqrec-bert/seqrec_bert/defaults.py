@@ -21,9 +21,8 @@ DEFAULTS: dict[str, Any] = {
     # (docs/benchmarks.md)
     "label_smoothing": 0.1,
     # offsets for the counted successors of the item before the predicted position
-    # (seqrec.transitions). Not on by default: ml-100k protocol (a) 0.0434 -> 0.0531 (seed 0),
-    # but the defaults' 3-seed mean 0.0869 -> 0.0848 (one seed stopped at epoch 15)
-    "transition_bias": False,
+    # (seqrec.transitions); with patience 15 (TRAIN_DEFAULTS): docs/benchmarks.md
+    "transition_bias": True,
     "now_features": True,  # classify: the events' times relative to the prediction time
     # classify: an example's whole sequence state dropped in training with this probability,
     # so the prediction-time features are learned on their own too (SeqModel.with_now)
