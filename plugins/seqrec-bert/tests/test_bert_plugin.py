@@ -91,8 +91,8 @@ def test_cloze_helpers() -> None:
         assert chosen[0].any() and not chosen[1].any() and not (chosen & ~real).any()
 
 
-def test_transition_offsets_train_whatever_the_rows_draw() -> None:
-    # every row newest-only (last_mask_prob 1) or none (0)
+def test_transition_offsets_train_from_cloze_rows_and_from_newest_only_rows() -> None:
+    # no row newest-only (last_mask_prob 0), then every row (1)
     for last in (0.0, 1.0):
         model = _model(transition_bias=True, last_mask_prob=last).train()
         batch = _batch([[3, 4, 5, 3, 4], [3, 4, 5], [4, 5, 3, 4, 5, 3]], 8)
