@@ -384,14 +384,16 @@ def main() -> None:
         flags += ["--text-max-length", str(args.text_max_length)]
     wanted = [x.strip() for x in args.labels.split(",") if x.strip()]
     t0 = time.perf_counter()
-    # a quick run stays in this process (faster; its peak RSS is then the largest so far)
-    prepared = prepare(True) if args.quick else _child(["--prepare", *flags])
-    jobs = [(label, m) for label in labels(args.quick) if label in wanted for m in models]
     tokens = (text_params(args.quick, args.text_max_length) or {}).get(
         "max_length", DEFAULT_TEXT_TOKENS
     )
     reuse = {x.strip() for x in args.reuse.split(",") if x.strip()}
-    kept = saved_rows(reuse, args.seed, epochs, tokens) if reuse and not args.quick else {}
+    if reuse and args.quick:
+        raise SystemExit("--reuse takes rows of a full run: not with --quick")
+    kept = saved_rows(reuse, args.seed, epochs, tokens) if reuse else {}  # before any work
+    # a quick run stays in this process (faster; its peak RSS is then the largest so far)
+    prepared = prepare(True) if args.quick else _child(["--prepare", *flags])
+    jobs = [(label, m) for label in labels(args.quick) if label in wanted for m in models]
     results: list[dict[str, Any]] = []
     for label, model in (pbar := tqdm(jobs, desc="train+evaluate")):
         pbar.set_postfix_str(f"{label} {model}")
