@@ -17,7 +17,9 @@ drifts).
 
 Where gpt2 stands against markov, it trains gpt2 with its defaults (seed 0) and probes how far
 the two combine: ``g * P_markov + (1 - g) * softmax(beta * gpt2 scores)``, with ``g`` and
-``beta`` picked on the validation split by NDCG@10 (a post-hoc ensemble, not a shipped model).
+``beta`` picked on the validation split by NDCG@10 (a post-hoc ensemble, not a shipped model),
+and whether gpt2's fitted transition offsets rank better scaled by a factor ``kappa`` (picked
+the same way).
 
     python bench/synthetic_ceiling.py
 
