@@ -364,8 +364,9 @@ WHY_GBDT_LEADS = (
     "more: the mean, smallest and largest gap between events, each event type's share, events "
     "per day, the popularity of the newest items. How much each group carries is in the next "
     "section (`bench/gbdt_features.py`): trees on the neural models' columns alone get most "
-    "of gbdt's score, and gaps and popularity add the rest. On labels like these, `gbdt` is the cheaper classifier to "
-    "deploy (seconds to train); the page keeps it beside the neural models."
+    "of gbdt's score, and gaps and popularity add the rest. On labels like these, `gbdt` is "
+    "the cheaper classifier to deploy (seconds to train); the page keeps it beside the neural "
+    "models."
 )
 
 
