@@ -622,6 +622,9 @@ class ModelSpec:
     ``absent_means``: for an option added later whose default is not a plain off, what a
     stored model without the key was built with (lstm: ``{"cell": "lstm"}``); a missing
     boolean option means False (the build reads options with ``.get(key, False)``).
+    ``text_defaults``: defaults that differ for a text-aware model (``item_text=true``; lstm:
+    ``{"dropout": 0.5}``); they replace ``defaults`` only, never a value that seqrec.toml, a
+    preset or an option sets (:meth:`defaults_for`).
     """
 
     name: str
@@ -633,6 +636,7 @@ class ModelSpec:
     presets: Mapping[str, Preset] = field(default_factory=dict)
     search_space: SearchSpace = field(default_factory=dict)
     absent_means: Mapping[str, Any] = field(default_factory=dict)
+    text_defaults: Mapping[str, Any] = field(default_factory=dict)
     plugin: str = ""  # filled in by the registry
 
     def __post_init__(self) -> None:
@@ -672,6 +676,13 @@ class ModelSpec:
                 f"{', '.join(stray)}",
                 hint="absent_means keys must be keys of defaults",
             )
+        stray = sorted(set(self.text_defaults) - set(self.defaults))
+        if stray or (self.text_defaults and "item_text" not in self.defaults):
+            raise SeqrecError(
+                f"model '{self.name}': text_defaults names options it does not have: "
+                f"{', '.join(stray) or 'item_text'}",
+                hint="text_defaults keys must be keys of defaults, which must have item_text",
+            )
         known = {*self.defaults, *COMMON_PARAMS, *PRESET_TRAIN_KEYS}
         for where, keys in [
             *((f"preset '{n}'", [*p.params, *p.train]) for n, p in self.presets.items()),
@@ -683,6 +694,13 @@ class ModelSpec:
                     f"model '{self.name}': unknown key(s) in {where}: {', '.join(unknown)}",
                     hint=f"known: {', '.join(sorted(known))}",
                 )
+
+    def defaults_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The defaults under ``params``: with ``text_defaults`` over them where ``params``
+        (or the defaults) turn ``item_text`` on."""
+        if not self.text_defaults or not params.get("item_text", self.defaults.get("item_text")):
+            return dict(self.defaults)
+        return {**self.defaults, **self.text_defaults}
 
     def absent_params(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """What a model stored with hyperparameters ``stored`` was built with for the options
@@ -722,7 +740,7 @@ class ModelSpec:
                 f"unknown hyperparameter(s) for model '{self.name}': {', '.join(unknown)}",
                 hint=f"known: {', '.join(sorted({*self.defaults, *COMMON_PARAMS}))}",
             )
-        ctx = replace(ctx, params={**COMMON_PARAMS, **self.defaults, **ctx.params})
+        ctx = replace(ctx, params={**COMMON_PARAMS, **self.defaults_for(ctx.params), **ctx.params})
         if ctx.params.get("loss") not in LOSSES:
             raise SeqrecError(
                 f"model '{self.name}': unknown loss {ctx.params.get('loss')!r}",

@@ -158,6 +158,12 @@ def resolve(
         for k, v in layer.items():
             merged_params[k] = v
             origin[k] = where
+    if base_source == "plugin":
+        # a text-aware model's own defaults, where nothing above the defaults set the key
+        for k, v in spec.defaults_for(merged_params).items():
+            if origin.get(k) == f"preset {base_name}" and merged_params[k] != v:
+                merged_params[k] = v
+                origin[k] = f"preset {base_name} (item_text=true)"
     base = asdict(TrainSettings())
     toml_train = {
         k: v for k, v in ws.config.train.model_dump().items() if v is not None and k in base

@@ -162,6 +162,7 @@ def test_models_presets_lists_plugin_and_workspace_presets(ws: Workspace) -> Non
     assert presets["fast"]["source"] == "plugin"
     assert presets["mine"]["source"] == "workspace"
     assert "dropout" in specs["gpt2"]["search_space"]
+    assert specs["lstm"]["text_defaults"] == dict(get_spec("lstm").text_defaults)
 
 
 def test_a_named_preset_wins_over_seqrec_toml_but_not_over_options(tmp_path: Path) -> None:
@@ -197,3 +198,50 @@ def test_trainer_settings_given_as_overrides_reach_the_trainer(ws: Workspace) ->
     info = model_store.load(out.tag, store=ws.model_store).info
     assert info["settings"]["epochs"] == 1 and info["settings"]["seed"] == 3
     assert out.epochs_run == 1
+
+
+def test_text_aware_lstm_resolves_its_text_defaults_unless_something_sets_the_key(
+    tmp_path: Path,
+) -> None:
+    spec = get_spec("lstm")
+    text_dropout = spec.text_defaults["dropout"]
+    assert text_dropout != spec.defaults["dropout"]
+    ws = make_workspace(tmp_path / "ws")
+    plain = resolve(ws, spec)
+    assert plain.params["dropout"] == spec.defaults["dropout"]
+    text = resolve(ws, spec, params={"item_text": True})
+    assert text.params["dropout"] == text_dropout
+    assert text.origin["dropout"] == "preset default (item_text=true)"
+    assert resolve(ws, spec, params={"item_text": False}).params["dropout"] == 0.3
+    # an option, a named preset's base and seqrec.toml each keep their own value
+    assert resolve(ws, spec, params={"item_text": True, "dropout": 0.2}).params["dropout"] == 0.2
+    assert resolve(ws, spec, preset="fast", params={"item_text": True}).params["dropout"] == (
+        text_dropout
+    )
+    toml = make_workspace(tmp_path / "ws2")
+    with (toml.root / "seqrec.toml").open("a") as f:
+        f.write("\n[hyperparams.lstm]\ndropout = 0.25\n")
+    from seqrec.config import load_workspace
+
+    toml = load_workspace(toml.root)
+    assert resolve(toml, spec, params={"item_text": True}).params["dropout"] == 0.25
+    # a workspace default preset (a tuned one) is not second-guessed
+    save_workspace_preset(ws, spec, "default", {"dropout": 0.4}, {})
+    assert resolve(ws, spec, params={"item_text": True}).params["dropout"] == 0.4
+
+
+def test_text_defaults_apply_when_a_model_is_built_without_resolving() -> None:
+    from seqrec.models import ModelContext
+
+    spec = get_spec("lstm")
+    assert spec.defaults_for({"item_text": True})["dropout"] == spec.text_defaults["dropout"]
+    assert spec.defaults_for({})["dropout"] == spec.defaults["dropout"]
+    model = spec.make(ModelContext(n_items=10, n_event_types=3, max_len=8, params={}))
+    assert model.ctx.params["dropout"] == spec.defaults["dropout"]
+
+
+def test_spec_refuses_text_defaults_for_options_it_does_not_have() -> None:
+    with pytest.raises(SeqrecError, match="text_defaults"):
+        ModelSpec(name="m", build=_build, defaults={"item_text": False}, text_defaults={"x": 1})
+    with pytest.raises(SeqrecError, match="item_text"):
+        ModelSpec(name="m", build=_build, defaults={"dropout": 0.1}, text_defaults={"dropout": 1})

@@ -95,6 +95,7 @@ def register(cli: click.Group) -> None:
                         "description": s.description,
                         "defaults": dict(s.defaults),
                         "train_defaults": dict(s.train_defaults),
+                        "text_defaults": dict(s.text_defaults),
                         "presets": presets_of(s),
                         "search_space": spec_space(s),
                     }
@@ -109,6 +110,9 @@ def register(cli: click.Group) -> None:
                     shown = {**p.get("params", {}), **p.get("train", {})}
                     if name == DEFAULT_PRESET and p["source"] == "plugin":
                         shown = dict(s.train_defaults)  # its params are every default
+                        shown.update(
+                            {f"{k} (item_text=true)": v for k, v in s.text_defaults.items()}
+                        )
                     table.add_row(
                         s.name,
                         name,

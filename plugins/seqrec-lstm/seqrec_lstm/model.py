@@ -30,7 +30,14 @@ from seqrec.models import (
 from seqrec.text.fusion import TextFusion
 from seqrec.text.params import TEXT_DEFAULTS
 
-__all__ = ["DEFAULTS", "GAP_BUCKETS", "LSTMNextItem", "roll_rows", "time_gap_buckets"]
+__all__ = [
+    "DEFAULTS",
+    "GAP_BUCKETS",
+    "TEXT_AWARE_DEFAULTS",
+    "LSTMNextItem",
+    "roll_rows",
+    "time_gap_buckets",
+]
 
 DEFAULTS: dict[str, Any] = {
     "d_model": 64,
@@ -54,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "now_norm": True,
     **TEXT_DEFAULTS,  # item_text and its options (seqrec.text.fusion)
 }
+
+#: what differs from DEFAULTS for a text-aware model (``item_text=true``, ModelSpec.text_defaults)
+TEXT_AWARE_DEFAULTS: dict[str, Any] = {"dropout": 0.5}
 
 
 #: the recurrent cells the plugin builds (the attribute keeps its name for saved models)
