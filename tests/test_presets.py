@@ -213,7 +213,7 @@ def test_text_aware_lstm_resolves_its_text_defaults_unless_something_sets_the_ke
     assert text.params["dropout"] == text_dropout
     assert text.origin["dropout"] == "preset default (item_text=true)"
     assert resolve(ws, spec, params={"item_text": False}).params["dropout"] == 0.3
-    # an option, a named preset's base and seqrec.toml each keep their own value
+    # an option and seqrec.toml keep their value; a named preset without the key does not
     assert resolve(ws, spec, params={"item_text": True, "dropout": 0.2}).params["dropout"] == 0.2
     assert resolve(ws, spec, preset="fast", params={"item_text": True}).params["dropout"] == (
         text_dropout
