@@ -34,6 +34,7 @@ SEARCH_SPACE = {
     "dropout": Float(0.1, 0.5),
     "mask_prob": Float(0.1, 0.6),
     "last_mask_prob": Float(0.0, 0.4),
+    "crop_prob": Float(0.0, 0.8),
     "transition_bias": Choice((False, True)),
     "lr": Float(5e-4, 5e-3, log=True),
     "batch_size": Choice((32, 64, 128)),
@@ -60,6 +61,7 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             train_defaults=TRAIN_DEFAULTS,
             presets=PRESETS,
             search_space=SEARCH_SPACE,
-            absent_means={"state_dropout": 0.0},  # models stored before the option
+            # models stored before these options: no state dropout, no cropped rows
+            absent_means={"state_dropout": 0.0, "crop_prob": 0.0},
         )
     )

@@ -27,3 +27,21 @@ def cloze_positions(real: Tensor, mask_prob: float, last_prob: float) -> Tensor:
     last_only = torch.rand(real.shape[0], 1, device=real.device) < last_prob
     chosen = torch.where(last_only, newest, drawn)
     return chosen | (newest & ~chosen.any(1, keepdim=True))
+
+
+def crop_newest(cols: list[Tensor], real: Tensor, prob: float) -> list[Tensor]:
+    """Each row of ``cols`` (left-padded [B, T] tensors; ``real`` [B, T] marks the events),
+    with probability ``prob``, cut after a uniformly drawn event (at least two kept, where the
+    row has two): the newer events are dropped and the row right-aligned again. The newest
+    event kept is what the row's cloze then predicts last, so training sees the end of a
+    sequence at every point of it (RecBole trains BERT4Rec on every prefix)."""
+    B, T = real.shape
+    n = real.long().sum(1)  # [B]
+    lo = n.clamp(max=2)
+    k = lo + (torch.rand(B, device=real.device) * (n - lo + 1).float()).floor().long()
+    k = torch.where(torch.rand(B, device=real.device) < prob, k.clamp(max=n), n)
+    shift = (n - k)[:, None]
+    j = torch.arange(T, device=real.device)[None, :]
+    keep = j >= (T - k)[:, None]
+    idx = (j - shift).clamp(min=0)
+    return [c.gather(1, idx).masked_fill(~keep, 0) for c in cols]

@@ -14,6 +14,8 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.2,
     "mask_prob": 0.4,
     "last_mask_prob": 0.2,
+    # training rows cut after a random event with this probability (seqrec_bert.cloze.crop_newest)
+    "crop_prob": 0.5,
     "use_event_types": True,
     "use_time_gaps": True,
     "head_transform": True,

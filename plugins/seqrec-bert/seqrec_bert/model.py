@@ -7,7 +7,10 @@ amount of padding does not change results.
 Training (cloze): the sequence is the input items plus the final target (``targets[:, -1]``)
 appended after the newest event, i.e. width L + 1 (the position table has ``max_len + 1``
 entries, so nothing is dropped for L <= max_len; wider inputs keep their newest max_len + 1).
-Random real positions are replaced by MASK and predicted with a full softmax over real items
+With probability ``crop_prob`` a row is first cut after a random event (its newer events
+dropped), so the newest position training predicts is anywhere in a sequence, as in RecBole,
+which trains BERT4Rec on every prefix. Random real positions are replaced by MASK and predicted
+with a full softmax over real items
 (tied output: h @ item_embeddings[:n_items].T + bias). Scoring appends a MASK after the newest
 event and ranks items at that position. Event types are zero (padding) at every MASK and at
 the appended target, whose type is unknown at inference. Classification uses the newest
@@ -38,7 +41,7 @@ from seqrec.models import (
     time_gap_buckets,
 )
 from seqrec.text.fusion import TextFusion
-from seqrec_bert.cloze import append_newest, cloze_positions
+from seqrec_bert.cloze import append_newest, cloze_positions, crop_newest
 
 
 class BertNextItem(SeqModel):
@@ -88,6 +91,12 @@ class BertNextItem(SeqModel):
         self.out_bias = nn.Parameter(torch.zeros(ctx.n_items))
         self.mask_prob = float(p["mask_prob"])
         self.last_mask_prob = float(p["last_mask_prob"])
+        self.crop_prob = float(p.get("crop_prob", 0.0))  # .get: models stored before it
+        if not 0.0 <= self.crop_prob <= 1.0:
+            raise SeqrecError(
+                f"bert: crop_prob must be in [0, 1], got {self.crop_prob}",
+                hint="the share of training rows cut at a random event, e.g. 0.5 (0: none)",
+            )
         self.dropout = nn.Dropout(float(p["dropout"]))
         self.classifier = nn.Linear(d, ctx.n_classes) if ctx.task == "classify" else None
         self.add_now_features(d)
@@ -157,6 +166,8 @@ class BertNextItem(SeqModel):
         assert batch.targets is not None
         last = batch.targets[:, -1]  # [B]
         items, types, times = self._extend(batch, last, last > 0)  # [B, T]
+        if self.training and self.crop_prob > 0:  # an augmentation, as RecBole trains on prefixes
+            items, types, times = crop_newest([items, types, times], items > 0, self.crop_prob)
         chosen = cloze_positions(items > 0, self.mask_prob, self.last_mask_prob)  # [B, T]
         h = self.encode(
             items.masked_fill(chosen, self.mask_id),

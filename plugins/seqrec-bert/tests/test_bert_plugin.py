@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from seqrec_bert.cloze import append_newest, cloze_positions
+from seqrec_bert.cloze import append_newest, cloze_positions, crop_newest
 
 from seqrec.models import Batch, ModelContext, SeqModel, get_spec
 from seqrec.testing import check_batch_independence, check_model_contract, check_vocab_growth
@@ -42,6 +42,7 @@ def test_bert_passes_the_model_contract() -> None:
     check_model_contract("bert", {"use_event_types": False, "n_layers": 1, "mask_prob": 0.4})
     check_model_contract("bert", {"use_time_gaps": True, "head_transform": True})
     check_model_contract("bert", {"transition_bias": False})
+    check_model_contract("bert", {"crop_prob": 0.0})
 
 
 def test_time_gaps_and_head_ignore_left_padding() -> None:
@@ -89,6 +90,32 @@ def test_cloze_helpers() -> None:
     for _ in range(20):
         chosen = cloze_positions(real, mask_prob=0.2, last_prob=0.1)
         assert chosen[0].any() and not chosen[1].any() and not (chosen & ~real).any()
+
+
+def test_cropping_keeps_an_oldest_part_of_each_row_right_aligned() -> None:
+    items = torch.tensor([[0, 0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 7, 8], [0] * 6 + [9], [0] * 7])
+    types = items * 10
+    torch.manual_seed(0)
+    kept_lengths = set()
+    for _ in range(50):
+        cut, cut_types = crop_newest([items, types], items > 0, prob=1.0)
+        assert (cut_types == cut * 10).all()  # every column cut alike
+        for row, new in zip(items.tolist(), cut.tolist(), strict=True):
+            real = [x for x in row if x]
+            kept = [x for x in new if x]
+            assert new[: len(new) - len(kept)] == [0] * (len(new) - len(kept))  # left-padded
+            assert kept == real[: len(kept)]  # the oldest events, in order
+            assert len(kept) >= min(len(real), 2)
+        kept_lengths.add(int((cut[0] > 0).sum()))
+    assert kept_lengths == {2, 3, 4, 5}  # every cut point of the first row is drawn
+    assert (crop_newest([items], items > 0, prob=0.0)[0] == items).all()
+
+
+def test_a_crop_probability_outside_zero_to_one_is_refused() -> None:
+    from seqrec.errors import SeqrecError
+
+    with pytest.raises(SeqrecError, match="crop_prob"):
+        _model(crop_prob=1.5)
 
 
 def test_transition_offsets_train_from_cloze_rows_and_from_newest_only_rows() -> None:
