@@ -7,12 +7,12 @@ amount of padding does not change results.
 Training (cloze): the sequence is the input items plus the final target (``targets[:, -1]``)
 appended after the newest event, i.e. width L + 1 (the position table has ``max_len + 1``
 entries, so nothing is dropped for L <= max_len; wider inputs keep their newest max_len + 1).
-With probability ``crop_prob`` a row is first cut after a random event (its newer events
-dropped), so the newest position training predicts is anywhere in a sequence, as in RecBole,
-which trains BERT4Rec on every prefix. Random real positions are replaced by MASK and predicted
-with a full softmax over real items
-(tied output: h @ item_embeddings[:n_items].T + bias). Scoring appends a MASK after the newest
-event and ranks items at that position. Event types are zero (padding) at every MASK and at
+In training (not in eval mode), with probability ``crop_prob`` a row is first cut after a
+random event (its newer events dropped), so the newest position training predicts is anywhere
+in a sequence, as in RecBole, which trains BERT4Rec on every prefix. Random real positions are
+replaced by MASK and predicted with a full softmax over real items (tied output:
+h @ item_embeddings[:n_items].T + bias). Scoring appends a MASK after the newest event and ranks
+items at that position. Event types are zero (padding) at every MASK and at
 the appended target, whose type is unknown at inference. Classification uses the newest
 position's hidden state, like the gpt2 and lstm plugins. With ``item_text=true`` the item
 embeddings (not the MASK row) and the output bias are fused with the item text

@@ -111,6 +111,19 @@ def test_cropping_keeps_an_oldest_part_of_each_row_right_aligned() -> None:
     assert (crop_newest([items], items > 0, prob=0.0)[0] == items).all()
 
 
+def test_rows_are_cropped_in_training_only() -> None:
+    batch = _batch([[3, 4, 5, 6, 7, 3, 4], [5, 6, 7, 8]], 8)
+    plain, cropped = _model(crop_prob=0.0), _model(crop_prob=1.0)  # the same weights
+    losses = {}
+    for mode in ("eval", "train"):
+        for name, model in (("plain", plain), ("cropped", cropped)):
+            model.train(mode == "train")
+            torch.manual_seed(1)
+            losses[mode, name] = float(model.loss(batch))
+    assert losses["eval", "plain"] == losses["eval", "cropped"]
+    assert losses["train", "plain"] != losses["train", "cropped"]
+
+
 def test_a_crop_probability_outside_zero_to_one_is_refused() -> None:
     from seqrec.errors import SeqrecError
 
