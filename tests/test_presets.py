@@ -212,7 +212,8 @@ def test_text_aware_lstm_resolves_its_text_defaults_unless_something_sets_the_ke
     text = resolve(ws, spec, params={"item_text": True})
     assert text.params["dropout"] == text_dropout
     assert text.origin["dropout"] == "preset default (item_text=true)"
-    assert resolve(ws, spec, params={"item_text": False}).params["dropout"] == 0.3
+    off = resolve(ws, spec, params={"item_text": False})
+    assert off.params["dropout"] == spec.defaults["dropout"]
     # an option and seqrec.toml keep their value; a named preset without the key does not
     assert resolve(ws, spec, params={"item_text": True, "dropout": 0.2}).params["dropout"] == 0.2
     assert resolve(ws, spec, preset="fast", params={"item_text": True}).params["dropout"] == (
@@ -234,10 +235,20 @@ def test_text_defaults_apply_when_a_model_is_built_without_resolving() -> None:
     from seqrec.models import ModelContext
 
     spec = get_spec("lstm")
-    assert spec.defaults_for({"item_text": True})["dropout"] == spec.text_defaults["dropout"]
-    assert spec.defaults_for({})["dropout"] == spec.defaults["dropout"]
-    model = spec.make(ModelContext(n_items=10, n_event_types=3, max_len=8, params={}))
-    assert model.ctx.params["dropout"] == spec.defaults["dropout"]
+    text_dropout, id_dropout = spec.text_defaults["dropout"], spec.defaults["dropout"]
+    for params, want in (({"item_text": True}, text_dropout), ({}, id_dropout)):
+        ctx = ModelContext(n_items=10, n_event_types=3, max_len=8, params=params, text_dim=4)
+        model = spec.make(ctx)
+        assert model.ctx.params["dropout"] == want
+        assert model.dropout.p == want  # what the built model drops
+    explicit = ModelContext(
+        n_items=10,
+        n_event_types=3,
+        max_len=8,
+        params={"item_text": True, "dropout": 0.1},
+        text_dim=4,
+    )
+    assert spec.make(explicit).dropout.p == 0.1
 
 
 def test_spec_refuses_text_defaults_for_options_it_does_not_have() -> None:
