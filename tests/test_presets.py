@@ -263,3 +263,42 @@ def test_text_aware_bert_trains_without_cropped_rows(tmp_path: Path) -> None:
     ws = make_workspace(tmp_path / "ws")
     assert resolve(ws, spec).params["crop_prob"] > 0
     assert resolve(ws, spec, params={"item_text": True}).params["crop_prob"] == 0.0
+
+
+def test_text_defaults_set_trainer_settings_unless_something_sets_them(tmp_path: Path) -> None:
+    spec = get_spec("bert")
+    text_patience = spec.text_defaults["patience"]
+    assert text_patience != spec.train_defaults["patience"]
+    ws = make_workspace(tmp_path / "ws")
+    assert resolve(ws, spec).settings.patience == spec.train_defaults["patience"]
+    text = resolve(ws, spec, params={"item_text": True})
+    assert text.settings.patience == text_patience
+    assert text.origin["patience"] == "preset default (item_text=true)"
+    assert text.params["dropout"] == spec.text_defaults["dropout"]
+    # the trainer keys never reach the model's hyperparameters
+    assert "patience" not in text.params
+    assert "patience" not in spec.defaults_for({"item_text": True})
+    # an option, seqrec.toml and a workspace default preset keep their value
+    option = resolve(ws, spec, params={"item_text": True}, overrides={"patience": 4})
+    assert option.settings.patience == 4
+    toml = make_workspace(tmp_path / "ws2", "[train]\npatience = 6")
+    assert resolve(toml, spec, params={"item_text": True}).settings.patience == 6
+    save_workspace_preset(ws, spec, "default", {}, {"patience": 9})
+    assert resolve(ws, spec, params={"item_text": True}).settings.patience == 9
+
+
+def test_spec_accepts_trainer_settings_in_text_defaults_and_refuses_unknown_ones() -> None:
+    spec = ModelSpec(
+        name="m",
+        build=_build,
+        defaults={"item_text": False},
+        train_defaults={"patience": 3},
+        text_defaults={"patience": 7, "ema_decay": 0.9},
+    )
+    assert spec.train_defaults_for({"item_text": True}) == {"patience": 7, "ema_decay": 0.9}
+    assert spec.train_defaults_for({}) == {"patience": 3}
+    assert spec.defaults_for({"item_text": True}) == {"item_text": False}
+    with pytest.raises(SeqrecError, match="num_threads"):
+        ModelSpec(
+            name="m", build=_build, defaults={"item_text": False}, text_defaults={"num_threads": 1}
+        )
