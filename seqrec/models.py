@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -623,10 +623,8 @@ class ModelSpec:
     stored model without the key was built with (lstm: ``{"cell": "lstm"}``); a missing
     boolean option means False (the build reads options with ``.get(key, False)``).
     ``text_defaults``: defaults that differ for a text-aware model (``item_text=true``; lstm:
-    ``{"dropout": 0.5}``), hyperparameters or trainer settings from :data:`PRESET_TRAIN_KEYS`
-    (bert: ``{"patience": 25, ...}``); they replace ``defaults`` and ``train_defaults`` only,
-    never a value that seqrec.toml, a preset or an option sets (:meth:`defaults_for`,
-    :meth:`train_defaults_for`).
+    ``{"dropout": 0.5}``); they replace ``defaults`` only, never a value that seqrec.toml, a
+    preset or an option sets (:meth:`defaults_for`).
     """
 
     name: str
@@ -678,13 +676,12 @@ class ModelSpec:
                 f"{', '.join(stray)}",
                 hint="absent_means keys must be keys of defaults",
             )
-        stray = sorted(set(self.text_defaults) - set(self.defaults) - set(PRESET_TRAIN_KEYS))
+        stray = sorted(set(self.text_defaults) - set(self.defaults))
         if stray or (self.text_defaults and "item_text" not in self.defaults):
             raise SeqrecError(
                 f"model '{self.name}': text_defaults names options it does not have: "
                 f"{', '.join(stray) or 'item_text'}",
-                hint="text_defaults keys must be keys of defaults (which must have item_text) "
-                f"or trainer settings ({', '.join(PRESET_TRAIN_KEYS)})",
+                hint="text_defaults keys must be keys of defaults, which must have item_text",
             )
         known = {*self.defaults, *COMMON_PARAMS, *PRESET_TRAIN_KEYS}
         for where, keys in [
@@ -701,19 +698,9 @@ class ModelSpec:
     def defaults_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The defaults under ``params``: with ``text_defaults`` over them where ``params``
         (or the defaults) turn ``item_text`` on."""
-        return {**self.defaults, **self._text_over(params, self.defaults)}
-
-    def train_defaults_for(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The trainer defaults under ``params``: with the trainer settings of
-        ``text_defaults`` over them where ``params`` (or the defaults) turn ``item_text`` on."""
-        return {**self.train_defaults, **self._text_over(params, PRESET_TRAIN_KEYS)}
-
-    def _text_over(self, params: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-        """The ``text_defaults`` among ``keys`` where ``params`` turn ``item_text`` on."""
         if not self.text_defaults or not params.get("item_text", self.defaults.get("item_text")):
-            return {}
-        wanted = set(keys)
-        return {k: v for k, v in self.text_defaults.items() if k in wanted}
+            return dict(self.defaults)
+        return {**self.defaults, **self.text_defaults}
 
     def absent_params(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         """What a model stored with hyperparameters ``stored`` was built with for the options

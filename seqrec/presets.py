@@ -183,12 +183,6 @@ def resolve(
             base[k] = v
             if k in PRESET_TRAIN_KEYS:
                 origin[k] = where
-    if base_source == "plugin":
-        # a text-aware model's own trainer defaults, where nothing above the defaults set them
-        for k, v in spec.train_defaults_for(merged_params).items():
-            if origin.get(k, f"preset {base_name}") == f"preset {base_name}" and base[k] != v:
-                base[k] = v
-                origin[k] = f"preset {base_name} (item_text=true)"
     _check_train_values(base, origin)
     return Resolved(name, source, merged_params, TrainSettings(**base), origin)
 
