@@ -258,8 +258,14 @@ def test_spec_refuses_text_defaults_for_options_it_does_not_have() -> None:
         ModelSpec(name="m", build=_build, defaults={"dropout": 0.1}, text_defaults={"dropout": 1})
 
 
-def test_text_aware_bert_trains_without_cropped_rows(tmp_path: Path) -> None:
+def test_text_aware_bert_trains_without_cropped_rows_and_with_more_dropout(
+    tmp_path: Path,
+) -> None:
     spec = get_spec("bert")
     ws = make_workspace(tmp_path / "ws")
-    assert resolve(ws, spec).params["crop_prob"] > 0
-    assert resolve(ws, spec, params={"item_text": True}).params["crop_prob"] == 0.0
+    plain = resolve(ws, spec)
+    text = resolve(ws, spec, params={"item_text": True})
+    assert plain.params["crop_prob"] > 0
+    assert text.params["crop_prob"] == 0.0
+    assert text.params["dropout"] > plain.params["dropout"] == spec.defaults["dropout"]
+    assert text.origin["dropout"] == "preset default (item_text=true)"
