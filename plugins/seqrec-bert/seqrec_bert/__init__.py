@@ -68,9 +68,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
             absent_means={"state_dropout": 0.0, "crop_prob": 0.0},
             # text-aware (item_text=true): no cropped rows, dropout 0.3. ml-100k NDCG@10 by
             # seed (0, 1, 2): with the crop 0.0762, 0.0858 (seeds 0-1); without it 0.0970,
-            # 0.0836, 0.0946; and dropout 0.3 0.1012, 0.0951, 0.0944 (seed 2 with patience 25;
-            # with 15 it stopped at epoch 42: 0.0832); id-only 0.0956, 0.0942, 0.0982
-            # (docs/benchmarks.md, "MovieLens-100K with item text")
+            # 0.0836, 0.0946; and dropout 0.3 0.0982, 0.0914, 0.0952, against id-only 0.0957,
+            # 0.0952, 0.0979: 0.99x (docs/benchmarks.md, "MovieLens-100K with item text")
             text_defaults={"crop_prob": 0.0, "dropout": 0.3},
         )
     )
