@@ -10,7 +10,7 @@ from seqrec_bert.defaults import DEFAULTS
 
 #: trainer settings of the defaults: the best known configuration on MovieLens-100K. Patience
 #: 25: bert's validation NDCG@10 can stay level for 15 epochs before it climbs again (ml-100k,
-#: the same seed and configuration twice: stopped at epoch 43, best 28, test 0.0815; and
+#: the same seed and configuration on two CPUs: stopped at epoch 43, best 28, test 0.0815; and
 #: best 70 of 80, test 0.0942)
 TRAIN_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 80, "patience": 25}
 
